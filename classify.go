@@ -1,0 +1,182 @@
+package llmretry
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"reflect"
+	"strconv"
+	"syscall"
+	"time"
+)
+
+// verdict is the decision for one attempt.
+type verdict struct {
+	retry bool
+	// cause says in a few words what went wrong ("status 503",
+	// "connection reset"); it never holds a header value.
+	cause string
+	// wait is a server-requested wait; waitOK says there is one.
+	wait   time.Duration
+	src    WaitSource
+	waitOK bool
+	// reason is why not to retry, when retry is false for a failure.
+	reason Reason
+}
+
+// RetryableStatus reports whether a status code is worth retrying on its
+// own: 408, 425, 429, 500, 502, 503, 504 and 529 (Anthropic "overloaded").
+// 501 Not Implemented and every other 4xx are not: sending the same request
+// again gets the same answer.
+func RetryableStatus(code int) bool {
+	switch code {
+	case http.StatusRequestTimeout, http.StatusTooEarly, http.StatusTooManyRequests,
+		http.StatusInternalServerError, http.StatusBadGateway,
+		http.StatusServiceUnavailable, http.StatusGatewayTimeout,
+		529:
+		return true
+	}
+	return false
+}
+
+// classifyResponse decides on a response by its status and headers.
+// x-should-retry, when present on an error status, overrides the status
+// rule, as the official SDKs let it.
+func classifyResponse(resp *http.Response, now time.Time) verdict {
+	var v verdict
+	if resp.StatusCode < 400 {
+		return v
+	}
+	v.cause = statusCause(resp.StatusCode)
+	v.retry = RetryableStatus(resp.StatusCode)
+	if should, ok := shouldRetryHeader(resp.Header); ok {
+		v.retry = should
+	}
+	if !v.retry {
+		v.reason = ReasonNotRetryable
+		return v
+	}
+	v.wait, v.src, v.waitOK = HeaderWait(resp.Header, now)
+	return v
+}
+
+func statusCause(code int) string {
+	return "status " + strconv.Itoa(code)
+}
+
+// RetryableError reports whether a transport error (no response came) is
+// worth retrying: a dial failure, a timeout, a connection reset, EOF or
+// broken pipe (typically a pooled keep-alive connection the server had
+// already closed), HTTP/2 GOAWAY or REFUSED_STREAM. Not: an invalid header,
+// a bad URL or scheme, a TLS certificate error, too many redirects, or a
+// cancelled context. Errors are told apart by type, never by message text.
+func RetryableError(err error) bool {
+	_, ok := transportCause(err)
+	return ok
+}
+
+// transportCause names a retryable transport error; ok is false for one
+// that retrying cannot fix.
+func transportCause(err error) (string, bool) {
+	if err == nil {
+		return "", false
+	}
+	if errors.Is(err, context.Canceled) {
+		return "", false
+	}
+	if isCertificateError(err) {
+		return "", false
+	}
+	var dnsErr *net.DNSError
+	if errors.As(err, &dnsErr) {
+		// "no such host" stays that way; a failed or timed-out lookup may not.
+		if dnsErr.IsNotFound {
+			return "", false
+		}
+		return "dns lookup failed", true
+	}
+	var opErr *net.OpError
+	if errors.As(err, &opErr) && opErr.Op == "dial" {
+		return "dial failed", true
+	}
+	switch {
+	case errors.Is(err, syscall.ECONNRESET):
+		return "connection reset", true
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return "connection refused", true
+	case errors.Is(err, syscall.ECONNABORTED):
+		return "connection aborted", true
+	case errors.Is(err, syscall.EPIPE):
+		return "broken pipe", true
+	case errors.Is(err, syscall.ENOTCONN):
+		return "not connected", true
+	case errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, io.EOF):
+		return "connection closed before a response", true
+	}
+	if isHTTP2Retryable(err) {
+		return "http2 stream refused", true
+	}
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return "timeout", true
+	}
+	if errors.Is(err, context.DeadlineExceeded) {
+		// A per-attempt timeout (http.Client.Timeout in Do) that is not
+		// the caller's own deadline; the caller's is checked before this.
+		return "timeout", true
+	}
+	return "", false
+}
+
+func isCertificateError(err error) bool {
+	var (
+		verifyErr    *tls.CertificateVerificationError
+		unknownAuth  x509.UnknownAuthorityError
+		hostnameErr  x509.HostnameError
+		invalidErr   x509.CertificateInvalidError
+		recordHdrErr tls.RecordHeaderError
+	)
+	return errors.As(err, &verifyErr) || errors.As(err, &unknownAuth) ||
+		errors.As(err, &hostnameErr) || errors.As(err, &invalidErr) ||
+		errors.As(err, &recordHdrErr)
+}
+
+// h2StreamError mirrors net/http's unexported HTTP/2 StreamError, which
+// converts itself into any struct of this shape through its As method.
+type h2StreamError struct {
+	StreamID uint32
+	Code     uint32
+	Cause    error
+}
+
+func (e h2StreamError) Error() string { return "http2 stream error" }
+
+const h2RefusedStream = 0x7
+
+// isHTTP2Retryable reports REFUSED_STREAM (the server never processed the
+// stream) and GOAWAY. net/http's GOAWAY error type is unexported and has no
+// As method, so it is recognised by its type name; golang.org/x/net/http2's
+// exported GoAwayError has the same name.
+func isHTTP2Retryable(err error) bool {
+	var se h2StreamError
+	if errors.As(err, &se) && se.Code == h2RefusedStream {
+		return true
+	}
+	for e := err; e != nil; {
+		if t := reflect.TypeOf(e); t.Kind() == reflect.Struct &&
+			(t.Name() == "http2GoAwayError" || t.Name() == "GoAwayError") {
+			return true
+		}
+		switch u := e.(type) {
+		case interface{ Unwrap() error }:
+			e = u.Unwrap()
+		default:
+			e = nil
+		}
+	}
+	return false
+}

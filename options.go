@@ -1,0 +1,127 @@
+package llmretry
+
+import (
+	"log/slog"
+	"math/rand/v2"
+	"net/http"
+	"time"
+)
+
+// Option configures a Transport.
+type Option func(*config)
+
+// config is a Transport's settings, fixed when it is made.
+type config struct {
+	policy            Policy
+	logger            *slog.Logger
+	onRetry           func(RetryEvent)
+	onStop            func(StopEvent)
+	clock             Clock
+	rand              func() float64
+	attemptHeader     string
+	idempotencyHeader string
+}
+
+func defaultConfig() config {
+	return config{
+		policy: DefaultPolicy(),
+		clock:  realClock{},
+		rand:   rand.Float64,
+	}
+}
+
+// WithPolicy sets the attempts and waits. Zero fields take their defaults.
+func WithPolicy(p Policy) Option {
+	return func(c *config) { c.policy = p.withDefaults() }
+}
+
+// WithLogger logs each retry (Info) and each give-up (Warn) to l. The
+// Transport is silent without it. Lines carry the method, host, path,
+// attempt, cause and wait, never a header value or a query string.
+func WithLogger(l *slog.Logger) Option {
+	return func(c *config) { c.logger = l }
+}
+
+// WithOnRetry calls f before each wait, from the goroutine making the
+// request. f must not block.
+func WithOnRetry(f func(RetryEvent)) Option {
+	return func(c *config) { c.onRetry = f }
+}
+
+// WithOnStop calls f when a request ends on a failure that was not (or no
+// longer) retried: a non-retryable status or error, or a retryable one that
+// retrying stopped on (attempts exhausted, budget spent, deadline, a server
+// wait above MaxRetryAfter). f must not block.
+func WithOnStop(f func(StopEvent)) Option {
+	return func(c *config) { c.onStop = f }
+}
+
+// WithClock replaces the real clock, for tests.
+func WithClock(clk Clock) Option {
+	return func(c *config) {
+		if clk != nil {
+			c.clock = clk
+		}
+	}
+}
+
+// WithRand replaces the random source of jitter, for tests. f must return
+// values in [0, 1) and be safe for concurrent use.
+func WithRand(f func() float64) Option {
+	return func(c *config) {
+		if f != nil {
+			c.rand = f
+		}
+	}
+}
+
+// WithAttemptHeader sets header name on every attempt to the attempt's
+// number: 1 on the first, 2 on the first retry. Off by default.
+func WithAttemptHeader(name string) Option {
+	return func(c *config) { c.attemptHeader = http.CanonicalHeaderKey(name) }
+}
+
+// WithIdempotencyKey sets header name (such as "Idempotency-Key") to one
+// random value shared by every attempt of a logical request, so that a
+// server that honours it processes a retried POST once. A value the caller
+// already set is kept. Off by default: most LLM APIs ignore it. net/http
+// itself also retries a request with an Idempotency-Key header on a stale
+// pooled connection.
+func WithIdempotencyKey(name string) Option {
+	return func(c *config) { c.idempotencyHeader = http.CanonicalHeaderKey(name) }
+}
+
+// RetryEvent describes one retry, before its wait.
+type RetryEvent struct {
+	Method string
+	// URL has no query string and no user info.
+	URL string
+	// Attempt is the number of the attempt that failed (1 for the first).
+	Attempt int
+	// StatusCode is the failed attempt's status, 0 if no response came.
+	StatusCode int
+	// Err is the failed attempt's error, nil if a response came.
+	Err error
+	// Cause says what went wrong in a few words ("status 503",
+	// "connection reset", "first event: overloaded_error").
+	Cause string
+	// Wait is the wait about to start, and Source where it came from.
+	Wait   time.Duration
+	Source WaitSource
+}
+
+// StopEvent describes a request that ended on a failure without (further)
+// retries.
+type StopEvent struct {
+	Method     string
+	URL        string
+	Attempts   int
+	StatusCode int
+	Err        error
+	Cause      string
+	// Reason is why retrying stopped.
+	Reason Reason
+	// Wait is the refused wait, for ReasonDeadline and
+	// ReasonRetryAfterTooLong.
+	Wait time.Duration
+}

@@ -1,0 +1,203 @@
+package llmretry
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"time"
+)
+
+// Transport is an http.RoundTripper that retries LLM API calls that fail
+// transiently, and only before the response is handed over: once the
+// caller holds a response, nothing is ever sent again for it, so a stream
+// that breaks mid-reply is never replayed.
+//
+// A Transport is safe for concurrent use. Make one with NewTransport.
+type Transport struct {
+	base http.RoundTripper
+	cfg  config
+}
+
+// NewTransport returns a Transport that sends each attempt through base
+// (http.DefaultTransport if nil). Put signing and auth in base, so that
+// every attempt is signed afresh.
+func NewTransport(base http.RoundTripper, opts ...Option) *Transport {
+	if base == nil {
+		base = http.DefaultTransport
+	}
+	t := &Transport{base: base, cfg: defaultConfig()}
+	for _, o := range opts {
+		if o != nil {
+			o(&t.cfg)
+		}
+	}
+	return t
+}
+
+// RoundTrip sends req, retrying as the Policy allows. It returns the last
+// response whenever it has one, even a failed one, with its body intact;
+// it returns an *Error only when it has none.
+func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
+	return t.do(req, t.base.RoundTrip)
+}
+
+// Do sends req with client, retrying as p allows: the function form, for
+// callers who keep their own Transport. Each attempt is one client.Do, so
+// the client's redirects, cookies and Timeout apply per attempt. It shares
+// the Transport's engine and rules, with no budget or cooldown (those need
+// a Transport that lives across calls). A nil client means
+// http.DefaultClient; a nil ctx keeps req's own context.
+func Do(ctx context.Context, client *http.Client, req *http.Request, p Policy) (*http.Response, error) {
+	if client == nil {
+		client = http.DefaultClient
+	}
+	if req != nil && ctx != nil {
+		req = req.WithContext(ctx)
+	}
+	t := &Transport{cfg: defaultConfig()}
+	t.cfg.policy = p.withDefaults()
+	return t.do(req, client.Do)
+}
+
+// sendFunc sends one attempt.
+type sendFunc func(*http.Request) (*http.Response, error)
+
+// do is the attempt loop that RoundTrip and Do share.
+func (t *Transport) do(req *http.Request, send sendFunc) (*http.Response, error) {
+	if err := validateRequest(req); err != nil {
+		if req != nil && req.Body != nil {
+			_ = req.Body.Close()
+		}
+		return nil, t.giveUp(req, nil, 0, verdict{reason: ReasonInvalidRequest}, err)
+	}
+	ctx := req.Context()
+	canReplay := replayable(req)
+	idemKey := t.idempotencyKey(req)
+
+	for attempt := 1; ; attempt++ {
+		r, err := t.attemptRequest(req, attempt, idemKey)
+		if err != nil {
+			return nil, t.giveUp(req, nil, attempt-1, verdict{reason: ReasonBodyNotReplayable}, err)
+		}
+		resp, err := send(r)
+		var v verdict
+		if err != nil {
+			resp = nil // a RoundTripper returns no response with an error
+			if ctx.Err() != nil {
+				return nil, t.giveUp(req, nil, attempt, verdict{reason: ReasonContextDone}, contextError(ctx, err))
+			}
+			cause, ok := transportCause(err)
+			v = verdict{retry: ok, cause: cause, reason: ReasonNotRetryable}
+		} else {
+			v = classifyResponse(resp, t.cfg.clock.Now())
+		}
+		if !v.retry {
+			if v.reason == 0 { // success, or a response that is not a failure
+				return resp, nil
+			}
+			return resp, t.giveUp(req, resp, attempt, v, err)
+		}
+
+		wait, src, stop := t.nextWait(ctx, attempt, canReplay, v)
+		if stop != 0 {
+			v.reason = stop
+			if stop == ReasonDeadline || stop == ReasonRetryAfterTooLong {
+				v.wait = wait
+			}
+			return resp, t.giveUp(req, resp, attempt, v, err)
+		}
+		t.retrying(req, resp, attempt, v, err, wait, src)
+		discard(resp)
+		if err := sleep(ctx, t.cfg.clock, wait); err != nil {
+			return nil, t.giveUp(req, nil, attempt, verdict{reason: ReasonContextDone}, err)
+		}
+	}
+}
+
+// nextWait decides whether a retryable failure after attempt is retried,
+// and after how long. stop is non-zero when it is not.
+func (t *Transport) nextWait(ctx context.Context, attempt int, canReplay bool, v verdict) (wait time.Duration, src WaitSource, stop Reason) {
+	p := t.cfg.policy
+	if attempt >= p.MaxAttempts {
+		return 0, 0, ReasonExhausted
+	}
+	if !canReplay {
+		return 0, 0, ReasonBodyNotReplayable
+	}
+	if v.waitOK {
+		if v.wait > p.MaxRetryAfter {
+			return v.wait, v.src, ReasonRetryAfterTooLong
+		}
+		wait, src = v.wait+serverWaitSpread(v.wait, t.cfg.rand()), v.src
+	} else {
+		wait, src = p.Backoff(attempt, t.cfg.rand()), SourceBackoff
+	}
+	if passesDeadline(ctx, t.cfg.clock.Now(), wait) {
+		return wait, src, ReasonDeadline
+	}
+	return wait, src, 0
+}
+
+// contextError makes sure the caller's context error is in the chain, so
+// that errors.Is(err, context.Canceled) holds whatever the transport said.
+func contextError(ctx context.Context, err error) error {
+	if errors.Is(err, ctx.Err()) {
+		return err
+	}
+	return fmt.Errorf("%w: %w", ctx.Err(), err)
+}
+
+// retrying reports a retry to the observers.
+func (t *Transport) retrying(req *http.Request, resp *http.Response, attempt int, v verdict, err error, wait time.Duration, src WaitSource) {
+	if t.cfg.onRetry == nil && t.cfg.logger == nil {
+		return
+	}
+	ev := RetryEvent{
+		Method: req.Method, URL: redactURL(req.URL), Attempt: attempt,
+		Err: err, Cause: v.cause, Wait: wait, Source: src,
+	}
+	if resp != nil {
+		ev.StatusCode = resp.StatusCode
+	}
+	if t.cfg.onRetry != nil {
+		t.cfg.onRetry(ev)
+	}
+	if t.cfg.logger != nil {
+		t.cfg.logger.LogAttrs(req.Context(), slog.LevelInfo, "llmretry: retrying",
+			slog.String("method", ev.Method), slog.String("url", ev.URL),
+			slog.Int("attempt", attempt), slog.String("cause", ev.Cause),
+			slog.Duration("wait", wait), slog.String("source", src.String()))
+	}
+}
+
+// giveUp reports a request that ends on a failure and returns the error
+// for the caller: nil when a response is in hand (the response is the
+// answer), an *Error otherwise.
+func (t *Transport) giveUp(req *http.Request, resp *http.Response, attempts int, v verdict, err error) error {
+	ev := StopEvent{Attempts: attempts, Err: err, Cause: v.cause, Reason: v.reason, Wait: v.wait}
+	if req != nil {
+		ev.Method, ev.URL = req.Method, redactURL(req.URL)
+	}
+	if resp != nil {
+		ev.StatusCode = resp.StatusCode
+	}
+	if t.cfg.onStop != nil {
+		t.cfg.onStop(ev)
+	}
+	if t.cfg.logger != nil {
+		ctx := context.Background()
+		if req != nil {
+			ctx = req.Context()
+		}
+		t.cfg.logger.LogAttrs(ctx, slog.LevelWarn, "llmretry: giving up",
+			slog.String("method", ev.Method), slog.String("url", ev.URL),
+			slog.Int("attempts", attempts), slog.String("reason", v.reason.String()),
+			slog.String("cause", ev.Cause), slog.Int("status", ev.StatusCode))
+	}
+	if resp != nil {
+		return nil
+	}
+	return &Error{Method: ev.Method, URL: ev.URL, Attempts: attempts, Reason: v.reason, Wait: v.wait, Err: err}
+}
