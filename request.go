@@ -5,14 +5,8 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 )
-
-// drainLimit bounds how much of a discarded response is read so that its
-// connection goes back to the pool. An error body is small; a body larger
-// than this is closed unread, costing one connection, not a long read.
-const drainLimit = 64 << 10
 
 // errNilRequest and errNilURL are the causes of ReasonInvalidRequest for
 // requests that cannot be sent at all.
@@ -134,16 +128,6 @@ func (t *Transport) idempotencyKey(req *http.Request) string {
 	var b [16]byte
 	_, _ = rand.Read(b[:]) // never fails (crypto/rand since Go 1.24)
 	return "llmretry-" + hex.EncodeToString(b[:])
-}
-
-// discard drains a response that will not be handed over, up to
-// drainLimit, and closes it so that its connection can be reused.
-func discard(resp *http.Response) {
-	if resp == nil || resp.Body == nil {
-		return
-	}
-	_, _ = io.CopyN(io.Discard, resp.Body, drainLimit)
-	_ = resp.Body.Close()
 }
 
 func itoaSmall(n int) string {

@@ -1,0 +1,242 @@
+package llmretry
+
+import (
+	"bytes"
+	"encoding/json"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Provider rules: what LLM APIs say in their error bodies and rate-limit
+// headers, beyond the status code. Sources are in the README's table and in
+// shared/reference/providers.md.
+
+// errorBodyLimit bounds the peek at an error body.
+const errorBodyLimit = 64 << 10
+
+// bodyVerdict is what an error body says.
+type bodyVerdict struct {
+	// final: waiting will not help (quota or spend limit used up).
+	final bool
+	// transient: a known retryable error (overloaded, rate limited).
+	transient bool
+	cause     string
+	wait      time.Duration
+	src       WaitSource
+	waitOK    bool
+}
+
+// errorEnvelope covers the error shapes of OpenAI (and compatible servers,
+// OpenRouter, Groq, Azure), Anthropic and Gemini.
+type errorEnvelope struct {
+	Error *struct {
+		Message string          `json:"message"`
+		Type    string          `json:"type"`
+		Code    json.RawMessage `json:"code"`   // a string (OpenAI) or a number (Gemini, OpenRouter)
+		Status  string          `json:"status"` // Gemini: RESOURCE_EXHAUSTED
+		Details json.RawMessage `json:"details"`
+	} `json:"error"`
+}
+
+// googleDetail is one entry of a Gemini error's details.
+type googleDetail struct {
+	Type       string `json:"@type"`
+	RetryDelay string `json:"retryDelay"`
+	Violations []struct {
+		QuotaID string `json:"quotaId"`
+	} `json:"violations"`
+}
+
+// classifyErrorBody reads a provider's JSON error. ok is false when body
+// is not one.
+func classifyErrorBody(body []byte) (v bodyVerdict, ok bool) {
+	body = bytes.TrimSpace(body)
+	if len(body) > 0 && body[0] == '[' { // Gemini sometimes wraps the error in a list
+		var list []json.RawMessage
+		if json.Unmarshal(body, &list) != nil || len(list) == 0 {
+			return v, false
+		}
+		body = list[0]
+	}
+	var env errorEnvelope
+	if json.Unmarshal(body, &env) != nil || env.Error == nil {
+		return v, false
+	}
+	e := env.Error
+	code := strings.Trim(string(e.Code), `"`)
+	switch {
+	case code == "insufficient_quota" || e.Type == "insufficient_quota":
+		return bodyVerdict{final: true, cause: "insufficient_quota"}, true
+	case e.Type == "billing_error":
+		return bodyVerdict{final: true, cause: "billing_error"}, true
+	}
+	v.cause = firstNonEmpty(e.Type, e.Status, code)
+	if len(e.Details) > 0 {
+		switch e.Details[0] {
+		case '{': // Anthropic: {"error_code": "enforced_spend_limit_reached"}
+			var d struct {
+				ErrorCode string `json:"error_code"`
+			}
+			if json.Unmarshal(e.Details, &d) == nil && d.ErrorCode == "enforced_spend_limit_reached" {
+				return bodyVerdict{final: true, cause: d.ErrorCode}, true
+			}
+		case '[': // Gemini: google.rpc.QuotaFailure, google.rpc.RetryInfo
+			var ds []googleDetail
+			if json.Unmarshal(e.Details, &ds) == nil {
+				for _, d := range ds {
+					switch {
+					case strings.HasSuffix(d.Type, "google.rpc.QuotaFailure"):
+						for _, q := range d.Violations {
+							if strings.Contains(q.QuotaID, "PerDay") {
+								return bodyVerdict{final: true, cause: "daily quota " + q.QuotaID}, true
+							}
+						}
+					case strings.HasSuffix(d.Type, "google.rpc.RetryInfo"):
+						if w, ok := parseProtoDuration(d.RetryDelay); ok {
+							v.wait, v.src, v.waitOK = w, SourceRetryInfo, true
+						}
+					}
+				}
+			}
+		}
+	}
+	if !v.waitOK {
+		if w, ok := messageWait(e.Message); ok {
+			v.wait, v.src, v.waitOK = w, SourceMessage, true
+		}
+	}
+	v.transient = transientErrorKind(e.Type, code, e.Status)
+	return v, true
+}
+
+// transientErrorKind reports the error kinds that name a passing state.
+func transientErrorKind(kinds ...string) bool {
+	for _, k := range kinds {
+		switch strings.ToLower(k) {
+		case "overloaded_error", "overloaded", "rate_limit_error", "rate_limit_exceeded",
+			"api_error", "server_error", "internal_error", "service_unavailable", "timeout",
+			"resource_exhausted", "unavailable", "internal", "deadline_exceeded":
+			return true
+		}
+		if n, err := strconv.Atoi(k); err == nil && RetryableStatus(n) {
+			return true
+		}
+	}
+	return false
+}
+
+// parseProtoDuration parses a protobuf Duration in its JSON form: "53s",
+// "0.5s", "1.000340s".
+func parseProtoDuration(s string) (time.Duration, bool) {
+	s = strings.TrimSpace(s)
+	if !strings.HasSuffix(s, "s") {
+		return 0, false
+	}
+	return parseFloatUnit(s[:len(s)-1], float64(time.Second))
+}
+
+// messageWait finds a wait written in an error message: OpenAI and Groq's
+// "Please try again in 16.062s" (also "1m2.5s", "20ms"), Azure's "Please
+// retry after 6 seconds".
+func messageWait(msg string) (time.Duration, bool) {
+	lower := strings.ToLower(msg)
+	for _, phrase := range []string{"try again in ", "retry after "} {
+		i := strings.Index(lower, phrase)
+		if i < 0 {
+			continue
+		}
+		rest := msg[i+len(phrase):]
+		fields := strings.Fields(rest)
+		if len(fields) == 0 {
+			continue
+		}
+		tok := strings.TrimRight(fields[0], ".,;)")
+		if len(fields) > 1 && strings.HasPrefix(strings.ToLower(fields[1]), "second") {
+			if d, ok := parseFloatUnit(tok, float64(time.Second)); ok {
+				return d, true
+			}
+			continue
+		}
+		if d, err := time.ParseDuration(tok); err == nil && d > 0 {
+			return d, true
+		}
+	}
+	return 0, false
+}
+
+// resetWait reads the rate-limit reset headers of a 429 that carries no
+// Retry-After: OpenAI's x-ratelimit-reset-{requests,tokens} (Go durations)
+// and Anthropic's anthropic-ratelimit-*-reset (RFC 3339 times). When a
+// bucket's remaining count is 0, its reset is the wait (the longest, if
+// several are empty); when none says, the shortest reset is the least
+// that is needed.
+func resetWait(h http.Header, now time.Time) (time.Duration, bool) {
+	var empty, any time.Duration
+	note := func(d time.Duration, remaining string) {
+		if d <= 0 {
+			return
+		}
+		if strings.TrimSpace(remaining) == "0" {
+			empty = max(empty, d)
+		}
+		if any == 0 || d < any {
+			any = d
+		}
+	}
+	for _, b := range []string{"requests", "tokens"} {
+		if v := h.Get("X-Ratelimit-Reset-" + b); v != "" {
+			if d, err := time.ParseDuration(strings.TrimSpace(v)); err == nil {
+				note(d, h.Get("X-Ratelimit-Remaining-"+b))
+			}
+		}
+	}
+	for _, b := range []string{"requests", "tokens", "input-tokens", "output-tokens"} {
+		if v := h.Get("Anthropic-Ratelimit-" + b + "-Reset"); v != "" {
+			if t, err := time.Parse(time.RFC3339, strings.TrimSpace(v)); err == nil {
+				note(t.Sub(now), h.Get("Anthropic-Ratelimit-"+b+"-Remaining"))
+			}
+		}
+	}
+	if empty > 0 {
+		return empty, true
+	}
+	return any, any > 0
+}
+
+// applyProviderRules refines a status verdict with what the provider says
+// in the error body (a bounded peek, put back for the caller) and in its
+// rate-limit headers. It runs only on responses the status rule would
+// retry: those are the ones where the body can change the decision.
+func applyProviderRules(resp *http.Response, v verdict, now time.Time) verdict {
+	body, _ := peekBody(resp, errorBodyLimit)
+	if bv, ok := classifyErrorBody(body); ok {
+		if bv.final {
+			v.retry, v.reason = false, ReasonNotRetryable
+			v.cause += ": " + bv.cause
+			return v
+		}
+		if bv.cause != "" {
+			v.cause += ": " + bv.cause
+		}
+		if !v.waitOK && bv.waitOK {
+			v.wait, v.src, v.waitOK = bv.wait, bv.src, true
+		}
+	}
+	if !v.waitOK && resp.StatusCode == http.StatusTooManyRequests {
+		if d, ok := resetWait(resp.Header, now); ok {
+			v.wait, v.src, v.waitOK = d, SourceRateLimitReset, true
+		}
+	}
+	return v
+}
+
+func firstNonEmpty(s ...string) string {
+	for _, x := range s {
+		if x != "" {
+			return x
+		}
+	}
+	return ""
+}
