@@ -20,6 +20,10 @@ type config struct {
 	rand              func() float64
 	attemptHeader     string
 	idempotencyHeader string
+	providerRules     bool
+	firstEventPeek    bool
+	firstEventTimeout time.Duration
+	idleTimeout       time.Duration
 }
 
 func defaultConfig() config {
@@ -27,6 +31,9 @@ func defaultConfig() config {
 		policy: DefaultPolicy(),
 		clock:  realClock{},
 		rand:   rand.Float64,
+
+		providerRules:  true,
+		firstEventPeek: true,
 	}
 }
 
@@ -89,6 +96,38 @@ func WithAttemptHeader(name string) Option {
 // pooled connection.
 func WithIdempotencyKey(name string) Option {
 	return func(c *config) { c.idempotencyHeader = http.CanonicalHeaderKey(name) }
+}
+
+// WithoutProviderRules turns off the provider rules: quota errors that
+// waiting will not clear, and the waits written in error bodies and
+// rate-limit headers. Only the status code, x-should-retry and the
+// Retry-After family then decide.
+func WithoutProviderRules() Option {
+	return func(c *config) { c.providerRules = false }
+}
+
+// WithoutFirstEventPeek hands text/event-stream responses over as soon as
+// their headers arrive, without waiting for the first event. An error sent
+// as the first event is then not retried.
+func WithoutFirstEventPeek() Option {
+	return func(c *config) { c.firstEventPeek = false }
+}
+
+// WithFirstEventTimeout fails an attempt whose stream sends no first event
+// within d of its response headers, and retries it: nothing has reached the
+// caller yet. Comment lines (keep-alives) do not count as an event. Off by
+// default, as a reasoning model may think for minutes before its first
+// token.
+func WithFirstEventTimeout(d time.Duration) Option {
+	return func(c *config) { c.firstEventTimeout = d }
+}
+
+// WithIdleTimeout makes the returned body's Read fail with an
+// *IdleTimeoutError, and closes the connection, when no bytes arrive for d
+// while the caller waits in Read. It is never retried: part of the reply
+// may already have been used. Off by default.
+func WithIdleTimeout(d time.Duration) Option {
+	return func(c *config) { c.idleTimeout = d }
 }
 
 // RetryEvent describes one retry, before its wait.

@@ -90,14 +90,14 @@ func (t *Transport) do(req *http.Request, send sendFunc) (*http.Response, error)
 			}
 			cause, ok := transportCause(err)
 			v = verdict{retry: ok, cause: cause, reason: ReasonNotRetryable}
-		} else {
-			v = classifyResponse(resp, t.cfg.clock.Now())
+		} else if v, err = t.inspect(resp); err != nil {
+			resp = nil // closed: it broke before the caller could have it
 		}
 		if !v.retry {
 			if v.reason == 0 { // success, or a response that is not a failure
-				return resp, nil
+				return t.handOver(resp), nil
 			}
-			return resp, t.giveUp(req, resp, attempt, v, err)
+			return t.handOver(resp), t.giveUp(req, resp, attempt, v, err)
 		}
 
 		wait, src, stop := t.nextWait(ctx, attempt, canReplay, v)
@@ -106,7 +106,7 @@ func (t *Transport) do(req *http.Request, send sendFunc) (*http.Response, error)
 			if stop == ReasonDeadline || stop == ReasonRetryAfterTooLong {
 				v.wait = wait
 			}
-			return resp, t.giveUp(req, resp, attempt, v, err)
+			return t.handOver(resp), t.giveUp(req, resp, attempt, v, err)
 		}
 		t.retrying(req, resp, attempt, v, err, wait, src)
 		discard(resp)
@@ -114,6 +114,35 @@ func (t *Transport) do(req *http.Request, send sendFunc) (*http.Response, error)
 			return nil, t.giveUp(req, nil, attempt, verdict{reason: ReasonContextDone}, err)
 		}
 	}
+}
+
+// inspect decides on a response: the status and headers, then, where they
+// say retry, what the provider wrote in the error body; for a stream, its
+// first event. err is set, and the response closed, when a stream broke
+// before its first event.
+func (t *Transport) inspect(resp *http.Response) (verdict, error) {
+	now := t.cfg.clock.Now()
+	v := classifyResponse(resp, now)
+	if v.retry && t.cfg.providerRules {
+		return applyProviderRules(resp, v, now), nil
+	}
+	if v.reason == 0 && t.cfg.firstEventPeek && isEventStream(resp) {
+		pv, err := t.peekFirstEvent(resp)
+		if err != nil {
+			return verdict{retry: true, cause: streamCause(err)}, err
+		}
+		return pv, nil
+	}
+	return v, nil
+}
+
+// handOver prepares a response for the caller: from here on it is theirs,
+// and nothing is sent again for it.
+func (t *Transport) handOver(resp *http.Response) *http.Response {
+	if resp != nil && t.cfg.idleTimeout > 0 && resp.Body != nil && resp.Body != http.NoBody {
+		resp.Body = newIdleBody(resp.Body, t.cfg.idleTimeout)
+	}
+	return resp
 }
 
 // nextWait decides whether a retryable failure after attempt is retried,

@@ -1,0 +1,301 @@
+package llmretry
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"io"
+	"net/http"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"testing/synctest"
+	"time"
+)
+
+const (
+	anthropicOverloaded = "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n"
+	anthropicInvalid    = "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"invalid_request_error\",\"message\":\"bad\"}}\n\n"
+	openRouterError     = ": OPENROUTER PROCESSING\n\n: OPENROUTER PROCESSING\n\ndata: {\"error\":{\"code\":502,\"message\":\"Provider returned error\"}}\n\n"
+	okStream            = "event: message_start\ndata: {\"type\":\"message_start\"}\n\nevent: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"delta\":{\"text\":\"Hello\"}}\n\nevent: message_stop\ndata: {\"type\":\"message_stop\"}\n\n"
+	openAIStream        = "data: {\"choices\":[{\"delta\":{\"content\":\"Hi\"}}]}\n\ndata: [DONE]\n\n"
+)
+
+// sse answers 200 text/event-stream, writing each part and flushing it.
+func sse(parts ...string) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream; charset=utf-8")
+		w.WriteHeader(200)
+		for _, p := range parts {
+			_, _ = io.WriteString(w, p)
+			w.(http.Flusher).Flush()
+		}
+	}
+}
+
+// sseThenCut sends parts, then cuts the connection mid-stream.
+func sseThenCut(parts ...string) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		w.WriteHeader(200)
+		for _, p := range parts {
+			_, _ = io.WriteString(w, p)
+		}
+		w.(http.Flusher).Flush()
+		panic(http.ErrAbortHandler)
+	}
+}
+
+// bytewise splits s into one-byte writes.
+func bytewise(s string) []string {
+	out := make([]string, len(s))
+	for i := range s {
+		out[i] = s[i : i+1]
+	}
+	return out
+}
+
+func TestFirstEventCommitPoint(t *testing.T) {
+	huge := "data: {\"error\":{\"type\":\"overloaded_error\",\"pad\":\"" + strings.Repeat("p", 70<<10) + "\"}}\n\n"
+	cases := []struct {
+		name     string
+		first    http.HandlerFunc
+		hits     int
+		wantBody string
+	}{
+		{"anthropic overloaded first event retried", sse(anthropicOverloaded), 2, okStream},
+		{"openrouter error after comments retried", sse(openRouterError), 2, okStream},
+		{"event split into one-byte writes", sse(bytewise(anthropicOverloaded)...), 2, okStream},
+		{"crlf line endings", sse(strings.ReplaceAll(anthropicOverloaded, "\n", "\r\n")), 2, okStream},
+		{"cut mid-event retried", sseThenCut("event: message_start\ndata: {\"ty"), 2, okStream},
+		{"empty stream retried", sse(), 2, okStream},
+		{"non-retryable error event handed over", sse(anthropicInvalid), 1, anthropicInvalid},
+		{"good stream handed over whole", sse(openAIStream), 1, openAIStream},
+		{"comments passed on untouched", sse(": ping\n\n", openAIStream), 1, ": ping\n\n" + openAIStream},
+		{"first event above the bound handed over", sse(huge), 1, huge},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := newScripted(t, tc.first, sse(okStream))
+			_, c := testTransport(t, newFakeClock())
+			resp, err := c.Do(post(t, srv.URL, "x"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := readAll(t, resp); got != tc.wantBody || srv.Hits() != tc.hits {
+				t.Fatalf("hits %d body %.200q; want %d %.200q", srv.Hits(), got, tc.hits, tc.wantBody)
+			}
+		})
+	}
+}
+
+func TestFirstEventPeekOff(t *testing.T) {
+	srv := newScripted(t, sse(anthropicOverloaded), sse(okStream))
+	_, c := testTransport(t, newFakeClock(), WithoutFirstEventPeek())
+	resp, err := c.Do(post(t, srv.URL, "x"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := readAll(t, resp); got != anthropicOverloaded || srv.Hits() != 1 {
+		t.Fatalf("hits %d body %q", srv.Hits(), got)
+	}
+}
+
+// Once the first event is handed over, a break is the caller's: never
+// retried, never replayed.
+func TestNoRetryAfterFirstEvent(t *testing.T) {
+	first := "event: message_start\ndata: {\"type\":\"message_start\"}\n\n"
+	srv := newScripted(t, sseThenCut(first, "event: content_block_delta\ndata: {\"par"), sse(okStream))
+	_, c := testTransport(t, newFakeClock())
+	resp, err := c.Do(post(t, srv.URL, "x"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	got, err := io.ReadAll(resp.Body)
+	if err == nil {
+		t.Fatal("want the read error of the cut stream")
+	}
+	if !strings.HasPrefix(string(got), first) || srv.Hits() != 1 {
+		t.Fatalf("hits %d body %q", srv.Hits(), got)
+	}
+}
+
+// The first event reaches the caller before the server sends the second:
+// nothing is buffered beyond the commit point.
+func TestStreamIsLive(t *testing.T) {
+	release := make(chan struct{})
+	srv := newScripted(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		_, _ = io.WriteString(w, "data: one\n\n")
+		w.(http.Flusher).Flush()
+		<-release
+		_, _ = io.WriteString(w, "data: two\n\n")
+	})
+	_, c := testTransport(t, newFakeClock())
+	got := make(chan string, 1)
+	go func() {
+		resp, err := c.Do(post(t, srv.URL, "x"))
+		if err != nil {
+			got <- err.Error()
+			return
+		}
+		defer resp.Body.Close()
+		br := bufio.NewReader(resp.Body)
+		line, _ := br.ReadString('\n')
+		got <- line
+		_, _ = io.Copy(io.Discard, br)
+	}()
+	select {
+	case line := <-got:
+		if line != "data: one\n" {
+			t.Fatalf("first line %q", line)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the first event was held back until the server sent more")
+	}
+	close(release)
+}
+
+// pipeBase answers every request with a stream whose writer the test holds.
+func pipeBase(t *testing.T, writers chan<- *io.PipeWriter) roundTripFunc {
+	return func(r *http.Request) (*http.Response, error) {
+		pr, pw := io.Pipe()
+		writers <- pw
+		return &http.Response{StatusCode: 200, Header: http.Header{"Content-Type": {"text/event-stream"}}, Body: pr, Request: r}, nil
+	}
+}
+
+func TestSynctest_FirstEventTimeoutRetries(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		writers := make(chan *io.PipeWriter, 4)
+		tr := NewTransport(pipeBase(t, writers), WithFirstEventTimeout(10*time.Second), WithRand(fixedRand(0.5)))
+		var calls atomic.Int32
+		go func() {
+			// Attempt 1: only keep-alive comments, which do not count.
+			w1 := <-writers
+			calls.Add(1)
+			_, _ = io.WriteString(w1, ": ping\n\n")
+			// Attempt 2: a real event.
+			w2 := <-writers
+			calls.Add(1)
+			_, _ = io.WriteString(w2, "data: hi\n\n")
+			_ = w2.Close()
+		}()
+		start := time.Now()
+		req, _ := http.NewRequest("GET", "http://api.test/", nil)
+		resp, err := tr.RoundTrip(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		// 10 s of silence, then the 500 ms backoff.
+		if string(body) != "data: hi\n\n" || calls.Load() != 2 || time.Since(start) != 10500*time.Millisecond {
+			t.Fatalf("body %q calls %d after %v", body, calls.Load(), time.Since(start))
+		}
+	})
+}
+
+func TestSynctest_FirstEventTimeoutExhausted(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		writers := make(chan *io.PipeWriter, 4)
+		tr := NewTransport(pipeBase(t, writers), WithFirstEventTimeout(time.Second), WithPolicy(Policy{MaxAttempts: 2}))
+		req, _ := http.NewRequest("GET", "http://api.test/", nil)
+		_, err := tr.RoundTrip(req)
+		var e *Error
+		var fe *FirstEventTimeoutError
+		if !errors.As(err, &e) || e.Reason != ReasonExhausted || e.Attempts != 2 || !errors.As(err, &fe) || fe.After != time.Second {
+			t.Fatalf("got %v", err)
+		}
+	})
+}
+
+func TestSynctest_IdleTimeout(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		writers := make(chan *io.PipeWriter, 1)
+		tr := NewTransport(pipeBase(t, writers), WithIdleTimeout(2*time.Minute))
+		writeErr := make(chan error, 1)
+		stalled := make(chan struct{})
+		go func() {
+			w := <-writers
+			_, _ = io.WriteString(w, "data: one\n\n")
+			_, _ = io.WriteString(w, "data: two\n\n")
+			<-stalled
+			// The idle timeout closed the body, so this write fails.
+			_, err := io.WriteString(w, "data: late\n\n")
+			writeErr <- err
+		}()
+		ctx := context.Background()
+		req, _ := http.NewRequestWithContext(ctx, "GET", "http://api.test/", nil)
+		resp, err := tr.RoundTrip(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		br := bufio.NewReader(resp.Body)
+		var got strings.Builder
+		start := time.Now()
+		var readErr error
+		for {
+			line, err := br.ReadString('\n')
+			got.WriteString(line)
+			if err != nil {
+				readErr = err
+				break
+			}
+		}
+		var ie *IdleTimeoutError
+		if !errors.As(readErr, &ie) || ie.After != 2*time.Minute || time.Since(start) != 2*time.Minute {
+			t.Fatalf("err %v after %v", readErr, time.Since(start))
+		}
+		if got.String() != "data: one\n\ndata: two\n\n" {
+			t.Fatalf("got %q", got.String())
+		}
+		close(stalled)
+		if err := <-writeErr; err == nil {
+			t.Fatal("the stalled stream was not closed")
+		}
+	})
+}
+
+func TestFirstEventParser(t *testing.T) {
+	cases := []struct {
+		in   string
+		done bool
+		name string
+		data string
+	}{
+		{"data: x\n\n", true, "", "x"},
+		{"data: x\n", false, "", ""},
+		{"event: error\ndata: {}\n\n", true, "error", "{}"},
+		{": c\n\ndata: y\n\n", true, "", "y"},
+		{": only\n\n", false, "", ""},
+		{"data: a\ndata: b\n\n", true, "", "a\nb"},
+		{"data: x\r\n\r\n", true, "", "x"},
+		{"data: x\r\r", true, "", "x"},
+		{"data: x\r", false, "", ""},
+		{"\n\ndata: z\n\n", true, "", "z"},
+		{"id: 1\n\ndata: w\n\n", true, "", "w"},
+		{"data:nospace\n\n", true, "", "nospace"},
+	}
+	for _, tc := range cases {
+		ev, done := firstEvent([]byte(tc.in))
+		if done != tc.done || ev.name != tc.name || string(ev.data) != tc.data {
+			t.Errorf("%q: got %q %q %v", tc.in, ev.name, ev.data, done)
+		}
+	}
+}
+
+func FuzzFirstEvent(f *testing.F) {
+	f.Add([]byte(anthropicOverloaded))
+	f.Add([]byte(openRouterError))
+	f.Add([]byte("data: x\r\r\n"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		ev, done := firstEvent(b)
+		if !done && (ev.data != nil) {
+			t.Fatalf("data without an event")
+		}
+		_ = classifyFirstEvent(ev)
+	})
+}
