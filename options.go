@@ -24,6 +24,10 @@ type config struct {
 	firstEventPeek    bool
 	firstEventTimeout time.Duration
 	idleTimeout       time.Duration
+	budget            Budget
+	budgetSet         bool
+	cooldowns         Cooldowns
+	cooldownsSet      bool
 }
 
 func defaultConfig() config {
@@ -130,12 +134,29 @@ func WithIdleTimeout(d time.Duration) Option {
 	return func(c *config) { c.idleTimeout = d }
 }
 
+// WithBudget sets the retry budget; Transports given the same Budget
+// share it. nil turns the budget off. By default each Transport has its
+// own NewRatioBudget(BudgetConfig{}): 10% of requests over 10 s, with a
+// reserve of 10 retries.
+func WithBudget(b Budget) Option {
+	return func(c *config) { c.budget, c.budgetSet = b, true }
+}
+
+// WithCooldowns sets where server-requested waits are remembered per
+// upstream; Transports given the same Cooldowns share them. nil turns
+// cooldowns off. By default each Transport has its own LocalCooldowns.
+func WithCooldowns(cd Cooldowns) Option {
+	return func(c *config) { c.cooldowns, c.cooldownsSet = cd, true }
+}
+
 // RetryEvent describes one retry, before its wait.
 type RetryEvent struct {
 	Method string
 	// URL has no query string and no user info.
 	URL string
 	// Attempt is the number of the attempt that failed (1 for the first).
+	// It is 0 for the wait before the first attempt that a cooldown
+	// imposes (Source is then SourceCooldown).
 	Attempt int
 	// StatusCode is the failed attempt's status, 0 if no response came.
 	StatusCode int

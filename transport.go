@@ -33,6 +33,12 @@ func NewTransport(base http.RoundTripper, opts ...Option) *Transport {
 			o(&t.cfg)
 		}
 	}
+	if !t.cfg.budgetSet {
+		t.cfg.budget = NewRatioBudget(BudgetConfig{Clock: t.cfg.clock})
+	}
+	if !t.cfg.cooldownsSet {
+		t.cfg.cooldowns = NewLocalCooldowns()
+	}
 	return t
 }
 
@@ -75,6 +81,15 @@ func (t *Transport) do(req *http.Request, send sendFunc) (*http.Response, error)
 	ctx := req.Context()
 	canReplay := replayable(req)
 	idemKey := t.idempotencyKey(req)
+	if err := t.awaitCooldown(req); err != nil {
+		if req.Body != nil {
+			_ = req.Body.Close()
+		}
+		return nil, err
+	}
+	if t.cfg.budget != nil {
+		t.cfg.budget.OnRequest()
+	}
 
 	for attempt := 1; ; attempt++ {
 		r, err := t.attemptRequest(req, attempt, idemKey)
@@ -100,6 +115,9 @@ func (t *Transport) do(req *http.Request, send sendFunc) (*http.Response, error)
 			return t.handOver(resp), t.giveUp(req, resp, attempt, v, err)
 		}
 
+		if v.waitOK {
+			t.startCooldown(req, v.wait)
+		}
 		wait, src, stop := t.nextWait(ctx, attempt, canReplay, v)
 		if stop != 0 {
 			v.reason = stop
@@ -166,7 +184,50 @@ func (t *Transport) nextWait(ctx context.Context, attempt int, canReplay bool, v
 	if passesDeadline(ctx, t.cfg.clock.Now(), wait) {
 		return wait, src, ReasonDeadline
 	}
+	if t.cfg.budget != nil && !t.cfg.budget.AllowRetry() {
+		return wait, src, ReasonBudget
+	}
 	return wait, src, 0
+}
+
+// errCooldown is the cause when a cooldown outlasts the request's deadline.
+var errCooldown = errors.New("upstream cooling down after a server-requested wait")
+
+// awaitCooldown waits out the rest of a server-requested wait that another
+// request to the same upstream received, before the first attempt. It
+// fails at once when the cooldown outlasts the request's deadline.
+func (t *Transport) awaitCooldown(req *http.Request) error {
+	cd := t.cfg.cooldowns
+	if cd == nil {
+		return nil
+	}
+	now := t.cfg.clock.Now()
+	if !cd.Active(now) {
+		return nil
+	}
+	wait := cd.Until(upstreamOf(req)).Sub(now)
+	if wait <= 0 {
+		return nil
+	}
+	ctx := req.Context()
+	v := verdict{cause: "cooldown", reason: ReasonDeadline, wait: wait}
+	if passesDeadline(ctx, now, wait) {
+		return t.giveUp(req, nil, 0, v, errCooldown)
+	}
+	t.retrying(req, nil, 0, v, nil, wait, SourceCooldown)
+	if err := sleep(ctx, t.cfg.clock, wait); err != nil {
+		return t.giveUp(req, nil, 0, verdict{cause: "cooldown", reason: ReasonContextDone}, err)
+	}
+	return nil
+}
+
+// startCooldown records a server-requested wait for req's upstream, capped
+// at MaxRetryAfter: no server makes anyone wait longer than that.
+func (t *Transport) startCooldown(req *http.Request, wait time.Duration) {
+	if t.cfg.cooldowns == nil {
+		return
+	}
+	t.cfg.cooldowns.Extend(upstreamOf(req), t.cfg.clock.Now(), min(wait, t.cfg.policy.MaxRetryAfter))
 }
 
 // contextError makes sure the caller's context error is in the chain, so

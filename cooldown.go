@@ -1,0 +1,110 @@
+package llmretry
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Cooldowns remembers, per upstream, until when the server asked callers to
+// wait, so that other requests to the same upstream wait out the rest of it
+// before their first attempt instead of each discovering the 429 on its
+// own. Implementations must be safe for concurrent use and must not block.
+type Cooldowns interface {
+	// Active reports whether any cooldown may still run at now. When it
+	// says false a request skips the lookup, and the cost of naming its
+	// upstream.
+	Active(now time.Time) bool
+	// Until returns when up's cooldown ends (the zero time if none).
+	Until(up Upstream) time.Time
+	// Extend makes up's cooldown last at least wait from now.
+	Extend(up Upstream, now time.Time, wait time.Duration)
+}
+
+// Upstream names where requests go and as whom: the scheme and host, and a
+// hash of the credential, never the credential itself. Two API keys on one
+// host are two upstreams, as their rate limits are separate.
+type Upstream struct {
+	Scheme, Host string
+	// Credential is a hex SHA-256 prefix of the request's credential
+	// headers and key parameter; empty when there are none.
+	Credential string
+}
+
+func (u Upstream) String() string {
+	return u.Scheme + "://" + u.Host + "#" + u.Credential
+}
+
+// credentialHeaders are the headers LLM APIs take a key or token in.
+var credentialHeaders = [...]string{"Authorization", "X-Api-Key", "Api-Key", "X-Goog-Api-Key"}
+
+// upstreamOf names the upstream of req.
+func upstreamOf(req *http.Request) Upstream {
+	up := Upstream{Scheme: req.URL.Scheme, Host: req.URL.Host}
+	h := sha256.New()
+	n := 0
+	for _, name := range credentialHeaders {
+		for _, v := range req.Header.Values(name) {
+			h.Write([]byte(name))
+			h.Write([]byte{0})
+			h.Write([]byte(v))
+			h.Write([]byte{0})
+			n++
+		}
+	}
+	if k := req.URL.Query().Get("key"); k != "" { // Gemini's ?key=
+		h.Write([]byte("key\x00" + k))
+		n++
+	}
+	if n > 0 {
+		up.Credential = hex.EncodeToString(h.Sum(nil)[:12])
+	}
+	return up
+}
+
+// LocalCooldowns keeps cooldowns in this process.
+type LocalCooldowns struct {
+	latest atomic.Int64 // the latest end of any cooldown, in Unix ns
+	mu     sync.Mutex
+	until  map[Upstream]time.Time
+}
+
+// NewLocalCooldowns returns an empty in-process Cooldowns.
+func NewLocalCooldowns() *LocalCooldowns {
+	return &LocalCooldowns{until: make(map[Upstream]time.Time)}
+}
+
+// Active reports whether any cooldown ends after now.
+func (c *LocalCooldowns) Active(now time.Time) bool {
+	return c.latest.Load() > now.UnixNano()
+}
+
+// Until returns when up's cooldown ends.
+func (c *LocalCooldowns) Until(up Upstream) time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.until[up]
+}
+
+// Extend makes up's cooldown last at least wait from now.
+func (c *LocalCooldowns) Extend(up Upstream, now time.Time, wait time.Duration) {
+	until := now.Add(wait)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if until.After(c.until[up]) {
+		c.until[up] = until
+	}
+	// Forget the ones that are over, so the map stays small.
+	latest := int64(0)
+	for k, u := range c.until {
+		if !u.After(now) {
+			delete(c.until, k)
+		} else if n := u.UnixNano(); n > latest {
+			latest = n
+		}
+	}
+	c.latest.Store(latest)
+}
