@@ -133,11 +133,11 @@ func TestBackoffExact(t *testing.T) {
 		{2, 0.5, time.Second},
 		{3, 0.5, 2 * time.Second},
 		{4, 0.5, 4 * time.Second},
-		{5, 0, 6 * time.Second},            // 8 s capped, -25%
-		{5, 0.5, 7 * time.Second},          // spread clipped at MaxDelay: [6 s, 8 s]
-		{5, 0.999999999, 8 * time.Second},  // never above MaxDelay
-		{1_000_000, 0.5, 7 * time.Second},  // no overflow
-		{0, 0.5, 500 * time.Millisecond},   // nonsense retry numbers act as the first
+		{5, 0, 6 * time.Second},           // 8 s capped, -25%
+		{5, 0.5, 7 * time.Second},         // spread clipped at MaxDelay: [6 s, 8 s]
+		{5, 0.999999999, 8 * time.Second}, // never above MaxDelay
+		{1_000_000, 0.5, 7 * time.Second}, // no overflow
+		{0, 0.5, 500 * time.Millisecond},  // nonsense retry numbers act as the first
 		{-5, 0.5, 500 * time.Millisecond},
 	}
 	for _, tc := range cases {

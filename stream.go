@@ -263,4 +263,3 @@ func streamCause(err error) string {
 	}
 	return "stream broke before its first event"
 }
-

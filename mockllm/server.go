@@ -1,0 +1,174 @@
+// Package mockllm is a fault-injecting mock LLM provider. It speaks the
+// OpenAI chat completions, Anthropic messages and Gemini generateContent
+// wire formats, JSON and SSE streaming, with deterministic canned replies,
+// and answers each request as a Script of faults says: error statuses with
+// Retry-After and friends, quota errors, connection resets, stalls, an
+// error as the first stream event, a stream cut mid-reply, a slow stream.
+//
+// It serves the llmretry command's mock and demo, and the project's tests.
+package mockllm
+
+import (
+	"encoding/json"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Server is an http.Handler that plays a Script.
+type Server struct {
+	script Script
+	mu     sync.Mutex
+	n      int
+	rng    *rand.Rand
+	hits   atomic.Int64
+	served [Slow + 1]atomic.Int64
+}
+
+// New returns a Server playing script; seed fixes the draws of a mix.
+func New(script Script, seed uint64) *Server {
+	return &Server{script: script, rng: rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))}
+}
+
+// Hits is how many requests the server has received.
+func (s *Server) Hits() int { return int(s.hits.Load()) }
+
+// Served is how many requests got a Fault of kind k.
+func (s *Server) Served(k Kind) int { return int(s.served[k].Load()) }
+
+// maxRequestBody bounds what the mock reads of a request.
+const maxRequestBody = 32 << 20
+
+func (s *Server) next() Fault {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	f := s.script.pick(s.n, s.rng.Float64())
+	s.n++
+	return f
+}
+
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	s.hits.Add(1)
+	api := apiOf(r)
+	var req struct {
+		Model  string `json:"model"`
+		Stream bool   `json:"stream"`
+	}
+	body, err := io.ReadAll(io.LimitReader(r.Body, maxRequestBody))
+	if err != nil {
+		return // the client went away
+	}
+	if api == Unknown || r.Method != http.MethodPost {
+		writeJSON(w, http.StatusNotFound, errorBody(OpenAI, http.StatusNotFound), nil)
+		return
+	}
+	if err := json.Unmarshal(body, &req); err != nil {
+		writeJSON(w, http.StatusBadRequest, errorBody(api, http.StatusBadRequest), nil)
+		return
+	}
+	if api == Gemini {
+		req.Stream = r.URL.Query().Get("alt") == "sse" || containsStream(r.URL.Path)
+	}
+	if req.Model == "" {
+		req.Model = "mock-model"
+	}
+	f := s.next()
+	s.served[f.Kind].Add(1)
+	switch f.Kind {
+	case Status:
+		writeJSON(w, f.Code, errorBody(api, f.Code), f.Header)
+	case Quota:
+		writeJSON(w, http.StatusTooManyRequests, quotaBody(api), nil)
+	case RetryInfo:
+		writeJSON(w, http.StatusTooManyRequests, retryInfoBody(protoDuration(f.Delay)), nil)
+	case Reset:
+		resetConn(w)
+	case Stall:
+		t := time.NewTimer(f.Delay)
+		select {
+		case <-t.C:
+		case <-r.Context().Done():
+			t.Stop()
+			return
+		}
+		s.reply(w, r, api, req.Model, req.Stream, Fault{})
+	case FirstEventError:
+		startStream(w)
+		_, _ = io.WriteString(w, firstEventError(api))
+		flush(w)
+	default:
+		s.reply(w, r, api, req.Model, req.Stream, f)
+	}
+}
+
+func containsStream(p string) bool { return strings.Contains(p, ":streamGenerateContent") }
+
+// reply answers normally, shaped by a Drop or Slow fault.
+func (s *Server) reply(w http.ResponseWriter, r *http.Request, api API, model string, stream bool, f Fault) {
+	if !stream {
+		writeJSON(w, http.StatusOK, jsonReply(api, model), nil)
+		return
+	}
+	startStream(w)
+	for i, ev := range streamEvents(api, model) {
+		if f.Kind == Drop && i == f.Events {
+			panic(http.ErrAbortHandler) // cut the connection mid-stream
+		}
+		if f.Kind == Slow && i > 0 {
+			t := time.NewTimer(f.Delay)
+			select {
+			case <-t.C:
+			case <-r.Context().Done():
+				t.Stop()
+				return
+			}
+		}
+		if _, err := io.WriteString(w, ev); err != nil {
+			return
+		}
+		flush(w)
+	}
+}
+
+func startStream(w http.ResponseWriter) {
+	w.Header().Set("Content-Type", "text/event-stream")
+	w.Header().Set("Cache-Control", "no-cache")
+	w.WriteHeader(http.StatusOK)
+	flush(w)
+}
+
+func flush(w http.ResponseWriter) {
+	_ = http.NewResponseController(w).Flush()
+}
+
+func writeJSON(w http.ResponseWriter, code int, body string, h map[string]string) {
+	for k, v := range h {
+		w.Header().Set(k, v)
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+	w.WriteHeader(code)
+	_, _ = io.WriteString(w, body)
+}
+
+// resetConn closes the connection with a TCP RST and no response.
+func resetConn(w http.ResponseWriter) {
+	conn, _, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		panic(http.ErrAbortHandler) // HTTP/2: abort the stream instead
+	}
+	if tc, ok := conn.(*net.TCPConn); ok {
+		_ = tc.SetLinger(0)
+	}
+	_ = conn.Close()
+}
+
+func protoDuration(d time.Duration) string {
+	return strconv.FormatFloat(d.Seconds(), 'f', -1, 64) + "s"
+}
