@@ -116,7 +116,7 @@ func (s *Server) reply(w http.ResponseWriter, r *http.Request, api API, model st
 		return
 	}
 	startStream(w)
-	for i, ev := range streamEvents(api, model) {
+	for i, ev := range StreamEvents(api, model) {
 		if f.Kind == Drop && i == f.Events {
 			panic(http.ErrAbortHandler) // cut the connection mid-stream
 		}

@@ -91,8 +91,8 @@ func geminiChunk(text string, last bool) map[string]any {
 	}
 }
 
-// streamEvents is the streamed reply, one SSE event a string.
-func streamEvents(api API, model string) []string {
+// StreamEvents is the streamed reply in api's format, one SSE event a string.
+func StreamEvents(api API, model string) []string {
 	chunks := replyChunks()
 	var ev []string
 	switch api {
