@@ -9,9 +9,9 @@ import (
 
 	"github.com/anthropics/anthropic-sdk-go/v2"
 	anthropicopt "github.com/anthropics/anthropic-sdk-go/v2/option"
-	goopenai "github.com/sashabaranov/go-openai"
 	"github.com/openai/openai-go/v3"
 	openaiopt "github.com/openai/openai-go/v3/option"
+	goopenai "github.com/sashabaranov/go-openai"
 	"google.golang.org/genai"
 
 	"github.com/llmretry/llmretry/mockllm"
