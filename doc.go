@@ -1,0 +1,23 @@
+// Package llmretry makes calls to LLM provider APIs (OpenAI, Anthropic,
+// Gemini, Azure OpenAI, OpenRouter, any OpenAI-compatible server) survive
+// rate limits, overload and network faults, without ever replaying a
+// stream that has started.
+//
+// Its Transport is an http.RoundTripper that drops into any *http.Client,
+// and so into every official SDK. It retries only before the response is
+// handed over: once the caller holds a response, nothing is sent again for
+// it. For a Server-Sent Events stream, the hand-over point is the first
+// event, so an error sent as the first event is still retried.
+//
+// Where to find what:
+//
+//   - policy.go: Policy, its defaults, backoff with jitter
+//   - hints.go: server waits (Retry-After, retry-after-ms, x-should-retry)
+//   - classify.go: the decision for one attempt, by status and by error type
+//   - providers.go: provider rules (quota bodies, RetryInfo, reset headers)
+//   - transport.go: the attempt loop that Transport and Do share
+//   - wait.go: deadline-aware waiting on an injectable Clock
+//   - stream.go: the first-event commit point and the idle timeout
+//   - budget.go, cooldown.go: the retry budget and per-upstream cooldowns
+//   - errors.go: Error and its Reasons
+package llmretry
