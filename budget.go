@@ -97,6 +97,14 @@ func (b *RatioBudget) AllowRetry() bool {
 	return true
 }
 
+// Counts returns the requests and retries counted in the current window.
+func (b *RatioBudget) Counts() (requests, retries int64) {
+	now := b.cfg.Clock.Now()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.w.sum(now)
+}
+
 // RetryAllowed is the budget rule, shared with the fleet budget: one more
 // retry is allowed while retries stay within max(reserve, ratio x
 // requests).

@@ -1,0 +1,262 @@
+// Package demo is the llmretry command's demo: concurrent streamed chats
+// through llmretry's Transport with the real openai-go client, against an
+// in-process mock provider that fails on purpose (or a real API).
+package demo
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"net"
+	"net/http"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"text/tabwriter"
+	"time"
+
+	"github.com/openai/openai-go/v3"
+	"github.com/openai/openai-go/v3/option"
+
+	"github.com/llmretry/llmretry"
+	"github.com/llmretry/llmretry/mockllm"
+)
+
+// DefaultFaults is the embedded fault mix: what a bad hour at a provider
+// looks like, compressed.
+const DefaultFaults = "503@8%,429:retry-after=1@5%,529@4%,reset@5%,sse-error@8%,quota@3%,drop=4@3%"
+
+// Config sets up a demo run.
+type Config struct {
+	Requests    int
+	Concurrency int
+	Faults      string // a mockllm fault spec, for the in-process mock
+	Seed        uint64
+	// Upstream, when set, is a real OpenAI-compatible API base URL (such
+	// as https://api.openai.com/v1), used with APIKey instead of the mock.
+	Upstream string
+	APIKey   string
+	Model    string
+	// Terminal draws a progress bar; otherwise progress is plain lines.
+	Terminal bool
+	Policy   llmretry.Policy
+}
+
+// Summary is what a run did.
+type Summary struct {
+	Requests, Succeeded, Failed int
+	Attempts                    int64
+	Retries                     map[string]int // by cause
+	Waits                       map[string]int // by where the wait came from
+	WaitTime                    time.Duration
+	Stops                       map[string]int // failures not (or no longer) retried, by reason
+	StreamsIntact               int            // streams that arrived whole, exactly once
+	StreamsCut                  int            // streams cut after their first event: never replayed
+	Duplicated                  int            // streams whose text came twice: must stay 0
+	Elapsed                     time.Duration
+}
+
+// ErrDuplicated is returned when any stream's content arrived more than
+// once, the one thing llmretry must never do.
+var ErrDuplicated = errors.New("a stream's content arrived more than once")
+
+// Run runs the demo, writing progress and the summary table to out.
+func Run(ctx context.Context, cfg Config, out io.Writer) (*Summary, error) {
+	if cfg.Requests <= 0 || cfg.Concurrency <= 0 {
+		return nil, errors.New("requests and concurrency must be positive")
+	}
+	base, expected := cfg.Upstream, mockllm.ReplyText
+	if base == "" {
+		script, err := mockllm.ParseFaults(cfg.Faults)
+		if err != nil {
+			return nil, fmt.Errorf("faults: %w", err)
+		}
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		srv := &http.Server{Handler: mockllm.New(script, cfg.Seed)}
+		go func() { _ = srv.Serve(ln) }()
+		defer srv.Close()
+		base = "http://" + ln.Addr().String() + "/v1"
+		cfg.APIKey = "sk-demo-no-key-needed"
+		fmt.Fprintf(out, "mock provider on %s with faults %q\n", base, cfg.Faults)
+	} else {
+		expected = "" // a real model's reply cannot be known in advance
+		fmt.Fprintf(out, "upstream %s, model %s\n", base, cfg.Model)
+	}
+
+	s := &Summary{Requests: cfg.Requests, Retries: map[string]int{}, Waits: map[string]int{}, Stops: map[string]int{}}
+	var mu sync.Mutex
+	var attempts atomic.Int64
+	under := &http.Transport{MaxIdleConnsPerHost: cfg.Concurrency}
+	defer under.CloseIdleConnections()
+	// A demo run is too short for a 10% budget to show anything but its
+	// reserve, so the reserve covers one retry per request; the proxy and
+	// the library keep the default.
+	budget := llmretry.NewRatioBudget(llmretry.BudgetConfig{Reserve: cfg.Requests})
+	tr := llmretry.NewTransport(countingTransport{under, &attempts},
+		llmretry.WithPolicy(cfg.Policy), llmretry.WithBudget(budget),
+		llmretry.WithOnRetry(func(e llmretry.RetryEvent) {
+			mu.Lock()
+			defer mu.Unlock()
+			if e.Attempt > 0 {
+				s.Retries[cause(e)]++
+			}
+			s.Waits[e.Source.String()]++
+			s.WaitTime += e.Wait
+		}),
+		llmretry.WithOnStop(func(e llmretry.StopEvent) {
+			mu.Lock()
+			defer mu.Unlock()
+			s.Stops[e.Reason.String()+" ("+e.Cause+")"]++
+		}),
+	)
+	client := openai.NewClient(option.WithBaseURL(base+"/"), option.WithAPIKey(cfg.APIKey),
+		option.WithHTTPClient(&http.Client{Transport: tr}), option.WithMaxRetries(0))
+
+	p := newProgress(out, cfg.Terminal, cfg.Requests)
+	start := time.Now()
+	jobs := make(chan int)
+	var wg sync.WaitGroup
+	for range cfg.Concurrency {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for n := range jobs {
+				res := chat(ctx, client, cfg.Model, expected)
+				mu.Lock()
+				switch {
+				case res.err == nil:
+					s.Succeeded++
+				default:
+					s.Failed++
+				}
+				switch res.stream {
+				case streamIntact:
+					s.StreamsIntact++
+				case streamCut:
+					s.StreamsCut++
+				case streamDuplicated:
+					s.Duplicated++
+				}
+				mu.Unlock()
+				p.done(n, res)
+			}
+		}()
+	}
+	for n := 1; n <= cfg.Requests; n++ {
+		select {
+		case jobs <- n:
+		case <-ctx.Done():
+		}
+	}
+	close(jobs)
+	wg.Wait()
+	p.finish()
+	s.Elapsed = time.Since(start)
+	s.Attempts = attempts.Load()
+	s.write(out)
+	if s.Duplicated > 0 {
+		return s, ErrDuplicated
+	}
+	return s, ctx.Err()
+}
+
+type streamOutcome int
+
+const (
+	streamNone       streamOutcome = iota // no stream: the request failed before one
+	streamIntact                          // whole, exactly once
+	streamCut                             // cut after its first event
+	streamDuplicated                      // content came twice
+)
+
+type result struct {
+	err    error
+	stream streamOutcome
+	text   string
+}
+
+// chat makes one streamed chat and checks what arrived.
+func chat(ctx context.Context, client openai.Client, model, expected string) result {
+	st := client.Chat.Completions.NewStreaming(ctx, openai.ChatCompletionNewParams{
+		Model:    model,
+		Messages: []openai.ChatCompletionMessageParamUnion{openai.UserMessage("Say hello in one sentence.")},
+	})
+	defer st.Close()
+	var b strings.Builder
+	events := 0
+	for st.Next() {
+		events++
+		for _, c := range st.Current().Choices {
+			b.WriteString(c.Delta.Content)
+		}
+	}
+	text := b.String()
+	r := result{err: st.Err(), text: text}
+	switch {
+	case expected != "" && strings.Count(text, expected) > 1:
+		r.stream = streamDuplicated
+	case r.err != nil && events > 0:
+		r.stream = streamCut
+	case r.err == nil && (expected == "" || text == expected):
+		r.stream = streamIntact
+	}
+	return r
+}
+
+func cause(e llmretry.RetryEvent) string {
+	switch {
+	case strings.HasPrefix(e.Cause, "first event"):
+		return "error as first stream event"
+	case strings.HasPrefix(e.Cause, "stream"):
+		return "stream broke before first event"
+	case e.StatusCode > 0:
+		return fmt.Sprintf("status %d", e.StatusCode)
+	}
+	return e.Cause
+}
+
+// countingTransport counts the attempts that reach the provider.
+type countingTransport struct {
+	base http.RoundTripper
+	n    *atomic.Int64
+}
+
+func (c countingTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	c.n.Add(1)
+	return c.base.RoundTrip(r)
+}
+
+func (s *Summary) write(out io.Writer) {
+	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
+	row := func(k string, v any) { fmt.Fprintf(tw, "  %s\t%v\n", k, v) }
+	fmt.Fprintln(tw, "\nsummary")
+	row("requests", s.Requests)
+	row("succeeded", s.Succeeded)
+	row("failed (returned to the caller)", s.Failed)
+	row("attempts sent", s.Attempts)
+	for _, k := range slices.Sorted(maps.Keys(s.Retries)) {
+		row("retries: "+k, s.Retries[k])
+	}
+	waits := 0
+	for _, n := range s.Waits {
+		waits += n
+	}
+	row("waits honoured", fmt.Sprintf("%d (%v in all)", waits, s.WaitTime.Round(time.Millisecond)))
+	for _, k := range slices.Sorted(maps.Keys(s.Waits)) {
+		row("  from "+k, s.Waits[k])
+	}
+	for _, k := range slices.Sorted(maps.Keys(s.Stops)) {
+		row("stopped: "+k, s.Stops[k])
+	}
+	row("streams intact, exactly once", s.StreamsIntact)
+	row("streams cut mid-reply, not replayed", s.StreamsCut)
+	row("streams duplicated", s.Duplicated)
+	row("elapsed", s.Elapsed.Round(time.Millisecond))
+	_ = tw.Flush()
+}

@@ -1,0 +1,55 @@
+package demo
+
+import (
+	"bytes"
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/llmretry/llmretry"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+var fast = llmretry.Policy{BaseDelay: time.Millisecond, MaxDelay: time.Millisecond}
+
+func TestScriptedRun(t *testing.T) {
+	var out bytes.Buffer
+	s, err := Run(context.Background(), Config{Requests: 5, Concurrency: 1, Faults: "sse-error,503,quota,drop=3",
+		Model: "m", Policy: fast}, &out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The script counts server hits. Chat 1: a first-event error and a 503,
+	// both retried, then the quota error, returned at once. Chat 2: cut after
+	// 3 events, never replayed. Chats 3 to 5: clean.
+	if s.Succeeded != 3 || s.Failed != 2 || s.Attempts != 7 || s.StreamsIntact != 3 || s.StreamsCut != 1 || s.Duplicated != 0 {
+		t.Fatalf("summary %+v\n%s", s, out.String())
+	}
+	if s.Retries["error as first stream event"] != 1 || s.Retries["status 503"] != 1 {
+		t.Fatalf("retries %v", s.Retries)
+	}
+	for _, want := range []string{"request   1: failed", "summary", "streams intact, exactly once", "stopped: not retryable (status 429: insufficient_quota)"} {
+		if !strings.Contains(out.String(), want) {
+			t.Fatalf("output lacks %q:\n%s", want, out.String())
+		}
+	}
+}
+
+func TestDefaultMixNeverDuplicates(t *testing.T) {
+	var out bytes.Buffer
+	s, err := Run(context.Background(), Config{Requests: 60, Concurrency: 8, Faults: DefaultFaults, Seed: 7,
+		Model: "m", Terminal: true, Policy: llmretry.Policy{BaseDelay: time.Millisecond, MaxDelay: time.Millisecond, MaxRetryAfter: 2 * time.Second}}, &out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Succeeded+s.Failed != 60 || s.Duplicated != 0 || s.StreamsIntact != s.Succeeded || s.Attempts <= 60 {
+		t.Fatalf("summary %+v", s)
+	}
+	if !strings.Contains(out.String(), "\r[") || !strings.Contains(out.String(), "60/60 done") {
+		t.Fatalf("no progress bar:\n%q", out.String())
+	}
+}

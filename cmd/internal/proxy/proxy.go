@@ -1,0 +1,217 @@
+// Package proxy is the llmretry command's retrying reverse proxy: it puts
+// llmretry's Transport (provider rules, first-event commit point, budget
+// and cooldowns) in front of any HTTP client.
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"time"
+
+	"github.com/llmretry/llmretry"
+)
+
+// Config sets up a proxy.
+type Config struct {
+	// Upstream is where requests go: scheme, host and an optional base path
+	// that request paths are joined to.
+	Upstream *url.URL
+	// Policy is the retry policy; zero fields take llmretry's defaults.
+	Policy llmretry.Policy
+	// MaxBody is the largest request body accepted; larger ones get 413
+	// without contacting the upstream. Bodies are held in memory so that
+	// they can be sent again.
+	MaxBody int64
+	// IdleTimeout ends a response stream that sends nothing for this long.
+	IdleTimeout time.Duration
+	// Logger gets retries and give-ups; never a header value or a query.
+	Logger *slog.Logger
+	// Base is the transport under the retries (http.DefaultTransport's
+	// settings if nil).
+	Base http.RoundTripper
+	// Options are further Transport options (a shared budget, say).
+	Options []llmretry.Option
+}
+
+// DefaultMaxBody is the default request body limit.
+const DefaultMaxBody = 32 << 20
+
+// Proxy is an http.Handler.
+type Proxy struct {
+	cfg     Config
+	rp      *httputil.ReverseProxy
+	metrics *Metrics
+	mux     *http.ServeMux
+}
+
+// New returns a Proxy for cfg.
+func New(cfg Config) (*Proxy, error) {
+	if cfg.Upstream == nil || cfg.Upstream.Scheme == "" || cfg.Upstream.Host == "" {
+		return nil, errors.New("upstream must be an absolute URL such as https://api.openai.com")
+	}
+	if cfg.Upstream.Scheme != "http" && cfg.Upstream.Scheme != "https" {
+		return nil, fmt.Errorf("upstream scheme %q: want http or https", cfg.Upstream.Scheme)
+	}
+	if cfg.MaxBody <= 0 {
+		cfg.MaxBody = DefaultMaxBody
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	base := cfg.Base
+	if base == nil {
+		base = http.DefaultTransport.(*http.Transport).Clone()
+	}
+	p := &Proxy{cfg: cfg, metrics: newMetrics(), mux: http.NewServeMux()}
+	budget := llmretry.NewRatioBudget(llmretry.BudgetConfig{})
+	p.metrics.budget = budget.Counts
+	opts := []llmretry.Option{
+		llmretry.WithPolicy(cfg.Policy),
+		llmretry.WithLogger(cfg.Logger),
+		llmretry.WithBudget(budget),
+		llmretry.WithOnRetry(p.metrics.onRetry),
+		llmretry.WithOnStop(p.metrics.onStop),
+	}
+	if cfg.IdleTimeout > 0 {
+		opts = append(opts, llmretry.WithIdleTimeout(cfg.IdleTimeout))
+	}
+	opts = append(opts, cfg.Options...)
+	transport := llmretry.NewTransport(countAttempts{base, p.metrics}, opts...)
+
+	p.rp = &httputil.ReverseProxy{
+		Rewrite: func(r *httputil.ProxyRequest) {
+			r.SetURL(cfg.Upstream)
+			r.Out.Host = cfg.Upstream.Host
+		},
+		Transport:     transport,
+		FlushInterval: -1, // every write reaches the client at once: streams stay live
+		ErrorHandler:  p.fail,
+		ErrorLog:      slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelWarn),
+		ModifyResponse: func(resp *http.Response) error {
+			p.metrics.request(resp.StatusCode)
+			return nil
+		},
+	}
+	p.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		_, _ = io.WriteString(w, "ok\n")
+	})
+	p.mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+		_, _ = p.metrics.WriteTo(w)
+	})
+	p.mux.HandleFunc("/", p.forward)
+	return p, nil
+}
+
+// Metrics returns the proxy's counters.
+func (p *Proxy) Metrics() *Metrics { return p.metrics }
+
+func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) { p.mux.ServeHTTP(w, r) }
+
+// forward holds the request body (so that a retry can send it again),
+// refusing one above MaxBody before anything goes upstream.
+func (p *Proxy) forward(w http.ResponseWriter, r *http.Request) {
+	if r.ContentLength > p.cfg.MaxBody {
+		p.tooLarge(w)
+		return
+	}
+	if r.Body != nil && r.Body != http.NoBody {
+		body, err := io.ReadAll(io.LimitReader(r.Body, p.cfg.MaxBody+1))
+		if err != nil {
+			p.writeError(w, http.StatusBadRequest, "reading the request body: "+err.Error())
+			return
+		}
+		if int64(len(body)) > p.cfg.MaxBody {
+			p.tooLarge(w)
+			return
+		}
+		r.Body = io.NopCloser(bytes.NewReader(body))
+		r.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
+		r.ContentLength = int64(len(body))
+		r.Header.Del("Transfer-Encoding")
+	}
+	p.rp.ServeHTTP(w, r)
+}
+
+func (p *Proxy) tooLarge(w http.ResponseWriter) {
+	p.metrics.request(http.StatusRequestEntityTooLarge)
+	p.writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("request body larger than %d bytes", p.cfg.MaxBody))
+}
+
+// fail answers when no upstream response can be returned.
+func (p *Proxy) fail(w http.ResponseWriter, r *http.Request, err error) {
+	code := http.StatusBadGateway
+	var e *llmretry.Error
+	switch {
+	case r.Context().Err() != nil:
+		code = 499 // the client went away; nobody reads this
+	case errors.As(err, &e) && (e.Reason == llmretry.ReasonDeadline):
+		code = http.StatusGatewayTimeout
+	}
+	p.metrics.request(code)
+	p.writeError(w, code, err.Error())
+}
+
+// writeError answers in the OpenAI error shape that most clients parse.
+func (p *Proxy) writeError(w http.ResponseWriter, code int, msg string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	_ = json.NewEncoder(w).Encode(map[string]any{"error": map[string]any{
+		"message": msg, "type": "llmretry_proxy_error", "code": code,
+	}})
+}
+
+// countAttempts counts every attempt that goes upstream.
+type countAttempts struct {
+	base    http.RoundTripper
+	metrics *Metrics
+}
+
+func (c countAttempts) RoundTrip(r *http.Request) (*http.Response, error) {
+	c.metrics.attempts.Add(1)
+	return c.base.RoundTrip(r)
+}
+
+// Serve runs srv on its listener until ctx is done, then drains: the
+// listener closes at once (new connections are refused) and in-flight
+// requests, streams included, get grace to finish before being cut.
+func Serve(ctx context.Context, srv *http.Server, serve func() error, grace time.Duration) error {
+	errc := make(chan error, 1)
+	go func() { errc <- serve() }()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), grace)
+	defer cancel()
+	err := srv.Shutdown(sctx)
+	if errors.Is(err, context.DeadlineExceeded) {
+		_ = srv.Close()
+		err = fmt.Errorf("in-flight requests still running after the %v grace period were cut", grace)
+	}
+	if serr := <-errc; serr != nil && !errors.Is(serr, http.ErrServerClosed) {
+		return serr
+	}
+	return err
+}
+
+// NewServer returns an http.Server for h that speaks HTTP/1.1 and h2c
+// (HTTP/2 without TLS), with timeouts that suit long streams: a bound on
+// reading headers, none on writing.
+func NewServer(h http.Handler) *http.Server {
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute}
+	srv.Protocols = new(http.Protocols)
+	srv.Protocols.SetHTTP1(true)
+	srv.Protocols.SetUnencryptedHTTP2(true)
+	return srv
+}

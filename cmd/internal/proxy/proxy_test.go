@@ -1,0 +1,372 @@
+package proxy
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/llmretry/llmretry"
+	"github.com/llmretry/llmretry/mockllm"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// instantClock makes retry waits take no time.
+type instantClock struct{}
+
+func (instantClock) Now() time.Time { return time.Unix(1_800_000_000, 0) }
+func (instantClock) NewTimer(time.Duration) (<-chan time.Time, func() bool) {
+	ch := make(chan time.Time, 1)
+	ch <- time.Time{}
+	return ch, func() bool { return false }
+}
+
+// start runs a proxy in front of upstream and returns its URL.
+func start(t *testing.T, upstream http.Handler, mutate ...func(*Config)) (string, *Proxy, *bytes.Buffer) {
+	t.Helper()
+	up := httptest.NewServer(upstream)
+	t.Cleanup(up.Close)
+	u, _ := url.Parse(up.URL)
+	var logs bytes.Buffer
+	base := &http.Transport{}
+	t.Cleanup(base.CloseIdleConnections)
+	cfg := Config{Upstream: u, Base: base, Logger: slog.New(slog.NewTextHandler(&syncWriter{w: &logs}, nil)),
+		Options: []llmretry.Option{llmretry.WithClock(instantClock{})}}
+	for _, m := range mutate {
+		m(&cfg)
+	}
+	p, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewUnstartedServer(p)
+	srv.Config = NewServer(p)
+	srv.Start()
+	t.Cleanup(srv.Close)
+	return srv.URL, p, &logs
+}
+
+type syncWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (s *syncWriter) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.w.Write(p)
+}
+
+func client(t *testing.T) *http.Client {
+	tr := &http.Transport{}
+	t.Cleanup(tr.CloseIdleConnections)
+	return &http.Client{Transport: tr}
+}
+
+func TestPassesThroughUnchanged(t *testing.T) {
+	type seen struct {
+		method, path, query, body string
+		header                    http.Header
+	}
+	got := make(chan seen, 1)
+	up := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		got <- seen{r.Method, r.URL.Path, r.URL.RawQuery, string(b), r.Header.Clone()}
+		w.Header().Set("X-Upstream", "yes")
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(201)
+		_, _ = io.WriteString(w, `{"reply":"hi"}`)
+	})
+	base, _, logs := start(t, up)
+	body := `{"model":"gpt-4o","messages":[{"role":"user","content":"hé"}]}`
+	req, _ := http.NewRequest("POST", base+"/v1/chat/completions?api-version=2024-02-01&x=%2F", strings.NewReader(body))
+	req.Header.Set("Authorization", "Bearer sk-SECRET-VALUE")
+	req.Header.Set("X-Custom", "kept")
+	req.Header.Set("Connection", "X-Hop")
+	req.Header.Set("X-Hop", "dropped")
+	req.Header.Set("Keep-Alive", "timeout=5")
+	resp, err := client(t).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 201 || string(b) != `{"reply":"hi"}` || resp.Header.Get("X-Upstream") != "yes" {
+		t.Fatalf("response %d %q %v", resp.StatusCode, b, resp.Header)
+	}
+	s := <-got
+	if s.method != "POST" || s.path != "/v1/chat/completions" || s.query != "api-version=2024-02-01&x=%2F" || s.body != body {
+		t.Fatalf("upstream saw %+v", s)
+	}
+	if s.header.Get("Authorization") != "Bearer sk-SECRET-VALUE" || s.header.Get("X-Custom") != "kept" {
+		t.Fatalf("headers not passed: %v", s.header)
+	}
+	if s.header.Get("X-Hop") != "" || s.header.Get("Keep-Alive") != "" {
+		t.Fatalf("hop-by-hop headers passed: %v", s.header)
+	}
+	if strings.Contains(logs.String(), "SECRET") {
+		t.Fatalf("credential logged: %s", logs.String())
+	}
+}
+
+func TestRetriesThroughTheProxyWithoutLeakingCredentials(t *testing.T) {
+	script, _ := mockllm.ParseFaults("503,reset")
+	m := mockllm.New(script, 1)
+	base, p, logs := start(t, m)
+	req, _ := http.NewRequest("POST", base+"/v1/chat/completions?key=AIza-SECRET-Q", strings.NewReader(`{"model":"m"}`))
+	req.Header.Set("Authorization", "Bearer sk-SECRET-VALUE")
+	req.Header.Set("X-Api-Key", "sk-ant-SECRET-2")
+	resp, err := client(t).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || !strings.Contains(string(b), mockllm.ReplyText) || m.Hits() != 3 {
+		t.Fatalf("status %d hits %d body %q", resp.StatusCode, m.Hits(), b)
+	}
+	if !strings.Contains(logs.String(), "retrying") || strings.Contains(logs.String(), "SECRET") {
+		t.Fatalf("logs: %s", logs.String())
+	}
+	var metrics bytes.Buffer
+	_, _ = p.Metrics().WriteTo(&metrics)
+	for _, want := range []string{`llmretry_attempts_total 3`, `llmretry_retries_total{cause="status_503"} 1`,
+		`llmretry_retries_total{cause="transport_error"} 1`, `llmretry_requests_total{code="200"} 1`} {
+		if !strings.Contains(metrics.String(), want) {
+			t.Fatalf("metrics lack %q:\n%s", want, metrics.String())
+		}
+	}
+}
+
+func TestStreamsAreFlushedEventByEvent(t *testing.T) {
+	release := make(chan struct{})
+	up := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		_, _ = io.WriteString(w, "data: one\n\n")
+		w.(http.Flusher).Flush()
+		select {
+		case <-release:
+		case <-r.Context().Done():
+			return
+		}
+		_, _ = io.WriteString(w, "data: two\n\n")
+	})
+	base, _, _ := start(t, up)
+	resp, err := client(t).Post(base+"/v1/chat/completions", "application/json", strings.NewReader(`{"stream":true}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	line := make(chan string, 1)
+	br := bufio.NewReader(resp.Body)
+	go func() {
+		l, _ := br.ReadString('\n')
+		line <- l
+	}()
+	select {
+	case l := <-line:
+		if l != "data: one\n" {
+			t.Fatalf("first line %q", l)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the first event did not pass the proxy before the upstream sent more")
+	}
+	close(release)
+	rest, _ := io.ReadAll(br)
+	if string(rest) != "\ndata: two\n\n" {
+		t.Fatalf("rest %q", rest)
+	}
+}
+
+func TestClientLeavingCancelsUpstream(t *testing.T) {
+	cancelled := make(chan struct{})
+	arrived := make(chan struct{})
+	testDone := make(chan struct{})
+	up := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// net/http notices a closed connection only once the body is read.
+		_, _ = io.Copy(io.Discard, r.Body)
+		close(arrived)
+		select {
+		case <-r.Context().Done():
+			close(cancelled)
+		case <-testDone:
+		}
+	})
+	defer close(testDone)
+	base, _, _ := start(t, up)
+	ctx, cancel := context.WithCancel(context.Background())
+	req, _ := http.NewRequestWithContext(ctx, "POST", base+"/v1/chat/completions", strings.NewReader("{}"))
+	errc := make(chan error, 1)
+	go func() {
+		_, err := client(t).Do(req)
+		errc <- err
+	}()
+	<-arrived
+	cancel()
+	select {
+	case <-cancelled:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the upstream request was not cancelled when the client left")
+	}
+	if err := <-errc; !errors.Is(err, context.Canceled) {
+		t.Fatalf("client got %v", err)
+	}
+}
+
+func TestBodyAboveMaxGets413WithoutContactingUpstream(t *testing.T) {
+	var hits atomic.Int32
+	up := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { hits.Add(1) })
+	base, _, _ := start(t, up, func(c *Config) { c.MaxBody = 1024 })
+	big := strings.Repeat("x", 2048)
+	// With a Content-Length.
+	resp, err := client(t).Post(base+"/v1/chat/completions", "application/json", strings.NewReader(big))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 413 {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+	// Chunked, length unknown in advance.
+	resp, err = client(t).Post(base+"/v1/chat/completions", "application/json", io.MultiReader(strings.NewReader(big)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 413 || hits.Load() != 0 {
+		t.Fatalf("status %d, upstream hits %d", resp.StatusCode, hits.Load())
+	}
+	// At the limit it goes through.
+	resp, err = client(t).Post(base+"/v1/chat/completions", "application/json", strings.NewReader(big[:1024]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 || hits.Load() != 1 {
+		t.Fatalf("status %d, upstream hits %d", resp.StatusCode, hits.Load())
+	}
+}
+
+func TestH2CClient(t *testing.T) {
+	up := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = io.WriteString(w, "ok") })
+	base, _, _ := start(t, up)
+	tr := &http.Transport{Protocols: new(http.Protocols)}
+	tr.Protocols.SetUnencryptedHTTP2(true)
+	defer tr.CloseIdleConnections()
+	resp, err := (&http.Client{Transport: tr}).Get(base + "/v1/models")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.ProtoMajor != 2 || string(b) != "ok" {
+		t.Fatalf("proto %s body %q", resp.Proto, b)
+	}
+}
+
+func TestHealthzAndMetrics(t *testing.T) {
+	base, _, _ := start(t, http.NotFoundHandler())
+	for path, want := range map[string]string{"/healthz": "ok\n", "/metrics": "# TYPE llmretry_attempts_total counter"} {
+		resp, err := client(t).Get(base + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || !strings.Contains(string(b), want) {
+			t.Fatalf("%s: %d %q", path, resp.StatusCode, b)
+		}
+	}
+}
+
+func TestNoResponseGives502WithReason(t *testing.T) {
+	base, _, _ := start(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		conn, _, _ := http.NewResponseController(w).Hijack()
+		conn.Close()
+	}))
+	resp, err := client(t).Post(base+"/v1/chat/completions", "application/json", strings.NewReader("{}"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 502 || !strings.Contains(string(b), "gave up after 3 attempts") {
+		t.Fatalf("%d %s", resp.StatusCode, b)
+	}
+}
+
+// On shutdown new connections are refused while an in-flight stream runs
+// to its end.
+func TestServeDrains(t *testing.T) {
+	release := make(chan struct{})
+	started := make(chan struct{})
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		_, _ = io.WriteString(w, "data: one\n\n")
+		w.(http.Flusher).Flush()
+		close(started)
+		<-release
+		_, _ = io.WriteString(w, "data: two\n\n")
+	})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := NewServer(h)
+	ctx, stop := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- Serve(ctx, srv, func() error { return srv.Serve(ln) }, 30*time.Second) }()
+
+	c := client(t)
+	resp, err := c.Get("http://" + ln.Addr().String() + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-started
+	stop()
+	// The listener closes at once: new connections are refused.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		conn, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			break
+		}
+		conn.Close()
+		if time.Now().After(deadline) {
+			t.Fatal("still accepting connections after shutdown began")
+		}
+		time.Sleep(time.Millisecond) // polling the listener's state, which nothing signals
+	}
+	close(release)
+	b, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil || string(b) != "data: one\n\ndata: two\n\n" {
+		t.Fatalf("in-flight stream: %q %v", b, err)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestConfigErrors(t *testing.T) {
+	for _, raw := range []string{"", "ftp://x", "/relative"} {
+		u, _ := url.Parse(raw)
+		if _, err := New(Config{Upstream: u}); err == nil {
+			t.Errorf("%q: want an error", raw)
+		}
+	}
+}

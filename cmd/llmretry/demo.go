@@ -1,0 +1,56 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+
+	"github.com/llmretry/llmretry/cmd/internal/demo"
+	"github.com/llmretry/llmretry/mockllm"
+)
+
+func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("llmretry demo", flag.ContinueOnError)
+	requests := fs.Int("requests", 40, "streamed chats to send")
+	conc := fs.Int("concurrency", 8, "chats in flight at once")
+	faults := fs.String("faults", demo.DefaultFaults, "fault mix for the in-process mock provider (see llmretry mock --help)")
+	seed := fs.Uint64("seed", 1, "seed for the fault draws")
+	upstream := fs.String("upstream", "", "a real OpenAI-compatible API base URL, e.g. https://api.openai.com/v1; the key comes from $OPENAI_API_KEY")
+	model := fs.String("model", "gpt-4o-mini", "model to ask")
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "Usage: llmretry demo [flags]\n\nSends concurrent streamed chats with the openai-go client through llmretry's Transport\nto an in-process mock provider that fails on purpose. No network or API key needed.\n\n")
+		fs.PrintDefaults()
+	}
+	if err := parse(fs, args, stderr); err != nil {
+		return err
+	}
+	if *requests < 1 || *conc < 1 {
+		return usageErr(fs, stderr, "--requests and --concurrency must be at least 1")
+	}
+	if _, err := mockllm.ParseFaults(*faults); err != nil {
+		return usageErr(fs, stderr, "--faults: %v", err)
+	}
+	key := ""
+	if *upstream != "" {
+		if key = os.Getenv("OPENAI_API_KEY"); key == "" {
+			return usageErr(fs, stderr, "--upstream needs an API key in $OPENAI_API_KEY")
+		}
+	}
+	_, err := demo.Run(ctx, demo.Config{
+		Requests: *requests, Concurrency: *conc, Faults: *faults, Seed: *seed,
+		Upstream: *upstream, APIKey: key, Model: *model, Terminal: isTerminal(stdout),
+	}, stdout)
+	return err
+}
+
+// isTerminal reports whether w is a character device (a terminal).
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	st, err := f.Stat()
+	return err == nil && st.Mode()&os.ModeCharDevice != 0
+}

@@ -1,0 +1,71 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/url"
+	"time"
+
+	"github.com/llmretry/llmretry"
+	"github.com/llmretry/llmretry/cmd/internal/proxy"
+)
+
+func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("llmretry proxy", flag.ContinueOnError)
+	listen := fs.String("listen", "127.0.0.1:8787", "address to listen on (HTTP/1.1 and h2c)")
+	upstream := fs.String("upstream", "", "the API to forward to, e.g. https://api.openai.com (required)")
+	d := llmretry.DefaultPolicy()
+	maxAttempts := fs.Int("max-attempts", d.MaxAttempts, "attempts per request, the first included")
+	baseDelay := fs.Duration("base-delay", d.BaseDelay, "backoff before the first retry; doubles per retry")
+	maxDelay := fs.Duration("max-delay", d.MaxDelay, "cap on the backoff")
+	maxRetryAfter := fs.Duration("max-retry-after", d.MaxRetryAfter, "longest server-requested wait honoured; longer returns the response at once")
+	maxBody := fs.Int64("max-body", proxy.DefaultMaxBody, "largest request body in bytes; larger gets 413 without contacting the upstream")
+	idle := fs.Duration("idle-timeout", 5*time.Minute, "end a response stream that sends nothing for this long (0: never)")
+	firstEvent := fs.Duration("first-event-timeout", 0, "retry a stream that sends no first event within this long (0: off)")
+	grace := fs.Duration("grace", 30*time.Second, "on SIGTERM, how long in-flight requests and streams get to finish")
+	quiet := fs.Bool("quiet", false, "do not log retries")
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "Usage: llmretry proxy --upstream URL [flags]\n\nA retrying reverse proxy: point any client at it, e.g.\n  OPENAI_BASE_URL=http://127.0.0.1:8787/v1\n\nIt also serves /healthz and /metrics (Prometheus text).\n\n")
+		fs.PrintDefaults()
+	}
+	if err := parse(fs, args, stderr); err != nil {
+		return err
+	}
+	if *upstream == "" {
+		return usageErr(fs, stderr, "--upstream is required")
+	}
+	u, err := url.Parse(*upstream)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return usageErr(fs, stderr, "--upstream %q: want an http or https URL", *upstream)
+	}
+	if *maxAttempts < 1 || *baseDelay <= 0 || *maxDelay <= 0 || *maxRetryAfter <= 0 || *maxBody <= 0 || *idle < 0 || *firstEvent < 0 || *grace < 0 {
+		return usageErr(fs, stderr, "attempts, delays and sizes must be positive")
+	}
+	logger := slog.New(slog.NewTextHandler(stderr, nil))
+	if *quiet {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	opts := []llmretry.Option{}
+	if *firstEvent > 0 {
+		opts = append(opts, llmretry.WithFirstEventTimeout(*firstEvent))
+	}
+	p, err := proxy.New(proxy.Config{
+		Upstream: u,
+		Policy:   llmretry.Policy{MaxAttempts: *maxAttempts, BaseDelay: *baseDelay, MaxDelay: *maxDelay, MaxRetryAfter: *maxRetryAfter},
+		MaxBody:  *maxBody, IdleTimeout: *idle, Logger: logger, Options: opts,
+	})
+	if err != nil {
+		return usageErr(fs, stderr, "%v", err)
+	}
+	ln, err := net.Listen("tcp", *listen)
+	if err != nil {
+		return err
+	}
+	srv := proxy.NewServer(p)
+	fmt.Fprintf(stdout, "llmretry proxy on http://%s -> %s\n", ln.Addr(), u.Redacted())
+	return proxy.Serve(ctx, srv, func() error { return srv.Serve(ln) }, *grace)
+}
