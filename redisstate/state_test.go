@@ -1,0 +1,225 @@
+package redisstate
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/llmretry/llmretry"
+)
+
+func shared(t *testing.T, n int) []*State {
+	var ss []*State
+	for range n {
+		ss = append(ss, newState(t, "fleet", func(c *Config) { c.Name = t.Name() }))
+	}
+	return ss
+}
+
+func TestBudgetIsSharedAcrossProcesses(t *testing.T) {
+	ss := shared(t, 2)
+	a, b := ss[0], ss[1]
+	for range 200 {
+		a.OnRequest()
+	}
+	syncAll(t, a, b, a) // a's second sync sees that b is there too
+	// The fleet saw 200 requests: 20 retries. Between syncs each of the two
+	// processes may spend its half.
+	spend := func(s *State) int {
+		n := 0
+		for s.AllowRetry() {
+			n++
+		}
+		return n
+	}
+	if n := spend(b); n != 10 {
+		t.Fatalf("b spent %d retries, want its half, 10", n)
+	}
+	if n := spend(a); n != 10 {
+		t.Fatalf("a spent %d retries, want its half, 10", n)
+	}
+	syncAll(t, a, b)
+	if a.AllowRetry() || b.AllowRetry() {
+		t.Fatal("a retry beyond the fleet's 20")
+	}
+	syncAll(t, a)
+	if req, ret := a.Counts(); req != 200 || ret != 20 {
+		t.Fatalf("a counts %d %d", req, ret)
+	}
+}
+
+func TestConcurrentSyncsAddUp(t *testing.T) {
+	ss := shared(t, 8)
+	done := make(chan struct{})
+	for _, s := range ss {
+		go func() {
+			defer func() { done <- struct{}{} }()
+			for range 50 {
+				s.OnRequest()
+				_ = s.Sync(context.Background())
+			}
+		}()
+	}
+	for range ss {
+		<-done
+	}
+	syncAll(t, ss[0])
+	if req, _ := ss[0].Counts(); req != 400 {
+		t.Fatalf("fleet requests %d, want 400", req)
+	}
+}
+
+func TestCooldownIsSharedAcrossProcesses(t *testing.T) {
+	ss := shared(t, 2)
+	a, b := ss[0], ss[1]
+	up := llmretry.Upstream{Scheme: "https", Host: "api.openai.com", Credential: "abc123"}
+	now := time.Now()
+	a.Extend(up, now, 30*time.Second)
+	if b.Active(now) {
+		t.Fatal("b knew before any sync")
+	}
+	syncAll(t, a, b)
+	if !b.Active(now) {
+		t.Fatal("b does not see a's cooldown")
+	}
+	until := b.Until(up)
+	if d := until.Sub(now); d < 29*time.Second || d > 31*time.Second {
+		t.Fatalf("b's cooldown ends in %v, want about 30s", d)
+	}
+	if other := b.Until(llmretry.Upstream{Scheme: "https", Host: "api.openai.com", Credential: "other"}); !other.IsZero() {
+		t.Fatal("another credential shares the cooldown")
+	}
+}
+
+// Through real Transports: a 429 seen by process A makes process B wait
+// before its first attempt.
+func TestCooldownThroughTransports(t *testing.T) {
+	var hits atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if hits.Add(1) == 1 {
+			w.Header().Set("Retry-After", "30")
+			w.WriteHeader(429)
+			return
+		}
+		w.WriteHeader(200)
+	}))
+	defer srv.Close()
+	ss := shared(t, 2)
+	base := &http.Transport{}
+	defer base.CloseIdleConnections()
+	ca := &http.Client{Transport: llmretry.NewTransport(base, llmretry.WithCooldowns(ss[0]), llmretry.WithBudget(ss[0]),
+		llmretry.WithPolicy(llmretry.Policy{MaxAttempts: 1}))}
+	var stops []llmretry.StopEvent
+	cb := &http.Client{Transport: llmretry.NewTransport(base, llmretry.WithCooldowns(ss[1]), llmretry.WithBudget(ss[1]),
+		llmretry.WithOnStop(func(e llmretry.StopEvent) { stops = append(stops, e) }))}
+	resp, err := ca.Get(srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	syncAll(t, ss[0], ss[1])
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, "GET", srv.URL, nil)
+	_, err = cb.Do(req)
+	var e *llmretry.Error
+	if err == nil || !errors.As(err, &e) || e.Reason != llmretry.ReasonDeadline || e.Attempts != 0 || hits.Load() != 1 {
+		t.Fatalf("b: %v, hits %d", err, hits.Load())
+	}
+}
+
+// With Redis gone, requests go on with local state, and a warning says so
+// once.
+func TestRedisDownNeverFailsARequest(t *testing.T) {
+	var logs bytes.Buffer
+	s := newState(t, "down", func(c *Config) {
+		c.Client = newClient(t, "127.0.0.1:1") // nothing listens there
+		c.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+		c.Timeout = 100 * time.Millisecond
+	})
+	s.Start()
+	defer s.Close()
+	var hits atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if hits.Add(1) == 1 {
+			w.WriteHeader(503)
+			return
+		}
+		w.WriteHeader(200)
+	}))
+	defer srv.Close()
+	base := &http.Transport{}
+	defer base.CloseIdleConnections()
+	c := &http.Client{Transport: llmretry.NewTransport(base, llmretry.WithBudget(s), llmretry.WithCooldowns(s),
+		llmretry.WithPolicy(llmretry.Policy{BaseDelay: time.Millisecond}))}
+	resp, err := c.Get(srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 || hits.Load() != 2 {
+		t.Fatalf("status %d hits %d: the retry came from the local budget", resp.StatusCode, hits.Load())
+	}
+	for i := 0; i < 3; i++ {
+		_ = s.Sync(context.Background())
+	}
+	if n := strings.Count(logs.String(), "Redis sync failed"); n != 1 {
+		t.Fatalf("%d warnings, want 1:\n%s", n, logs.String())
+	}
+}
+
+// Redis stops mid-run and comes back: counts made meanwhile are published
+// once it is back.
+func TestRedisOutageAndRecovery(t *testing.T) {
+	srv, addr, err := startRedis()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logs bytes.Buffer
+	s := newState(t, "outage", func(c *Config) {
+		c.Client = newClient(t, addr)
+		c.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+	})
+	s.OnRequest()
+	syncAll(t, s)
+	srv.stop()
+	s.OnRequest()
+	if err := s.Sync(context.Background()); err == nil {
+		t.Fatal("sync with Redis down succeeded")
+	}
+	if !s.AllowRetry() {
+		t.Fatal("no retry from the reserve while Redis is down")
+	}
+	if req, ret := s.Counts(); req != 2 || ret != 1 {
+		t.Fatalf("counts %d %d", req, ret)
+	}
+	if !strings.Contains(logs.String(), "going on with local state") {
+		t.Fatalf("logs: %s", logs.String())
+	}
+}
+
+func TestConfigNeedsAClient(t *testing.T) {
+	if _, err := New(Config{}); err == nil {
+		t.Fatal("want an error")
+	}
+}
+
+func TestParseUpstream(t *testing.T) {
+	up := llmretry.Upstream{Scheme: "https", Host: "h:443", Credential: "c"}
+	got, ok := parseUpstream(up.String())
+	if !ok || got != up {
+		t.Fatalf("%v %v", got, ok)
+	}
+	for _, bad := range []string{"", "https://no-hash", "https//x#c"} {
+		if _, ok := parseUpstream(bad); ok {
+			t.Errorf("%q parsed", bad)
+		}
+	}
+}
