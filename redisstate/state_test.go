@@ -45,11 +45,10 @@ func TestBudgetIsSharedAcrossProcesses(t *testing.T) {
 	if n := spend(a); n != 10 {
 		t.Fatalf("a spent %d retries, want its half, 10", n)
 	}
-	syncAll(t, a, b)
+	syncAll(t, a, b, a)
 	if a.AllowRetry() || b.AllowRetry() {
 		t.Fatal("a retry beyond the fleet's 20")
 	}
-	syncAll(t, a)
 	if req, ret := a.Counts(); req != 200 || ret != 20 {
 		t.Fatalf("a counts %d %d", req, ret)
 	}
