@@ -7,6 +7,18 @@ require (
 	github.com/llmretry/llmretry v0.0.0
 )
 
-require github.com/hashicorp/go-cleanhttp v0.5.2 // indirect
+require (
+	github.com/cespare/xxhash/v2 v2.3.0 // indirect
+	github.com/hashicorp/go-cleanhttp v0.5.2 // indirect
+	go.uber.org/atomic v1.12.0 // indirect
+	golang.org/x/sys v0.48.0 // indirect
+)
 
 replace github.com/llmretry/llmretry => ../
+
+require (
+	github.com/llmretry/llmretry/redisstate v0.0.0
+	github.com/redis/go-redis/v9 v9.23.0
+)
+
+replace github.com/llmretry/llmretry/redisstate => ../redisstate
