@@ -8,6 +8,7 @@ import (
 	"io"
 	"mime"
 	"net/http"
+	"strings"
 	"sync/atomic"
 	"time"
 )
@@ -29,12 +30,15 @@ func isEventStream(resp *http.Response) bool {
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
 		return false
 	}
+	// A prefix check first: this runs on every successful response, and
+	// mime.ParseMediaType allocates.
+	const sse = "text/event-stream"
 	ct := resp.Header.Get("Content-Type")
-	if ct == "" {
+	if len(ct) < len(sse) || !strings.EqualFold(ct[:len(sse)], sse) {
 		return false
 	}
 	mt, _, err := mime.ParseMediaType(ct)
-	return err == nil && mt == "text/event-stream"
+	return err == nil && mt == sse
 }
 
 // sseEvent is the part of an event the decision needs.

@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/url"
+	"sync"
 	"time"
 
 	"github.com/llmretry/llmretry"
@@ -68,7 +69,12 @@ func New(cfg Config) (*Proxy, error) {
 	}
 	base := cfg.Base
 	if base == nil {
-		base = http.DefaultTransport.(*http.Transport).Clone()
+		t := http.DefaultTransport.(*http.Transport).Clone()
+		// Every client connection may need an upstream one; net/http keeps
+		// only 2 idle per host by default, and under load the rest would be
+		// redialled for every request.
+		t.MaxIdleConns, t.MaxIdleConnsPerHost = 0, 1024
+		base = t
 	}
 	p := &Proxy{cfg: cfg, metrics: newMetrics(), mux: http.NewServeMux()}
 	budget := llmretry.NewRatioBudget(llmretry.BudgetConfig{})
@@ -91,8 +97,12 @@ func New(cfg Config) (*Proxy, error) {
 			r.SetURL(cfg.Upstream)
 			r.Out.Host = cfg.Upstream.Host
 		},
-		Transport:     transport,
-		FlushInterval: -1, // every write reaches the client at once: streams stay live
+		Transport: transport,
+		// 0: ReverseProxy flushes every write of a text/event-stream or
+		// unknown-length response at once (streams stay live) and leaves
+		// whole JSON replies to the normal buffering.
+		FlushInterval: 0,
+		BufferPool:    copyBuffers{},
 		ErrorHandler:  p.fail,
 		ErrorLog:      slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelWarn),
 		ModifyResponse: func(resp *http.Response) error {
@@ -125,22 +135,43 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if r.Body != nil && r.Body != http.NoBody {
-		body, err := io.ReadAll(io.LimitReader(r.Body, p.cfg.MaxBody+1))
-		if err != nil {
+		buf := bodyBuffers.Get().(*bytes.Buffer)
+		defer putBodyBuffer(buf)
+		if _, err := buf.ReadFrom(io.LimitReader(r.Body, p.cfg.MaxBody+1)); err != nil {
 			p.writeError(w, http.StatusBadRequest, "reading the request body: "+err.Error())
 			return
 		}
-		if int64(len(body)) > p.cfg.MaxBody {
+		if int64(buf.Len()) > p.cfg.MaxBody {
 			p.tooLarge(w)
 			return
 		}
+		body := buf.Bytes()
 		r.Body = io.NopCloser(bytes.NewReader(body))
 		r.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
 		r.ContentLength = int64(len(body))
 		r.Header.Del("Transfer-Encoding")
 	}
-	p.rp.ServeHTTP(w, r)
+	p.rp.ServeHTTP(w, r) // the held body is not used after this returns
 }
+
+// bodyBuffers holds request bodies between requests; one that grew past
+// 64 KiB is left to the garbage collector rather than kept.
+var bodyBuffers = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+
+func putBodyBuffer(b *bytes.Buffer) {
+	if b.Cap() <= 64<<10 {
+		b.Reset()
+		bodyBuffers.Put(b)
+	}
+}
+
+// copyBuffers lends ReverseProxy its 32 KiB copy buffers.
+type copyBuffers struct{}
+
+var copyBufferPool = sync.Pool{New: func() any { return new([32 << 10]byte) }}
+
+func (copyBuffers) Get() []byte  { return copyBufferPool.Get().(*[32 << 10]byte)[:] }
+func (copyBuffers) Put(b []byte) { copyBufferPool.Put((*[32 << 10]byte)(b)) }
 
 func (p *Proxy) tooLarge(w http.ResponseWriter) {
 	p.metrics.request(http.StatusRequestEntityTooLarge)
