@@ -11,7 +11,7 @@ trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$tmp"' EXIT
 go build -o "$tmp/llmretry" ./cmd/llmretry
 mock=18181 proxy=18180 ngx=18182
 "$tmp/llmretry" mock --listen 127.0.0.1:$mock >/dev/null &
-"$tmp/llmretry" proxy --listen 127.0.0.1:$proxy --upstream http://127.0.0.1:$mock --quiet >/dev/null &
+GOMAXPROCS=${PROXY_PROCS:-2} "$tmp/llmretry" proxy --listen 127.0.0.1:$proxy --upstream http://127.0.0.1:$mock --quiet >/dev/null &
 sed "s#PREFIX#$tmp#; s#MOCKPORT#$mock#; s#NGINXPORT#$ngx#" bench/proxy/nginx.conf > "$tmp/nginx.conf"
 nginx -c "$tmp/nginx.conf" -p "$tmp" &
 sleep 1 # the three servers start listening
