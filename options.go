@@ -23,6 +23,7 @@ type config struct {
 	providerRules     bool
 	firstEventPeek    bool
 	firstEventTimeout time.Duration
+	firstEventHold    time.Duration
 	idleTimeout       time.Duration
 	budget            Budget
 	budgetSet         bool
@@ -38,6 +39,7 @@ func defaultConfig() config {
 
 		providerRules:  true,
 		firstEventPeek: true,
+		firstEventHold: defaultFirstEventHold,
 	}
 }
 
@@ -121,9 +123,20 @@ func WithoutFirstEventPeek() Option {
 // within d of its response headers, and retries it: nothing has reached the
 // caller yet. Comment lines (keep-alives) do not count as an event. Off by
 // default, as a reasoning model may think for minutes before its first
-// token.
+// token. It applies only if d is no longer than the first-event hold (see
+// WithFirstEventHold), which otherwise hands the stream over first.
 func WithFirstEventTimeout(d time.Duration) Option {
 	return func(c *config) { c.firstEventTimeout = d }
+}
+
+// WithFirstEventHold sets how long a stream is held waiting for its first
+// event: 10 s by default. When it passes, the stream is handed over as it is
+// (keep-alive comments included) and, as with any stream in the caller's
+// hands, never retried. A longer hold lets a slow first event still be
+// checked; a shorter one passes keep-alives on sooner. 0 or less holds until
+// the first event, the byte limit or the context ends it.
+func WithFirstEventHold(d time.Duration) Option {
+	return func(c *config) { c.firstEventHold = d }
 }
 
 // WithIdleTimeout makes the returned body's Read fail with an

@@ -157,52 +157,133 @@ func (e *FirstEventTimeoutError) Timeout() bool { return true }
 // first event.
 var errStreamEnded = errors.New("stream ended before its first event")
 
+// defaultFirstEventHold is how long a stream is held waiting for its first
+// event before it is handed over as it is.
+const defaultFirstEventHold = 10 * time.Second
+
 // peekFirstEvent reads resp's body up to its first event. It returns the
-// verdict on that event, with resp's body put back whole; or, when the
-// stream broke, timed out or ended before its first event, a retryable
-// error with the response closed.
+// verdict on that event, with resp's body put back whole. When the stream
+// broke or ended before its first event, or the first-event timeout
+// passed, it returns a retryable error with the response closed. When the
+// hold passes first, or the first event outgrows firstEventLimit, the
+// response is handed over as it is, held bytes first: a keep-alive comment
+// must not sit here for minutes while a model thinks.
 func (t *Transport) peekFirstEvent(resp *http.Response) (verdict, error) {
-	var fired atomic.Bool
-	if d := t.cfg.firstEventTimeout; d > 0 {
-		body := resp.Body
-		timer := time.AfterFunc(d, func() {
-			fired.Store(true)
-			_ = body.Close() // unblocks the read below
-		})
+	timeout, hold := t.cfg.firstEventTimeout, t.cfg.firstEventHold
+	limit := hold
+	if timeout > 0 && (hold <= 0 || timeout <= hold) {
+		limit = timeout
+	}
+	var expired <-chan time.Time
+	if limit > 0 {
+		timer := time.NewTimer(limit)
 		defer timer.Stop()
+		expired = timer.C
+	}
+	body := &lateReader{rc: resp.Body}
+	handOver := func(held []byte) {
+		resp.Body = &heldBody{held: held, rc: body}
 	}
 	buf := make([]byte, 0, 4<<10)
 	for {
 		if len(buf) == cap(buf) {
 			buf = append(buf, 0)[:len(buf)]
 		}
-		n, err := resp.Body.Read(buf[len(buf):min(cap(buf), firstEventLimit)])
+		n, err, late := body.readBefore(buf[len(buf):min(cap(buf), firstEventLimit)], expired)
+		if late {
+			if limit == timeout {
+				_ = body.Close()
+				return verdict{}, &FirstEventTimeoutError{After: timeout}
+			}
+			handOver(buf)
+			return verdict{}, nil
+		}
 		buf = buf[:len(buf)+n]
 		// Only a line ending can complete an event.
 		if n > 0 && bytes.ContainsAny(buf[len(buf)-n:], "\r\n") {
 			if ev, done := firstEvent(buf); done {
-				resp.Body = &heldBody{held: buf, rc: resp.Body}
+				handOver(buf)
 				return classifyFirstEvent(ev), nil
 			}
 		}
-		if fired.Load() {
-			_ = resp.Body.Close()
-			return verdict{}, &FirstEventTimeoutError{After: t.cfg.firstEventTimeout}
-		}
 		if len(buf) >= firstEventLimit {
-			resp.Body = &heldBody{held: buf, rc: resp.Body}
+			handOver(buf)
 			return verdict{}, nil
 		}
 		if err == io.EOF {
-			_ = resp.Body.Close()
+			_ = body.Close()
 			return verdict{}, errStreamEnded
 		}
 		if err != nil {
-			_ = resp.Body.Close()
+			_ = body.Close()
 			return verdict{}, err
 		}
 	}
 }
+
+// lateReader reads with a time limit without losing bytes: a read that the
+// limit interrupts goes on in its goroutine, and its bytes are the first
+// that Read returns afterwards.
+type lateReader struct {
+	rc      io.ReadCloser
+	pending chan readResult // a read under way, nil if none
+	rest    []byte          // bytes of a finished read not yet returned
+	restErr error
+}
+
+type readResult struct {
+	p   []byte
+	err error
+}
+
+// readBefore reads into p unless expired fires first (late is then true).
+// With a nil expired it is a plain Read.
+func (r *lateReader) readBefore(p []byte, expired <-chan time.Time) (n int, err error, late bool) {
+	if expired == nil && r.pending == nil {
+		n, err = r.rc.Read(p)
+		return n, err, false
+	}
+	if r.pending == nil {
+		ch := make(chan readResult, 1) // buffered: the goroutine never waits on it
+		tmp := make([]byte, len(p))
+		go func() {
+			n, err := r.rc.Read(tmp)
+			ch <- readResult{tmp[:n], err}
+		}()
+		r.pending = ch
+	}
+	select {
+	case res := <-r.pending:
+		r.pending = nil
+		n = copy(p, res.p)
+		return n, res.err, false
+	case <-expired:
+		return 0, nil, true
+	}
+}
+
+// Read returns the bytes of an interrupted read first, then reads on.
+func (r *lateReader) Read(p []byte) (int, error) {
+	if r.pending != nil {
+		res := <-r.pending
+		r.pending = nil
+		r.rest, r.restErr = res.p, res.err
+	}
+	if len(r.rest) > 0 || r.restErr != nil {
+		n := copy(p, r.rest)
+		r.rest = r.rest[n:]
+		if len(r.rest) > 0 {
+			return n, nil
+		}
+		err := r.restErr
+		r.restErr = nil
+		return n, err
+	}
+	return r.rc.Read(p)
+}
+
+// Close closes the live body, which also ends a read under way.
+func (r *lateReader) Close() error { return r.rc.Close() }
 
 // IdleTimeoutError is returned by the body's Read when the stream sent no
 // bytes for the idle timeout. The connection is closed; nothing is retried.

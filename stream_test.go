@@ -299,3 +299,83 @@ func FuzzFirstEvent(f *testing.F) {
 		_ = classifyFirstEvent(ev)
 	})
 }
+
+// A stream with no first event within the hold is handed over as it is,
+// keep-alive comments first, and later bytes follow, none lost or doubled.
+func TestSynctest_FirstEventHoldHandsOver(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		writers := make(chan *io.PipeWriter, 2)
+		var calls atomic.Int32
+		base := pipeBase(t, writers)
+		counting := roundTripFunc(func(r *http.Request) (*http.Response, error) {
+			calls.Add(1)
+			return base(r)
+		})
+		tr := NewTransport(counting, WithFirstEventHold(3*time.Second))
+		go func() {
+			w := <-writers
+			_, _ = io.WriteString(w, ": OPENROUTER PROCESSING\n\n")
+			time.Sleep(5 * time.Second) // the model thinks past the hold
+			_, _ = io.WriteString(w, "data: late\n\n")
+			_, _ = io.WriteString(w, "data: [DONE]\n\n")
+			_ = w.Close()
+		}()
+		start := time.Now()
+		req, _ := http.NewRequest("GET", "http://api.test/", nil)
+		resp, err := tr.RoundTrip(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d := time.Since(start); d != 3*time.Second {
+			t.Fatalf("handed over after %v, want the 3s hold", d)
+		}
+		body, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil || string(body) != ": OPENROUTER PROCESSING\n\ndata: late\n\ndata: [DONE]\n\n" || calls.Load() != 1 {
+			t.Fatalf("body %q err %v calls %d", body, err, calls.Load())
+		}
+	})
+}
+
+// With the hold off, the peek waits for the first event however long.
+func TestSynctest_FirstEventHoldOff(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		writers := make(chan *io.PipeWriter, 1)
+		tr := NewTransport(pipeBase(t, writers), WithFirstEventHold(0))
+		go func() {
+			w := <-writers
+			time.Sleep(time.Hour)
+			_, _ = io.WriteString(w, "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"invalid_request_error\"}}\n\n")
+			_ = w.Close()
+		}()
+		start := time.Now()
+		req, _ := http.NewRequest("GET", "http://api.test/", nil)
+		resp, err := tr.RoundTrip(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if d := time.Since(start); d != time.Hour {
+			t.Fatalf("returned after %v", d)
+		}
+	})
+}
+
+func TestLateReaderKeepsEveryByte(t *testing.T) {
+	pr, pw := io.Pipe()
+	r := &lateReader{rc: pr}
+	expired := make(chan time.Time, 1)
+	expired <- time.Time{}
+	buf := make([]byte, 8)
+	if _, _, late := r.readBefore(buf, expired); !late {
+		t.Fatal("want late")
+	}
+	go func() {
+		_, _ = io.WriteString(pw, "0123456789abcdef") // longer than the pending read's buffer
+		_ = pw.CloseWithError(errors.New("boom"))
+	}()
+	got, err := io.ReadAll(r)
+	if string(got) != "0123456789abcdef" || err == nil || err.Error() != "boom" {
+		t.Fatalf("got %q %v", got, err)
+	}
+}
