@@ -106,6 +106,14 @@ func (e *Error) Error() string {
 	return b.String()
 }
 
+// Timeout reports whether the last underlying error was a timeout, so that
+// code checking net.Error on the *url.Error an http.Client returns still
+// sees one.
+func (e *Error) Timeout() bool {
+	var t interface{ Timeout() bool }
+	return errors.As(e.Err, &t) && t.Timeout()
+}
+
 // Unwrap returns the last underlying error.
 func (e *Error) Unwrap() error { return e.Err }
 
