@@ -379,3 +379,29 @@ func TestLateReaderKeepsEveryByte(t *testing.T) {
 		t.Fatalf("got %q %v", got, err)
 	}
 }
+
+// Cancelling while the first event is awaited ends the request with the
+// context's error, not a retry.
+func TestSynctest_CancelWhileAwaitingFirstEvent(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var calls atomic.Int32
+		base := roundTripFunc(func(r *http.Request) (*http.Response, error) {
+			calls.Add(1)
+			pr, pw := io.Pipe()
+			go func() {
+				<-r.Context().Done()
+				_ = pw.CloseWithError(r.Context().Err())
+			}()
+			return &http.Response{StatusCode: 200, Header: http.Header{"Content-Type": {"text/event-stream"}}, Body: pr, Request: r}, nil
+		})
+		tr := NewTransport(base)
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		req, _ := http.NewRequestWithContext(ctx, "GET", "http://api.test/", nil)
+		_, err := tr.RoundTrip(req)
+		var e *Error
+		if !errors.As(err, &e) || e.Reason != ReasonContextDone || !errors.Is(err, context.DeadlineExceeded) || calls.Load() != 1 {
+			t.Fatalf("got %v after %d calls", err, calls.Load())
+		}
+	})
+}

@@ -107,6 +107,9 @@ func (t *Transport) do(req *http.Request, send sendFunc) (*http.Response, error)
 			v = verdict{retry: ok, cause: cause, reason: ReasonNotRetryable}
 		} else if v, err = t.inspect(resp); err != nil {
 			resp = nil // closed: it broke before the caller could have it
+			if ctx.Err() != nil {
+				return nil, t.giveUp(req, nil, attempt, verdict{reason: ReasonContextDone}, contextError(ctx, err))
+			}
 		}
 		if !v.retry {
 			if v.reason == 0 { // success, or a response that is not a failure
