@@ -33,7 +33,7 @@ func TestRatioBudget(t *testing.T) {
 		t.Fatal("21st retry allowed for 200 requests")
 	}
 	// The window moves on: old counts fall out.
-	clk.NewTimer(11 * time.Second)
+	clk.Advance(11 * time.Second)
 	if !b.AllowRetry() {
 		t.Fatal("no reserve after the window passed")
 	}

@@ -116,6 +116,10 @@ func transportCause(err error) (string, bool) {
 		return "not connected", true
 	case errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, io.EOF):
 		return "connection closed before a response", true
+	case errors.Is(err, net.ErrClosed):
+		// The server closed the connection while the request was being
+		// written, and the transport's reader closed it under the writer.
+		return "connection closed before a response", true
 	}
 	if isHTTP2Retryable(err) {
 		return "http2 stream refused", true

@@ -11,44 +11,17 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+
+	"github.com/llmretry/llmretry/llmretrytest"
 )
 
 func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m)
 }
 
-// fakeClock fires every timer at once and moves its time forward by the
-// timer's duration, so a test proves the exact waits without taking them.
-type fakeClock struct {
-	mu    sync.Mutex
-	now   time.Time
-	waits []time.Duration
-}
-
-func newFakeClock() *fakeClock {
-	return &fakeClock{now: time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC)}
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *fakeClock) NewTimer(d time.Duration) (<-chan time.Time, func() bool) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.waits = append(c.waits, d)
-	c.now = c.now.Add(d)
-	ch := make(chan time.Time, 1)
-	ch <- c.now
-	return ch, func() bool { return false }
-}
-
-func (c *fakeClock) Waits() []time.Duration {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return append([]time.Duration(nil), c.waits...)
+// newFakeClock is a clock on which waits end at once and are recorded.
+func newFakeClock() *llmretrytest.Clock {
+	return llmretrytest.NewClock(time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC))
 }
 
 // fixedRand returns r for every jitter draw.
@@ -125,7 +98,7 @@ func reset(w http.ResponseWriter, r *http.Request) {
 
 // testTransport is a Transport on the fake clock with mid-range jitter and
 // its own connection pool, closed when the test ends.
-func testTransport(t *testing.T, clk *fakeClock, opts ...Option) (*Transport, *http.Client) {
+func testTransport(t *testing.T, clk *llmretrytest.Clock, opts ...Option) (*Transport, *http.Client) {
 	t.Helper()
 	base := &http.Transport{}
 	t.Cleanup(base.CloseIdleConnections)

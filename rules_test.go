@@ -319,6 +319,7 @@ func TestClassifyTransportErrors(t *testing.T) {
 		{"write broken pipe", &net.OpError{Op: "write", Err: syscall.EPIPE}, true},
 		{"not connected", &net.OpError{Op: "read", Err: syscall.ENOTCONN}, true},
 		{"eof", io.EOF, true},
+		{"closed under the writer", &net.OpError{Op: "readfrom", Err: &net.OpError{Op: "write", Err: net.ErrClosed}}, true},
 		{"unexpected eof", fmt.Errorf("transport: %w", io.ErrUnexpectedEOF), true},
 		{"timeout", &net.OpError{Op: "read", Err: timeoutErr{}}, true},
 		{"dns temporary", &net.DNSError{Err: "server misbehaving", IsTemporary: true}, true},

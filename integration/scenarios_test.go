@@ -13,6 +13,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/llmretry/llmretry"
+	"github.com/llmretry/llmretry/llmretrytest"
 	"github.com/llmretry/llmretry/mockllm"
 )
 
@@ -24,39 +25,9 @@ func TestMain(m *testing.M) {
 	)
 }
 
-// recordingClock makes waits instant and remembers them, so a test proves
-// a 1 s Retry-After without taking a second.
-type recordingClock struct {
-	mu    sync.Mutex
-	now   time.Time
-	waits []time.Duration
-}
-
-func (c *recordingClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *recordingClock) NewTimer(d time.Duration) (<-chan time.Time, func() bool) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.waits = append(c.waits, d)
-	c.now = c.now.Add(d)
-	ch := make(chan time.Time, 1)
-	ch <- c.now
-	return ch, func() bool { return false }
-}
-
-func (c *recordingClock) Waits() []time.Duration {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return append([]time.Duration(nil), c.waits...)
-}
-
 // setup starts a mock provider playing spec and returns a client whose
 // Transport is llmretry's.
-func setup(t *testing.T, spec string) (*mockllm.Server, *http.Client, string, *recordingClock) {
+func setup(t *testing.T, spec string) (*mockllm.Server, *http.Client, string, *llmretrytest.Clock) {
 	t.Helper()
 	script, err := mockllm.ParseFaults(spec)
 	if err != nil {
@@ -67,7 +38,7 @@ func setup(t *testing.T, spec string) (*mockllm.Server, *http.Client, string, *r
 	t.Cleanup(srv.Close)
 	base := &http.Transport{}
 	t.Cleanup(base.CloseIdleConnections)
-	clk := &recordingClock{now: time.Now()}
+	clk := llmretrytest.NewClock(time.Now())
 	tr := llmretry.NewTransport(base, llmretry.WithClock(clk), llmretry.WithRand(func() float64 { return 0 }))
 	return m, &http.Client{Transport: tr}, srv.URL, clk
 }

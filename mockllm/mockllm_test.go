@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/llmretry/llmretry"
+	"github.com/llmretry/llmretry/llmretrytest"
 	"github.com/llmretry/llmretry/mockllm"
 	"go.uber.org/goleak"
 )
@@ -76,17 +77,6 @@ func TestMixIsDeterministic(t *testing.T) {
 func fmtInts(v []int) string {
 	b, _ := json.Marshal(v)
 	return string(b)
-}
-
-// instantClock makes every wait take no time, and remembers the waits.
-type instantClock struct{ waits []time.Duration }
-
-func (c *instantClock) Now() time.Time { return time.Unix(1_800_000_000, 0) }
-func (c *instantClock) NewTimer(d time.Duration) (<-chan time.Time, func() bool) {
-	c.waits = append(c.waits, d)
-	ch := make(chan time.Time, 1)
-	ch <- time.Time{}
-	return ch, func() bool { return false }
 }
 
 type call struct {
@@ -193,7 +183,7 @@ func TestEveryFaultThroughTheTransport(t *testing.T) {
 				m := mockllm.New(s, 1)
 				srv := httptest.NewServer(m)
 				defer srv.Close()
-				clk := &instantClock{}
+				clk := llmretrytest.NewClock(time.Now())
 				base := &http.Transport{}
 				defer base.CloseIdleConnections()
 				c := &http.Client{Transport: llmretry.NewTransport(base, llmretry.WithClock(clk), llmretry.WithRand(func() float64 { return 0 }))}
@@ -218,8 +208,8 @@ func TestEveryFaultThroughTheTransport(t *testing.T) {
 				if got := text(t, api, tc.stream, string(b)); resp.StatusCode != 200 || got != mockllm.ReplyText {
 					t.Fatalf("status %d text %q", resp.StatusCode, got)
 				}
-				if tc.wantWait > 0 && (len(clk.waits) != 1 || clk.waits[0] < tc.wantWait) {
-					t.Fatalf("waits %v, want %v", clk.waits, tc.wantWait)
+				if w := clk.Waits(); tc.wantWait > 0 && (len(w) != 1 || w[0] < tc.wantWait) {
+					t.Fatalf("waits %v, want %v", w, tc.wantWait)
 				}
 			})
 		}

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/llmretry/llmretry"
+	"github.com/llmretry/llmretry/redisstate/redistest"
 )
 
 func shared(t *testing.T, n int) []*State {
@@ -177,10 +178,11 @@ func TestRedisDownNeverFailsARequest(t *testing.T) {
 // Redis stops mid-run and comes back: counts made meanwhile are published
 // once it is back.
 func TestRedisOutageAndRecovery(t *testing.T) {
-	srv, addr, err := startRedis()
+	srv, err := redistest.Start()
 	if err != nil {
 		t.Fatal(err)
 	}
+	addr := srv.Addr
 	var logs bytes.Buffer
 	s := newState(t, "outage", func(c *Config) {
 		c.Client = newClient(t, addr)
@@ -188,7 +190,7 @@ func TestRedisOutageAndRecovery(t *testing.T) {
 	})
 	s.OnRequest()
 	syncAll(t, s)
-	srv.stop()
+	srv.Stop()
 	s.OnRequest()
 	if err := s.Sync(context.Background()); err == nil {
 		t.Fatal("sync with Redis down succeeded")

@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"github.com/llmretry/llmretry"
+	"github.com/llmretry/llmretry/llmretrytest"
 )
 
 func main() {
@@ -67,16 +68,6 @@ func main() {
 	printTable(os.Stdout, []string{"fleet", "attempts per request"}, [][]string{{"4 processes x 2500 requests, redisstate", fmt.Sprintf("%.3f", att)}})
 }
 
-// instantClock skips waits: the simulation measures attempts, not time.
-type instantClock struct{}
-
-func (instantClock) Now() time.Time { return time.Now() }
-func (instantClock) NewTimer(time.Duration) (<-chan time.Time, func() bool) {
-	ch := make(chan time.Time, 1)
-	ch <- time.Now()
-	return ch, func() bool { return false }
-}
-
 // failingServer fails each request with probability f (a 503), drawing
 // from a seeded source; it counts every request.
 func failingServer(f float64, hits *atomic.Int64) *httptest.Server {
@@ -103,7 +94,7 @@ func failureRun(n int, f float64, budget llmretry.Budget) (attempts, okShare flo
 	defer srv.Close()
 	base := &http.Transport{MaxIdleConnsPerHost: 16}
 	defer base.CloseIdleConnections()
-	c := &http.Client{Transport: llmretry.NewTransport(base, llmretry.WithBudget(budget), llmretry.WithClock(instantClock{}))}
+	c := &http.Client{Transport: llmretry.NewTransport(base, llmretry.WithBudget(budget), llmretry.WithClock(llmretrytest.NewClock(time.Now())))}
 	jobs := make(chan struct{})
 	var wg sync.WaitGroup
 	for range 16 {

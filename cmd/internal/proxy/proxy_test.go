@@ -20,20 +20,11 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/llmretry/llmretry"
+	"github.com/llmretry/llmretry/llmretrytest"
 	"github.com/llmretry/llmretry/mockllm"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
-
-// instantClock makes retry waits take no time.
-type instantClock struct{}
-
-func (instantClock) Now() time.Time { return time.Unix(1_800_000_000, 0) }
-func (instantClock) NewTimer(time.Duration) (<-chan time.Time, func() bool) {
-	ch := make(chan time.Time, 1)
-	ch <- time.Time{}
-	return ch, func() bool { return false }
-}
 
 // start runs a proxy in front of upstream and returns its URL.
 func start(t *testing.T, upstream http.Handler, mutate ...func(*Config)) (string, *Proxy, *bytes.Buffer) {
@@ -45,7 +36,7 @@ func start(t *testing.T, upstream http.Handler, mutate ...func(*Config)) (string
 	base := &http.Transport{}
 	t.Cleanup(base.CloseIdleConnections)
 	cfg := Config{Upstream: u, Base: base, Logger: slog.New(slog.NewTextHandler(&syncWriter{w: &logs}, nil)),
-		Options: []llmretry.Option{llmretry.WithClock(instantClock{})}}
+		Options: []llmretry.Option{llmretry.WithClock(llmretrytest.NewClock(time.Now()))}}
 	for _, m := range mutate {
 		m(&cfg)
 	}
