@@ -64,9 +64,10 @@ func fleetAttempts(t testing.TB, states []*State, perProc, conc int) float64 {
 // to at most 1.10 attempts per request.
 func TestFleetAtFullFailure(t *testing.T) {
 	var states []*State
+	name := fleetName(t)
 	for range 4 {
 		states = append(states, newState(t, "fleet", func(c *Config) {
-			c.Name = t.Name()
+			c.Name = name
 			c.SyncInterval = 5 * time.Millisecond
 		}))
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -43,10 +44,18 @@ func newClient(t *testing.T, addr string) *redis.Client {
 	return c
 }
 
+var runs atomic.Int64
+
+// fleetName names a fleet for this test run alone: the server outlives a
+// run, and go test -count=N runs a test N times.
+func fleetName(t *testing.T) string {
+	return fmt.Sprintf("%s#%d-%d", t.Name(), os.Getpid(), runs.Add(1))
+}
+
 // newState is a State on the test server under a name unique to the test.
 func newState(t *testing.T, name string, mutate ...func(*Config)) *State {
 	t.Helper()
-	cfg := Config{Client: newClient(t, redisAddr), Name: t.Name() + "/" + name, SyncInterval: time.Hour}
+	cfg := Config{Client: newClient(t, redisAddr), Name: fleetName(t) + "/" + name, SyncInterval: time.Hour}
 	for _, m := range mutate {
 		m(&cfg)
 	}

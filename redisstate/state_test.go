@@ -18,8 +18,9 @@ import (
 
 func shared(t *testing.T, n int) []*State {
 	var ss []*State
+	name := fleetName(t)
 	for range n {
-		ss = append(ss, newState(t, "fleet", func(c *Config) { c.Name = t.Name() }))
+		ss = append(ss, newState(t, "fleet", func(c *Config) { c.Name = name }))
 	}
 	return ss
 }
