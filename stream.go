@@ -237,7 +237,9 @@ type readResult struct {
 }
 
 // readBefore reads into p unless expired fires first (late is then true).
-// With a nil expired it is a plain Read.
+// With a nil expired it is a plain Read. The read goes straight into p: a
+// caller that was told late must not touch p again, as the read may still
+// fill it; its bytes are returned by Read.
 func (r *lateReader) readBefore(p []byte, expired <-chan time.Time) (n int, err error, late bool) {
 	if expired == nil && r.pending == nil {
 		n, err = r.rc.Read(p)
@@ -245,18 +247,16 @@ func (r *lateReader) readBefore(p []byte, expired <-chan time.Time) (n int, err 
 	}
 	if r.pending == nil {
 		ch := make(chan readResult, 1) // buffered: the goroutine never waits on it
-		tmp := make([]byte, len(p))
 		go func() {
-			n, err := r.rc.Read(tmp)
-			ch <- readResult{tmp[:n], err}
+			n, err := r.rc.Read(p)
+			ch <- readResult{p[:n], err}
 		}()
 		r.pending = ch
 	}
 	select {
 	case res := <-r.pending:
 		r.pending = nil
-		n = copy(p, res.p)
-		return n, res.err, false
+		return len(res.p), res.err, false
 	case <-expired:
 		return 0, nil, true
 	}
