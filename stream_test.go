@@ -405,3 +405,19 @@ func TestSynctest_CancelWhileAwaitingFirstEvent(t *testing.T) {
 		}
 	})
 }
+
+// Regression: a HEAD to a stream endpoint has no body to peek at; it was
+// taken for a stream that ended before its first event, and retried.
+func TestHeadOnStreamEndpointNotRetried(t *testing.T) {
+	srv := newScripted(t, sse(openAIStream))
+	_, c := testTransport(t, newFakeClock())
+	req, _ := http.NewRequest(http.MethodHead, srv.URL, nil)
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 || srv.Hits() != 1 {
+		t.Fatalf("status %d hits %d", resp.StatusCode, srv.Hits())
+	}
+}

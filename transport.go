@@ -147,7 +147,7 @@ func (t *Transport) inspect(resp *http.Response) (verdict, error) {
 	if v.retry && t.cfg.providerRules {
 		return applyProviderRules(resp, v, now), nil
 	}
-	if v.reason == 0 && t.cfg.firstEventPeek && isEventStream(resp) {
+	if v.reason == 0 && t.cfg.firstEventPeek && isEventStream(resp) && hasBody(resp) {
 		pv, err := t.peekFirstEvent(resp)
 		if err != nil {
 			return verdict{retry: true, cause: streamCause(err)}, err
@@ -155,6 +155,14 @@ func (t *Transport) inspect(resp *http.Response) (verdict, error) {
 		return pv, nil
 	}
 	return v, nil
+}
+
+// hasBody reports whether a response may carry a body at all: not the
+// answer to a HEAD, not a 204. (A 200 stream that is empty is a failure,
+// and is retried.)
+func hasBody(resp *http.Response) bool {
+	return resp.StatusCode != http.StatusNoContent &&
+		(resp.Request == nil || resp.Request.Method != http.MethodHead)
 }
 
 // handOver prepares a response for the caller: from here on it is theirs,
