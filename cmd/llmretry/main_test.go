@@ -27,6 +27,9 @@ func TestExitStatus(t *testing.T) {
 		{[]string{"proxy", "--upstream", "http://127.0.0.1:1", "--max-attempts", "0"}, nil, 2, "must be positive"},
 		{[]string{"proxy", "--upstream", "http://127.0.0.1:1", "--listen", "256.0.0.1:1"}, nil, 1, "listen"},
 		{[]string{"proxy", "--upstream", "http://127.0.0.1:1", "--listen", "127.0.0.1:0"}, cancelled, 0, "llmretry proxy on"},
+		{[]string{"proxy", "--upstream", "http://127.0.0.1:1", "--redis", "mysql://x"}, nil, 2, "--redis"},
+		// Redis down never stops the proxy.
+		{[]string{"proxy", "--upstream", "http://127.0.0.1:1", "--listen", "127.0.0.1:0", "--redis", "redis://127.0.0.1:1/0"}, cancelled, 0, "llmretry proxy on"},
 		{[]string{"mock", "--faults", "explode"}, nil, 2, "unknown fault"},
 		{[]string{"mock", "--listen", "127.0.0.1:0", "--faults", "503,ok"}, cancelled, 0, "mock provider listening"},
 		{[]string{"demo", "--requests", "0"}, nil, 2, "at least 1"},

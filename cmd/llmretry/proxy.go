@@ -10,8 +10,11 @@ import (
 	"net/url"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/llmretry/llmretry"
 	"github.com/llmretry/llmretry/cmd/internal/proxy"
+	"github.com/llmretry/llmretry/redisstate"
 )
 
 func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -28,6 +31,8 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	firstEvent := fs.Duration("first-event-timeout", 0, "retry a stream that sends no first event within this long (0: off)")
 	grace := fs.Duration("grace", 30*time.Second, "on SIGTERM, how long in-flight requests and streams get to finish")
 	quiet := fs.Bool("quiet", false, "do not log retries")
+	redisURL := fs.String("redis", "", "share the retry budget and cooldowns with other proxies through Redis, e.g. redis://127.0.0.1:6379/0")
+	redisName := fs.String("redis-name", "", "the shared budget's name (default: the upstream's host)")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: llmretry proxy --upstream URL [flags]\n\nA retrying reverse proxy: point any client at it, e.g.\n  OPENAI_BASE_URL=http://127.0.0.1:8787/v1\n\nIt also serves /healthz and /metrics (Prometheus text).\n\n")
 		fs.PrintDefaults()
@@ -53,11 +58,33 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if *firstEvent > 0 {
 		opts = append(opts, llmretry.WithFirstEventTimeout(*firstEvent))
 	}
-	p, err := proxy.New(proxy.Config{
+	cfg := proxy.Config{
 		Upstream: u,
 		Policy:   llmretry.Policy{MaxAttempts: *maxAttempts, BaseDelay: *baseDelay, MaxDelay: *maxDelay, MaxRetryAfter: *maxRetryAfter},
 		MaxBody:  *maxBody, IdleTimeout: *idle, Logger: logger, Options: opts,
-	})
+	}
+	if *redisURL != "" {
+		ropts, err := redis.ParseURL(*redisURL)
+		if err != nil {
+			return usageErr(fs, stderr, "--redis: %v", err)
+		}
+		name := *redisName
+		if name == "" {
+			name = u.Host
+		}
+		rc := redis.NewClient(ropts)
+		defer rc.Close()
+		// A Redis that is down never stops the proxy: it goes on with local
+		// state and says so in the log.
+		st, err := redisstate.New(redisstate.Config{Client: rc, Name: name, Logger: slog.New(slog.NewTextHandler(stderr, nil))})
+		if err != nil {
+			return err
+		}
+		st.Start()
+		defer st.Close()
+		cfg.Budget, cfg.Cooldowns = st, st
+	}
+	p, err := proxy.New(cfg)
 	if err != nil {
 		return usageErr(fs, stderr, "%v", err)
 	}

@@ -38,7 +38,11 @@ type Config struct {
 	// Base is the transport under the retries (http.DefaultTransport's
 	// settings if nil).
 	Base http.RoundTripper
-	// Options are further Transport options (a shared budget, say).
+	// Budget and Cooldowns replace the proxy's own in-process ones, to
+	// share them across a fleet of proxies (redisstate.State is both).
+	Budget    llmretry.Budget
+	Cooldowns llmretry.Cooldowns
+	// Options are further Transport options.
 	Options []llmretry.Option
 }
 
@@ -77,14 +81,22 @@ func New(cfg Config) (*Proxy, error) {
 		base = t
 	}
 	p := &Proxy{cfg: cfg, metrics: newMetrics(), mux: http.NewServeMux()}
-	budget := llmretry.NewRatioBudget(llmretry.BudgetConfig{})
-	p.metrics.budget = budget.Counts
+	var budget llmretry.Budget = llmretry.NewRatioBudget(llmretry.BudgetConfig{})
+	if cfg.Budget != nil {
+		budget = cfg.Budget
+	}
+	if c, ok := budget.(interface{ Counts() (int64, int64) }); ok {
+		p.metrics.budget = c.Counts
+	}
 	opts := []llmretry.Option{
 		llmretry.WithPolicy(cfg.Policy),
 		llmretry.WithLogger(cfg.Logger),
 		llmretry.WithBudget(budget),
 		llmretry.WithOnRetry(p.metrics.onRetry),
 		llmretry.WithOnStop(p.metrics.onStop),
+	}
+	if cfg.Cooldowns != nil {
+		opts = append(opts, llmretry.WithCooldowns(cfg.Cooldowns))
 	}
 	if cfg.IdleTimeout > 0 {
 		opts = append(opts, llmretry.WithIdleTimeout(cfg.IdleTimeout))

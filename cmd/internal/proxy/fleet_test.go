@@ -1,0 +1,86 @@
+package proxy
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/llmretry/llmretry"
+	"github.com/llmretry/llmretry/llmretrytest"
+	"github.com/llmretry/llmretry/redisstate"
+	"github.com/llmretry/llmretry/redisstate/redistest"
+)
+
+// Two proxies sharing Redis: a 429 with Retry-After seen through one makes
+// the other wait out the rest before its first attempt.
+func TestProxiesShareCooldownsThroughRedis(t *testing.T) {
+	rs, err := redistest.Start()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rs.Stop()
+	var hits atomic.Int32
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if hits.Add(1) == 1 {
+			w.Header().Set("Retry-After", "30")
+			w.WriteHeader(http.StatusTooManyRequests)
+			return
+		}
+		_, _ = io.WriteString(w, "ok")
+	}))
+	defer up.Close()
+	u, _ := url.Parse(up.URL)
+
+	proxyWith := func(clock llmretry.Clock, p llmretry.Policy) (string, *redisstate.State) {
+		rc := redis.NewClient(&redis.Options{Addr: rs.Addr})
+		t.Cleanup(func() { _ = rc.Close() })
+		st, err := redisstate.New(redisstate.Config{Client: rc, Name: t.Name(), SyncInterval: time.Hour})
+		if err != nil {
+			t.Fatal(err)
+		}
+		base := &http.Transport{}
+		t.Cleanup(base.CloseIdleConnections)
+		px, err := New(Config{Upstream: u, Base: base, Policy: p, Budget: st, Cooldowns: st,
+			Options: []llmretry.Option{llmretry.WithClock(clock)}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		srv := httptest.NewServer(px)
+		t.Cleanup(srv.Close)
+		return srv.URL, st
+	}
+	clockB := llmretrytest.NewClock(time.Now())
+	a, stA := proxyWith(llmretrytest.NewClock(time.Now()), llmretry.Policy{MaxAttempts: 1})
+	b, stB := proxyWith(clockB, llmretry.Policy{})
+
+	send := func(base string) int {
+		resp, err := client(t).Post(base+"/v1/chat/completions", "application/json", strings.NewReader("{}"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if code := send(a); code != 429 {
+		t.Fatalf("through a: %d", code)
+	}
+	for _, st := range []*redisstate.State{stA, stB} {
+		if err := st.Sync(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if code := send(b); code != 200 || hits.Load() != 2 {
+		t.Fatalf("through b: %d, upstream hits %d", code, hits.Load())
+	}
+	if w := clockB.Waits(); len(w) != 1 || w[0] < 29*time.Second || w[0] > 31*time.Second {
+		t.Fatalf("b waited %v before its first attempt, want the rest of a's 30 s", w)
+	}
+}
