@@ -20,6 +20,9 @@ var redisAddr string
 // TestMain starts a real redis-server (Debian's redis-server package, which
 // scripts/test.sh installs) on a free loopback port, and stops it after.
 func TestMain(m *testing.M) {
+	// go-redis logs dial failures to stderr by default; the Redis-down
+	// tests make them on purpose.
+	redis.SetLogger(quietLogger{})
 	srv, err := redistest.Start()
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "redisstate tests need redis-server: %v\n", err)
@@ -74,3 +77,7 @@ func syncAll(t *testing.T, ss ...*State) {
 		}
 	}
 }
+
+type quietLogger struct{}
+
+func (quietLogger) Printf(context.Context, string, ...any) {}
