@@ -20,4 +20,8 @@
 //   - stream.go: the first-event commit point and the idle timeout
 //   - budget.go, cooldown.go: the retry budget and per-upstream cooldowns
 //   - errors.go: Error and its Reasons
+//
+// Beside it: llmretrytest (a Clock for tests), mockllm (a fault-injecting
+// mock provider), redisstate (budget and cooldowns shared through Redis,
+// its own module) and cmd/llmretry (proxy, mock, demo; its own module).
 package llmretry

@@ -109,3 +109,29 @@ func ExamplePolicy() {
 	// server wait above MaxRetryAfter 24h0m0s
 	// 429
 }
+
+// Transports that share one Budget spend one retry allowance: during an
+// outage, all of them together retry at most a tenth of their requests.
+func ExampleWithBudget() {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusServiceUnavailable) // a full outage
+	}))
+	defer srv.Close()
+
+	budget := llmretry.NewRatioBudget(llmretry.BudgetConfig{Reserve: 2})
+	fast := llmretry.WithPolicy(llmretry.Policy{BaseDelay: time.Millisecond, MaxDelay: time.Millisecond})
+	chat := &http.Client{Transport: llmretry.NewTransport(nil, llmretry.WithBudget(budget), fast)}
+	embed := &http.Client{Transport: llmretry.NewTransport(nil, llmretry.WithBudget(budget), fast)}
+
+	for _, c := range []*http.Client{chat, embed, chat} {
+		resp, err := c.Get(srv.URL)
+		if err != nil {
+			fmt.Println(err)
+			return
+		}
+		resp.Body.Close()
+	}
+	requests, retries := budget.Counts()
+	fmt.Println(requests, "requests,", retries, "retries")
+	// Output: 3 requests, 2 retries
+}

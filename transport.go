@@ -54,7 +54,9 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 // the client's redirects, cookies and Timeout apply per attempt. It shares
 // the Transport's engine and rules, with no budget or cooldown (those need
 // a Transport that lives across calls). A nil client means
-// http.DefaultClient; a nil ctx keeps req's own context.
+// http.DefaultClient; a nil ctx keeps req's own context. Do not give it a
+// client whose Transport is already a *Transport: the retries would
+// multiply.
 func Do(ctx context.Context, client *http.Client, req *http.Request, p Policy) (*http.Response, error) {
 	if client == nil {
 		client = http.DefaultClient
