@@ -51,14 +51,9 @@ func TestHugeRetryAfterValue(t *testing.T) {
 // A server that never answers: each attempt times out at the base
 // transport's ResponseHeaderTimeout and is retried.
 func TestStallBeforeHeadersIsRetried(t *testing.T) {
-	release := make(chan struct{})
-	defer close(release)
-	srv := newScripted(t, func(w http.ResponseWriter, r *http.Request) {
-		select {
-		case <-release:
-		case <-r.Context().Done():
-		}
-	})
+	stall, release := stallUntilReleased()
+	defer release() // before the server's Close, which waits for handlers
+	srv := newScripted(t, stall)
 	clk := newFakeClock()
 	base := &http.Transport{ResponseHeaderTimeout: 20 * time.Millisecond}
 	defer base.CloseIdleConnections()
@@ -73,14 +68,9 @@ func TestStallBeforeHeadersIsRetried(t *testing.T) {
 
 // The caller's own deadline passing mid-attempt is not retried.
 func TestCallerDeadlineMidAttempt(t *testing.T) {
-	release := make(chan struct{})
-	defer close(release)
-	srv := newScripted(t, func(w http.ResponseWriter, r *http.Request) {
-		select {
-		case <-release:
-		case <-r.Context().Done():
-		}
-	})
+	stall, release := stallUntilReleased()
+	defer release() // before the server's Close, which waits for handlers
+	srv := newScripted(t, stall)
 	_, c := testTransport(t, newFakeClock())
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Millisecond)
 	defer cancel()
@@ -89,4 +79,16 @@ func TestCallerDeadlineMidAttempt(t *testing.T) {
 	if !errors.As(err, &e) || e.Reason != ReasonContextDone || e.Attempts != 1 || !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("got %v", err)
 	}
+}
+
+// stallUntilReleased never answers, until the client goes away or release
+// is called.
+func stallUntilReleased() (http.HandlerFunc, func()) {
+	released := make(chan struct{})
+	return func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-released:
+		case <-r.Context().Done():
+		}
+	}, func() { close(released) }
 }

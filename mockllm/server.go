@@ -90,11 +90,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case Reset:
 		resetConn(w)
 	case Stall:
-		t := time.NewTimer(f.Delay)
-		select {
-		case <-t.C:
-		case <-r.Context().Done():
-			t.Stop()
+		if !pause(r, f.Delay) {
 			return
 		}
 		s.reply(w, r, api, req.Model, req.Stream, Fault{})
@@ -120,19 +116,25 @@ func (s *Server) reply(w http.ResponseWriter, r *http.Request, api API, model st
 		if f.Kind == Drop && i == f.Events {
 			panic(http.ErrAbortHandler) // cut the connection mid-stream
 		}
-		if f.Kind == Slow && i > 0 {
-			t := time.NewTimer(f.Delay)
-			select {
-			case <-t.C:
-			case <-r.Context().Done():
-				t.Stop()
-				return
-			}
+		if f.Kind == Slow && i > 0 && !pause(r, f.Delay) {
+			return
 		}
 		if _, err := io.WriteString(w, ev); err != nil {
 			return
 		}
 		flush(w)
+	}
+}
+
+// pause waits d, or less if the client goes away (then it reports false).
+func pause(r *http.Request, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-r.Context().Done():
+		return false
 	}
 }
 
