@@ -268,6 +268,15 @@ func TestTransportErrorRule(t *testing.T) {
 			t.Fatalf("got %v", err)
 		}
 	})
+	t.Run("URL without a host", func(t *testing.T) {
+		clk := newFakeClock()
+		_, c := testTransport(t, clk)
+		_, err := c.Do(post(t, "http:///v1/chat/completions", "x"))
+		var e *Error
+		if !errors.As(err, &e) || e.Reason != ReasonNotRetryable || e.Attempts != 1 || len(clk.Waits()) != 0 {
+			t.Fatalf("got %v", err)
+		}
+	})
 	t.Run("too many redirects via Do", func(t *testing.T) {
 		var srv *httptest.Server
 		srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
