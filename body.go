@@ -3,6 +3,7 @@ package llmretry
 import (
 	"io"
 	"net/http"
+	"time"
 )
 
 // drainLimit bounds how much of a discarded response is read so that its
@@ -49,3 +50,67 @@ func peekBody(resp *http.Response, limit int) ([]byte, error) {
 	resp.Body = &heldBody{held: buf, rc: resp.Body}
 	return buf, err
 }
+
+// lateReader reads with a time limit without losing bytes: a read that the
+// limit interrupts goes on in its goroutine, and its bytes are the first
+// that Read returns afterwards.
+type lateReader struct {
+	rc      io.ReadCloser
+	pending chan readResult // a read under way, nil if none
+	rest    []byte          // bytes of a finished read not yet returned
+	restErr error
+}
+
+type readResult struct {
+	p   []byte
+	err error
+}
+
+// readBefore reads into p unless expired fires first (late is then true).
+// With a nil expired it is a plain Read. The read goes straight into p: a
+// caller that was told late must not touch p again, as the read may still
+// fill it; its bytes are returned by Read.
+func (r *lateReader) readBefore(p []byte, expired <-chan time.Time) (n int, err error, late bool) {
+	if expired == nil && r.pending == nil {
+		n, err = r.rc.Read(p)
+		return n, err, false
+	}
+	if r.pending == nil {
+		ch := make(chan readResult, 1) // buffered: the goroutine never waits on it
+		go func() {
+			n, err := r.rc.Read(p)
+			ch <- readResult{p[:n], err}
+		}()
+		r.pending = ch
+	}
+	select {
+	case res := <-r.pending:
+		r.pending = nil
+		return len(res.p), res.err, false
+	case <-expired:
+		return 0, nil, true
+	}
+}
+
+// Read returns the bytes of an interrupted read first, then reads on.
+func (r *lateReader) Read(p []byte) (int, error) {
+	if r.pending != nil {
+		res := <-r.pending
+		r.pending = nil
+		r.rest, r.restErr = res.p, res.err
+	}
+	if len(r.rest) > 0 || r.restErr != nil {
+		n := copy(p, r.rest)
+		r.rest = r.rest[n:]
+		if len(r.rest) > 0 {
+			return n, nil
+		}
+		err := r.restErr
+		r.restErr = nil
+		return n, err
+	}
+	return r.rc.Read(p)
+}
+
+// Close closes the live body, which also ends a read under way.
+func (r *lateReader) Close() error { return r.rc.Close() }

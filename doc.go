@@ -17,7 +17,9 @@
 //   - providers.go: provider rules (quota bodies, RetryInfo, reset headers)
 //   - transport.go: the attempt loop that Transport and Do share
 //   - wait.go: deadline-aware waiting on an injectable Clock
-//   - stream.go: the first-event commit point and the idle timeout
+//   - stream.go: the first-event commit point (sse.go parses events)
+//   - idle.go: the idle timeout on a returned body
+//   - body.go: drained discards, held bytes put back, reads under a time limit
 //   - budget.go, cooldown.go: the retry budget and per-upstream cooldowns
 //   - errors.go: Error and its Reasons
 //
