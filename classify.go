@@ -149,37 +149,30 @@ func isCertificateError(err error) bool {
 		errors.As(err, &recordHdrErr)
 }
 
-// h2StreamError mirrors net/http's unexported HTTP/2 StreamError, which
-// converts itself into any struct of this shape through its As method.
-type h2StreamError struct {
-	StreamID uint32
-	Code     uint32
-	Cause    error
-}
-
-func (e h2StreamError) Error() string { return "http2 stream error" }
-
 const h2RefusedStream = 0x7
 
 // isHTTP2Retryable reports REFUSED_STREAM (the server never processed the
-// stream) and GOAWAY. net/http's GOAWAY error type is unexported and has no
-// As method, so it is recognised by its type name; golang.org/x/net/http2's
-// exported GoAwayError has the same name.
+// stream) and GOAWAY. Their error types are unexported in net/http
+// (http2StreamError, http2GoAwayError) and have no exported counterpart in
+// the standard library, so they are recognised by type name and field, as
+// are golang.org/x/net/http2's StreamError and GoAwayError. The integration
+// tests prove the names on the wire.
 func isHTTP2Retryable(err error) bool {
-	var se h2StreamError
-	if errors.As(err, &se) && se.Code == h2RefusedStream {
-		return true
-	}
-	for e := err; e != nil; {
-		if t := reflect.TypeOf(e); t.Kind() == reflect.Struct &&
-			(t.Name() == "http2GoAwayError" || t.Name() == "GoAwayError") {
-			return true
+	for e := err; e != nil; e = errors.Unwrap(e) {
+		v := reflect.ValueOf(e)
+		if v.Kind() == reflect.Pointer && !v.IsNil() {
+			v = v.Elem()
 		}
-		switch u := e.(type) {
-		case interface{ Unwrap() error }:
-			e = u.Unwrap()
-		default:
-			e = nil
+		if v.Kind() != reflect.Struct {
+			continue
+		}
+		switch v.Type().Name() {
+		case "http2GoAwayError", "GoAwayError":
+			return true
+		case "http2StreamError", "StreamError":
+			if code := v.FieldByName("Code"); code.IsValid() && code.CanUint() && code.Uint() == h2RefusedStream {
+				return true
+			}
 		}
 	}
 	return false

@@ -310,6 +310,14 @@ type goAwayError struct{ ErrCode uint32 }
 
 func (goAwayError) Error() string { return "goaway" }
 
+// StreamError is named and shaped as golang.org/x/net/http2's.
+type StreamError struct {
+	StreamID uint32
+	Code     uint32
+}
+
+func (StreamError) Error() string { return "stream error" }
+
 // GoAwayError is named as golang.org/x/net/http2 names it.
 type GoAwayError struct{ LastStreamID uint32 }
 
@@ -333,8 +341,9 @@ func TestClassifyTransportErrors(t *testing.T) {
 		{"timeout", &net.OpError{Op: "read", Err: timeoutErr{}}, true},
 		{"dns temporary", &net.DNSError{Err: "server misbehaving", IsTemporary: true}, true},
 		{"dns not found", &net.DNSError{Err: "no such host", IsNotFound: true}, false},
-		{"h2 refused stream", h2StreamError{StreamID: 1, Code: h2RefusedStream}, true},
-		{"h2 other stream error", h2StreamError{StreamID: 1, Code: 2}, false},
+		{"h2 refused stream", StreamError{StreamID: 1, Code: h2RefusedStream}, true},
+		{"h2 refused stream, pointer", fmt.Errorf("rt: %w", &StreamError{StreamID: 1, Code: h2RefusedStream}), true},
+		{"h2 other stream error", StreamError{StreamID: 1, Code: 2}, false},
 		{"x/net goaway", fmt.Errorf("rt: %w", GoAwayError{}), true},
 		{"canceled", context.Canceled, false},
 		{"canceled wrapping reset", fmt.Errorf("%w: %w", context.Canceled, syscall.ECONNRESET), false},
