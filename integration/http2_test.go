@@ -140,6 +140,7 @@ func TestXNetHTTP2Errors(t *testing.T) {
 	}{
 		{http2.StreamError{StreamID: 1, Code: http2.ErrCodeRefusedStream}, true},
 		{http2.StreamError{StreamID: 1, Code: http2.ErrCodeProtocol}, false},
+		//lint:ignore SA1019 deprecated, but x/net/http2's Transport still returns it
 		{http2.GoAwayError{LastStreamID: 1, ErrCode: http2.ErrCodeNo}, true},
 	}
 	for _, tc := range cases {
