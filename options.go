@@ -48,7 +48,8 @@ func WithPolicy(p Policy) Option {
 	return func(c *config) { c.policy = p.withDefaults() }
 }
 
-// WithLogger logs each retry (Info) and each give-up (Warn) to l. The
+// WithLogger logs each retry (Info), each request that retrying gave up on
+// (Warn) and each failure that was not retryable (Info) to l. The
 // Transport is silent without it. Lines carry the method, host, path,
 // attempt, cause and wait, never a header value or a query string.
 func WithLogger(l *slog.Logger) Option {

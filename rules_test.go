@@ -622,3 +622,22 @@ func TestErrorMessage(t *testing.T) {
 		t.Fatal("errors.Is does not reach the cause")
 	}
 }
+
+func TestLogLevels(t *testing.T) {
+	srv := newScripted(t, status(400, "bad"), status(503, ""))
+	var logs bytes.Buffer
+	logger := slog.New(slog.NewTextHandler(&logs, nil))
+	_, c := testTransport(t, newFakeClock(), WithLogger(logger), WithPolicy(Policy{MaxAttempts: 1}))
+	for range 2 {
+		resp, err := c.Do(post(t, srv.URL, "x"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		readAll(t, resp)
+	}
+	lines := strings.Split(strings.TrimSpace(logs.String()), "\n")
+	if len(lines) != 2 || !strings.Contains(lines[0], "level=INFO") || !strings.Contains(lines[0], "not retryable") ||
+		!strings.Contains(lines[1], "level=WARN") || !strings.Contains(lines[1], "attempts exhausted") {
+		t.Fatalf("logs:\n%s", logs.String())
+	}
+}

@@ -294,7 +294,13 @@ func (t *Transport) giveUp(req *http.Request, resp *http.Response, attempts int,
 		if req != nil {
 			ctx = req.Context()
 		}
-		t.cfg.logger.LogAttrs(ctx, slog.LevelWarn, "llmretry: giving up",
+		// A failure that retrying cannot fix (a 400, a quota) is the
+		// caller's business, not a warning about retries.
+		level := slog.LevelWarn
+		if v.reason == ReasonNotRetryable || v.reason == ReasonInvalidRequest {
+			level = slog.LevelInfo
+		}
+		t.cfg.logger.LogAttrs(ctx, level, "llmretry: giving up",
 			slog.String("method", ev.Method), slog.String("url", ev.URL),
 			slog.Int("attempts", attempts), slog.String("reason", v.reason.String()),
 			slog.String("cause", ev.Cause), slog.Int("status", ev.StatusCode))
