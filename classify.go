@@ -14,9 +14,28 @@ import (
 	"time"
 )
 
+// Failure says what kind of failure an attempt had, for observers that
+// count them: a field to switch on, not a message to parse.
+type Failure int
+
+const (
+	// FailureNone: no failure of the attempt (a cooldown's wait).
+	FailureNone Failure = iota
+	// FailureStatus: an error status.
+	FailureStatus
+	// FailureTransport: no response came (dial, reset, timeout, ...).
+	FailureTransport
+	// FailureFirstEvent: a 2xx stream whose first event is an error.
+	FailureFirstEvent
+	// FailureStream: a 2xx stream that broke, ended or timed out before
+	// its first event.
+	FailureStream
+)
+
 // verdict is the decision for one attempt.
 type verdict struct {
-	retry bool
+	retry   bool
+	failure Failure
 	// cause says in a few words what went wrong ("status 503",
 	// "connection reset"); it never holds a header value.
 	cause string
@@ -51,7 +70,7 @@ func classifyResponse(resp *http.Response, now time.Time) verdict {
 	if resp.StatusCode < 400 {
 		return v
 	}
-	v.cause = statusCause(resp.StatusCode)
+	v.cause, v.failure = statusCause(resp.StatusCode), FailureStatus
 	v.retry = RetryableStatus(resp.StatusCode)
 	if should, ok := shouldRetryHeader(resp.Header); ok {
 		v.retry = should

@@ -176,9 +176,11 @@ type RetryEvent struct {
 	StatusCode int
 	// Err is the failed attempt's error, nil if a response came.
 	Err error
-	// Cause says what went wrong in a few words ("status 503",
-	// "connection reset", "first event: overloaded_error").
-	Cause string
+	// Failure is the kind of failure; Cause says what went wrong in a few
+	// words ("status 503", "connection reset", "first event:
+	// overloaded_error").
+	Failure Failure
+	Cause   string
 	// Wait is the wait about to start, and Source where it came from.
 	Wait   time.Duration
 	Source WaitSource
@@ -192,6 +194,7 @@ type StopEvent struct {
 	Attempts   int
 	StatusCode int
 	Err        error
+	Failure    Failure
 	Cause      string
 	// Reason is why retrying stopped.
 	Reason Reason

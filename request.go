@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strconv"
 )
 
 // errNilRequest and errNilURL are the causes of ReasonInvalidRequest for
@@ -107,7 +108,7 @@ func (t *Transport) attemptRequest(req *http.Request, attempt int, idemKey strin
 			r.Header = make(http.Header)
 		}
 		if t.cfg.attemptHeader != "" {
-			r.Header.Set(t.cfg.attemptHeader, itoaSmall(attempt))
+			r.Header.Set(t.cfg.attemptHeader, strconv.Itoa(attempt))
 		}
 		if idemKey != "" {
 			r.Header.Set(t.cfg.idempotencyHeader, idemKey)
@@ -128,11 +129,4 @@ func (t *Transport) idempotencyKey(req *http.Request) string {
 	var b [16]byte
 	_, _ = rand.Read(b[:]) // never fails (crypto/rand since Go 1.24)
 	return "llmretry-" + hex.EncodeToString(b[:])
-}
-
-func itoaSmall(n int) string {
-	if n >= 0 && n < 10 {
-		return string(rune('0' + n))
-	}
-	return fmt.Sprint(n)
 }

@@ -52,16 +52,16 @@ func classifyFirstEvent(ev sseEvent) verdict {
 	}
 	if json.Unmarshal(ev.data, &probe) != nil || len(probe.Error) == 0 || string(probe.Error) == "null" {
 		if isError {
-			return verdict{reason: ReasonNotRetryable, cause: "first event: error"}
+			return verdict{failure: FailureFirstEvent, reason: ReasonNotRetryable, cause: "first event: error"}
 		}
 		return verdict{}
 	}
 	bv, ok := classifyErrorBody(ev.data)
 	cause := "first event: " + firstNonEmpty(bv.cause, "error")
 	if !ok || bv.final || !bv.transient {
-		return verdict{reason: ReasonNotRetryable, cause: cause}
+		return verdict{failure: FailureFirstEvent, reason: ReasonNotRetryable, cause: cause}
 	}
-	return verdict{retry: true, cause: cause, wait: bv.wait, src: bv.src, waitOK: bv.waitOK}
+	return verdict{retry: true, failure: FailureFirstEvent, cause: cause, wait: bv.wait, src: bv.src, waitOK: bv.waitOK}
 }
 
 // FirstEventTimeoutError is the cause of a retry when no first event came

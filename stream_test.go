@@ -421,3 +421,32 @@ func TestHeadOnStreamEndpointNotRetried(t *testing.T) {
 		t.Fatalf("status %d hits %d", resp.StatusCode, srv.Hits())
 	}
 }
+
+// Observers learn the kind of each failure from a field, not the message.
+func TestRetryEventFailureKinds(t *testing.T) {
+	cases := []struct {
+		name  string
+		first http.HandlerFunc
+		want  Failure
+	}{
+		{"status", status(503, ""), FailureStatus},
+		{"transport", reset, FailureTransport},
+		{"first event", sse(anthropicOverloaded), FailureFirstEvent},
+		{"stream cut before first event", sseThenCut("data: {\"par"), FailureStream},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := newScripted(t, tc.first, sse(okStream))
+			var got []Failure
+			_, c := testTransport(t, newFakeClock(), WithOnRetry(func(e RetryEvent) { got = append(got, e.Failure) }))
+			resp, err := c.Do(post(t, srv.URL, "x"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			readAll(t, resp)
+			if len(got) != 1 || got[0] != tc.want {
+				t.Fatalf("failures %v, want [%v]", got, tc.want)
+			}
+		})
+	}
+}

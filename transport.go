@@ -106,7 +106,7 @@ func (t *Transport) do(req *http.Request, send sendFunc) (*http.Response, error)
 				return nil, t.giveUp(req, nil, attempt, verdict{reason: ReasonContextDone}, contextError(ctx, err))
 			}
 			cause, ok := transportCause(err)
-			v = verdict{retry: ok, cause: cause, reason: ReasonNotRetryable}
+			v = verdict{retry: ok, failure: FailureTransport, cause: cause, reason: ReasonNotRetryable}
 		} else if v, err = t.inspect(resp); err != nil {
 			resp = nil // closed: it broke before the caller could have it
 			if ctx.Err() != nil {
@@ -152,7 +152,7 @@ func (t *Transport) inspect(resp *http.Response) (verdict, error) {
 	if v.reason == 0 && t.cfg.firstEventPeek && isEventStream(resp) && hasBody(resp) {
 		pv, err := t.peekFirstEvent(resp)
 		if err != nil {
-			return verdict{retry: true, cause: streamCause(err)}, err
+			return verdict{retry: true, failure: FailureStream, cause: streamCause(err)}, err
 		}
 		return pv, nil
 	}
@@ -259,7 +259,7 @@ func (t *Transport) retrying(req *http.Request, resp *http.Response, attempt int
 	}
 	ev := RetryEvent{
 		Method: req.Method, URL: redactURL(req.URL), Attempt: attempt,
-		Err: err, Cause: v.cause, Wait: wait, Source: src,
+		Err: err, Failure: v.failure, Cause: v.cause, Wait: wait, Source: src,
 	}
 	if resp != nil {
 		ev.StatusCode = resp.StatusCode
@@ -279,7 +279,7 @@ func (t *Transport) retrying(req *http.Request, resp *http.Response, attempt int
 // for the caller: nil when a response is in hand (the response is the
 // answer), an *Error otherwise.
 func (t *Transport) giveUp(req *http.Request, resp *http.Response, attempts int, v verdict, err error) error {
-	ev := StopEvent{Attempts: attempts, Err: err, Cause: v.cause, Reason: v.reason, Wait: v.wait}
+	ev := StopEvent{Attempts: attempts, Err: err, Failure: v.failure, Cause: v.cause, Reason: v.reason, Wait: v.wait}
 	if req != nil {
 		ev.Method, ev.URL = req.Method, redactURL(req.URL)
 	}

@@ -210,12 +210,12 @@ func chat(ctx context.Context, client openai.Client, model, expected string) res
 }
 
 func cause(e llmretry.RetryEvent) string {
-	switch {
-	case strings.HasPrefix(e.Cause, "first event"):
+	switch e.Failure {
+	case llmretry.FailureFirstEvent:
 		return "error as first stream event"
-	case strings.HasPrefix(e.Cause, "stream"):
-		return "stream broke before first event"
-	case e.StatusCode > 0:
+	case llmretry.FailureStream:
+		return "stream failed before first event"
+	case llmretry.FailureStatus:
 		return fmt.Sprintf("status %d", e.StatusCode)
 	}
 	return e.Cause

@@ -57,12 +57,12 @@ func (m *Metrics) onStop(e llmretry.StopEvent) {
 
 // causeLabel turns a retry's cause into a label of a small fixed set.
 func causeLabel(e llmretry.RetryEvent) string {
-	switch {
-	case strings.HasPrefix(e.Cause, "first event"):
+	switch e.Failure {
+	case llmretry.FailureFirstEvent:
 		return "first_event_error"
-	case strings.HasPrefix(e.Cause, "stream"), strings.HasPrefix(e.Cause, "no first event"):
+	case llmretry.FailureStream:
 		return "stream_before_first_event"
-	case e.StatusCode > 0:
+	case llmretry.FailureStatus:
 		return fmt.Sprintf("status_%d", e.StatusCode)
 	}
 	return "transport_error"
