@@ -97,6 +97,9 @@ func (b *RatioBudget) AllowRetry() bool {
 	return true
 }
 
+// Config returns the budget's settings, defaults filled in.
+func (b *RatioBudget) Config() BudgetConfig { return b.cfg }
+
 // Counts returns the requests and retries counted in the current window.
 func (b *RatioBudget) Counts() (requests, retries int64) {
 	now := b.cfg.Clock.Now()

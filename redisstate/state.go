@@ -99,22 +99,13 @@ func New(cfg Config) (*State, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	b := cfg.Budget
-	b.Clock = nil
-	if b.Ratio <= 0 {
-		b.Ratio = 0.1
-	}
-	if b.Reserve == 0 {
-		b.Reserve = 10
-	}
-	if b.Window <= 0 {
-		b.Window = 10 * time.Second
-	}
-	cfg.Budget = b
+	cfg.Budget.Clock = nil // decisions here run on the real clock
+	local := llmretry.NewRatioBudget(cfg.Budget)
+	cfg.Budget = local.Config() // the same defaults as a local budget
 	var id [8]byte
 	_, _ = rand.Read(id[:])
 	return &State{
-		cfg: cfg, local: llmretry.NewRatioBudget(b), cool: llmretry.NewLocalCooldowns(),
+		cfg: cfg, local: local, cool: llmretry.NewLocalCooldowns(),
 		pushes: map[string]int64{}, id: hex.EncodeToString(id[:]), procs: 1,
 	}, nil
 }
@@ -230,9 +221,12 @@ func (s *State) Extend(up llmretry.Upstream, now time.Time, wait time.Duration) 
 // its cooldowns (keeping the later end), forgets cooldowns that are over,
 // and returns the window's totals and every running cooldown, atomically.
 //
-// KEYS[1] the cooldown hash; KEYS[2..] the window's slices, current first.
-// ARGV: requests, retries, slice TTL (ms), now (Unix ms), then pairs of
-// upstream, until (Unix ms).
+// KEYS[1] the cooldown hash; KEYS[2] the hash of processes and when each
+// last synced; KEYS[3..] the window's slices, current first. ARGV:
+// requests, retries, slice TTL (ms), now (Unix ms), this process's id, then
+// pairs of upstream, until (Unix ms). It returns the window's requests and
+// retries, how many processes synced within it, then pairs of upstream,
+// until.
 var syncScript = redis.NewScript(`
 local cur = KEYS[3]
 if tonumber(ARGV[1]) > 0 then redis.call('HINCRBY', cur, 'req', ARGV[1]) end
