@@ -141,11 +141,8 @@ func TestSDK_StreamArrivesEventByEvent(t *testing.T) {
 	for _, s := range sdks {
 		t.Run(s.name, func(t *testing.T) {
 			events := mockllm.StreamEvents(s.api, "m")
-			// The first event the SDK reports as a delta, and the events up to it.
-			split := 1
-			if s.api == mockllm.Anthropic || s.api == mockllm.OpenAI {
-				split = map[mockllm.API]int{mockllm.Anthropic: 3, mockllm.OpenAI: 2}[s.api]
-			}
+			// How many events up to the first one the SDK reports as a delta.
+			split := map[mockllm.API]int{mockllm.Anthropic: 3, mockllm.OpenAI: 2, mockllm.Gemini: 1}[s.api]
 			release := make(chan struct{})
 			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 				_, _ = io.Copy(io.Discard, r.Body)
