@@ -26,14 +26,16 @@ const (
 	// Reset cuts the connection before any response.
 	Reset
 	// Stall waits Delay before answering normally (or until the client
-	// goes away).
+	// goes away); with a MaxDelay, a wait drawn evenly from Delay to
+	// MaxDelay.
 	Stall
 	// FirstEventError answers 200 text/event-stream whose first event is an
 	// overloaded error.
 	FirstEventError
 	// Drop streams Events events, then cuts the connection.
 	Drop
-	// Slow streams with Delay between events.
+	// Slow streams with Delay between events (drawn from Delay to
+	// MaxDelay, if set, once per request).
 	Slow
 )
 
@@ -43,8 +45,12 @@ type Fault struct {
 	Code   int               // for Status
 	Header map[string]string // for Status
 	Delay  time.Duration     // for RetryInfo, Stall, Slow
-	Events int               // for Drop
-	Weight float64           // in a mix: the share of requests, 0..1
+	// MaxDelay, above Delay, makes a Stall or Slow wait a draw from the
+	// range: a model's latency varies, and clients in lockstep measure
+	// their own bursts rather than what sits between them and the model.
+	MaxDelay time.Duration
+	Events   int     // for Drop
+	Weight   float64 // in a mix: the share of requests, 0..1
 }
 
 // Script says which Fault each request gets. In sequence mode the n-th
@@ -60,6 +66,8 @@ type Script struct {
 //
 //	ok | STATUS[:retry-after=V][:retry-after-ms=V][:x-should-retry=V] |
 //	quota | retryinfo=DUR | reset | stall=DUR | sse-error | drop=N | slow=DUR
+//
+// where stall and slow also take a range, DUR..DUR ("stall=10ms..30ms"),
 //
 // optionally followed by @P% to make the script a mix ("503@20%,reset@5%").
 // The empty spec is every request OK.
@@ -125,12 +133,20 @@ func parseStep(step string) (Fault, error) {
 	case "retryinfo":
 		d, err := dur()
 		return Fault{Kind: RetryInfo, Delay: d}, err
-	case "stall":
+	case "stall", "slow":
+		kind := map[string]Kind{"stall": Stall, "slow": Slow}[name]
+		lo, hi, isRange := strings.Cut(arg, "..")
+		arg = lo
 		d, err := dur()
-		return Fault{Kind: Stall, Delay: d}, err
-	case "slow":
-		d, err := dur()
-		return Fault{Kind: Slow, Delay: d}, err
+		if err != nil || !isRange {
+			return Fault{Kind: kind, Delay: d}, err
+		}
+		arg = hi
+		max, err := dur()
+		if err == nil && max < d {
+			err = fmt.Errorf("range %s..%s runs backwards", lo, hi)
+		}
+		return Fault{Kind: kind, Delay: d, MaxDelay: max}, err
 	case "drop":
 		n, err := strconv.Atoi(arg)
 		if err != nil || n < 0 {
@@ -160,6 +176,14 @@ func parseStatus(code int, step string) (Fault, error) {
 		}
 	}
 	return f, nil
+}
+
+// delay is the Fault's wait for one request, given a draw u in [0, 1).
+func (f Fault) delay(u float64) time.Duration {
+	if f.MaxDelay <= f.Delay {
+		return f.Delay
+	}
+	return f.Delay + time.Duration(u*float64(f.MaxDelay-f.Delay))
 }
 
 // pick returns the Fault for request number n (0-based), drawing r in

@@ -9,6 +9,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/llmretry/llmretry"
@@ -27,6 +28,8 @@ func TestParseFaults(t *testing.T) {
 		"429:retry-after-ms=1500:x-should-retry=true":                  1,
 		"quota, retryinfo=53s, stall=1s, sse-error, drop=3, slow=10ms": 6,
 		"503@20%,reset@5%,sse-error@10%":                               3,
+		"stall=10ms..30ms@100%":                                        1,
+		"slow=1ms..1ms":                                                1,
 	}
 	for spec, n := range good {
 		s, err := mockllm.ParseFaults(spec)
@@ -35,7 +38,8 @@ func TestParseFaults(t *testing.T) {
 		}
 	}
 	bad := []string{"explode", "200", "503:retry-after", "503:colour=red", "stall=soon", "drop=-1",
-		"503@20%,reset", "503@80%,reset@30%", "503@abc%", "retryinfo=-1s"}
+		"503@20%,reset", "503@80%,reset@30%", "503@abc%", "retryinfo=-1s",
+		"stall=30ms..10ms", "stall=1ms..", "slow=..5ms", "slow=1ms..soon"}
 	for _, spec := range bad {
 		if _, err := mockllm.ParseFaults(spec); err == nil {
 			t.Errorf("%q: want an error", spec)
@@ -235,6 +239,32 @@ func TestDropMidStream(t *testing.T) {
 	if err == nil || !errors.Is(err, io.ErrUnexpectedEOF) || m.Hits() != 1 || strings.Count(string(b), "data: ") != 3 {
 		t.Fatalf("err %v hits %d body %q", err, m.Hits(), b)
 	}
+}
+
+// TestStallRangeDrawsEachWait proves that a stall range gives each request
+// its own wait inside the range, on synctest's clock.
+func TestStallRangeDrawsEachWait(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		s, err := mockllm.ParseFaults("stall=10ms..30ms@100%")
+		if err != nil {
+			t.Fatal(err)
+		}
+		m := mockllm.New(s, 7)
+		seen := map[time.Duration]bool{}
+		for range 20 {
+			start := time.Now()
+			rec := httptest.NewRecorder()
+			m.ServeHTTP(rec, httptest.NewRequest("POST", "/v1/chat/completions", strings.NewReader(`{"model":"m"}`)))
+			waited := time.Since(start)
+			if rec.Code != http.StatusOK || waited < 10*time.Millisecond || waited > 30*time.Millisecond {
+				t.Fatalf("status %d after %v, want 200 after 10ms to 30ms", rec.Code, waited)
+			}
+			seen[waited] = true
+		}
+		if len(seen) < 10 {
+			t.Fatalf("%d distinct waits in 20 requests: the range is not drawn per request", len(seen))
+		}
+	})
 }
 
 func TestStallEndsWhenTheClientLeaves(t *testing.T) {

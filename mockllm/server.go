@@ -45,10 +45,14 @@ func (s *Server) Served(k Kind) int { return int(s.served[k].Load()) }
 // maxRequestBody bounds what the mock reads of a request.
 const maxRequestBody = 32 << 20
 
+// next is the Fault for the next request, with any delay range drawn.
 func (s *Server) next() Fault {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	f := s.script.pick(s.n, s.rng.Float64())
+	if f.MaxDelay > f.Delay { // a range: draw this request's wait
+		f.Delay, f.MaxDelay = f.delay(s.rng.Float64()), 0
+	}
 	s.n++
 	return f
 }
