@@ -108,6 +108,12 @@ func New(cfg Config) (*Proxy, error) {
 		Rewrite: func(r *httputil.ProxyRequest) {
 			r.SetURL(cfg.Upstream)
 			r.Out.Host = cfg.Upstream.Host
+			// ReverseProxy wraps the body in a type net/http does not know
+			// to be in memory, and so writes the headers and the body to
+			// the upstream in two syscalls; our held copy goes in one.
+			if r.Out.Body != nil && r.Out.GetBody != nil {
+				r.Out.Body, _ = r.Out.GetBody() // a bytes.Reader: cannot fail
+			}
 		},
 		Transport: transport,
 		// 0: ReverseProxy flushes every write of a text/event-stream or
