@@ -1,30 +1,56 @@
 #!/usr/bin/env bash
 # Throughput and latency through the llmretry proxy, against the mock
 # directly, Go's own httputil.ReverseProxy without retries, and nginx in
-# front of the same mock, plain and streamed, at 64 connections. Needs wrk and nginx (apt-get install wrk nginx-light).
+# front of the same mock, plain and streamed, at 64 connections. Needs wrk
+# and nginx (apt-get install wrk nginx-light).
 #   bench/proxy/run.sh [seconds] [mock fault spec]
 # The default mock answers at once, so every process is CPU-bound; give it
-# a model's latency with, e.g., "stall=20ms@100%".
+# a model's latency with, e.g., "stall=40ms..60ms@100%".
+#
+# PIN=1 (the default) puts wrk and the mock on CPU 0 and each proxy alone on
+# CPU 1 (GOMAXPROCS=1; nginx runs one worker): on a two-CPU machine this is
+# the only way for a proxy's cost to show as its own, not as CPU taken from
+# the load generator and the mock. PIN=0 lets every process share every CPU.
+# REPS=N (default 3) runs the round of targets N times, one after another,
+# and the table gives medians of each round's figures against that round's
+# direct run: a shared machine's speed drifts by tens of percent over
+# minutes, and each comparison must sit within minutes of its baseline.
+# The raw wrk lines come first, then a table of each target against direct.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 secs=${1:-10}
 faults=${2:-}
+pin=${PIN:-1}
+reps=${REPS:-3}
 tmp=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$tmp"' EXIT
 go build -o "$tmp/llmretry" ./cmd/llmretry
 go build -o "$tmp/plainproxy" ./bench/proxy/plainproxy
+if [ "$pin" = 1 ]; then
+	[ "$(nproc)" -ge 2 ] || { echo "PIN=1 needs two CPUs" >&2; exit 1; }
+	load="taskset -c 0" proxied="taskset -c 1" procs=1 threads=1
+else
+	load="" proxied="" procs=${PROXY_PROCS:-$(nproc)} threads=2
+fi
 mock=18181 proxy=18180 ngx=18182 plain=18183
-"$tmp/llmretry" mock --listen 127.0.0.1:$mock --faults "$faults" >/dev/null &
-GOMAXPROCS=${PROXY_PROCS:-2} "$tmp/llmretry" proxy --listen 127.0.0.1:$proxy --upstream http://127.0.0.1:$mock --quiet >/dev/null &
-GOMAXPROCS=${PROXY_PROCS:-2} "$tmp/plainproxy" 127.0.0.1:$plain http://127.0.0.1:$mock 2>/dev/null &
-sed "s#PREFIX#$tmp#; s#MOCKPORT#$mock#; s#NGINXPORT#$ngx#" bench/proxy/nginx.conf > "$tmp/nginx.conf"
-nginx -c "$tmp/nginx.conf" -p "$tmp" &
-sleep 1 # the three servers start listening
-for stream in 0 1; do
-	for target in direct:$mock llmretry-proxy:$proxy go-reverseproxy:$plain nginx:$ngx; do
-		name=${target%%:*} port=${target##*:}
-		echo "### $name stream=$stream"
-		STREAM=$stream wrk -t2 -c64 -d"${secs}s" --latency -s bench/proxy/post.lua "http://127.0.0.1:$port/v1/chat/completions" |
-			grep -E "Requests/sec|^ +(50|99)%|Non-2xx|Socket errors"
-	done
+GOMAXPROCS=$procs $load "$tmp/llmretry" mock --listen 127.0.0.1:$mock --faults "$faults" >/dev/null &
+GOMAXPROCS=$procs $proxied "$tmp/llmretry" proxy --listen 127.0.0.1:$proxy --upstream http://127.0.0.1:$mock --quiet >/dev/null &
+GOMAXPROCS=$procs $proxied "$tmp/plainproxy" 127.0.0.1:$plain http://127.0.0.1:$mock 2>/dev/null &
+sed "s#PREFIX#$tmp#; s#MOCKPORT#$mock#; s#NGINXPORT#$ngx#" bench/proxy/nginx.conf >"$tmp/nginx.conf"
+$proxied nginx -c "$tmp/nginx.conf" -p "$tmp" &
+for port in $mock $proxy $plain $ngx; do # wait until all four listen
+	for _ in $(seq 50); do curl -s -o /dev/null "http://127.0.0.1:$port/" && break || sleep 0.1; done
 done
+echo "# $(date -u +%F) PIN=$pin REPS=$reps seconds=$secs faults=${faults:-none} wrk -t$threads -c64"
+for rep in $(seq "$reps"); do
+	for stream in 0 1; do
+		for target in direct:$mock llmretry-proxy:$proxy go-reverseproxy:$plain nginx:$ngx; do
+			name=${target%%:*} port=${target##*:}
+			echo "### $name stream=$stream rep=$rep"
+			STREAM=$stream $load wrk -t$threads -c64 -d"${secs}s" --latency -s bench/proxy/post.lua \
+				"http://127.0.0.1:$port/v1/chat/completions" |
+				grep -E "Requests/sec|^ +(50|99)%|Non-2xx|Socket errors"
+		done
+	done
+done | tee "$tmp/out"
+awk -f bench/proxy/table.awk "$tmp/out"
