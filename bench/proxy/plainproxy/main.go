@@ -31,6 +31,7 @@ func main() {
 	}
 	t := http.DefaultTransport.(*http.Transport).Clone()
 	t.MaxIdleConns, t.MaxIdleConnsPerHost = 0, 1024
+	t.DisableCompression = true
 	rp := &httputil.ReverseProxy{
 		Rewrite:    func(r *httputil.ProxyRequest) { r.SetURL(u); r.Out.Host = u.Host },
 		Transport:  t,

@@ -78,6 +78,9 @@ func New(cfg Config) (*Proxy, error) {
 		// only 2 idle per host by default, and under load the rest would be
 		// redialled for every request.
 		t.MaxIdleConns, t.MaxIdleConnsPerHost = 0, 1024
+		// Left on, net/http would ask for gzip when the client did not and
+		// unzip the reply: a header the client never sent, and CPU spent.
+		t.DisableCompression = true
 		base = t
 	}
 	p := &Proxy{cfg: cfg, metrics: newMetrics(), mux: http.NewServeMux()}

@@ -411,3 +411,38 @@ func TestRequestGoesUpstreamInOneWrite(t *testing.T) {
 		t.Fatalf("request went upstream in %d writes, want 1", n)
 	}
 }
+
+// TestAcceptEncodingIsTheClients: net/http's default transport asks for
+// gzip on its own when the client did not, and then unzips the reply, so
+// the upstream saw a header the client never sent. The proxy's own
+// transport leaves compression to the client, both ways.
+func TestAcceptEncodingIsTheClients(t *testing.T) {
+	seen := make(chan string, 2)
+	url, _, _ := start(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		seen <- r.Header.Get("Accept-Encoding")
+		if r.Header.Get("Accept-Encoding") == "gzip" {
+			w.Header().Set("Content-Encoding", "gzip")
+		}
+		_, _ = io.WriteString(w, "body as the upstream sent it")
+	}), func(c *Config) { c.Base = nil })
+	for _, ae := range []string{"", "gzip"} {
+		req, _ := http.NewRequest("POST", url+"/v1/chat/completions", strings.NewReader(`{}`))
+		if ae != "" {
+			req.Header.Set("Accept-Encoding", ae)
+		}
+		tr := &http.Transport{DisableCompression: true}
+		resp, err := (&http.Client{Transport: tr}).Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		tr.CloseIdleConnections()
+		if got := <-seen; got != ae {
+			t.Errorf("client sent Accept-Encoding %q, upstream saw %q", ae, got)
+		}
+		if string(b) != "body as the upstream sent it" || resp.Header.Get("Content-Encoding") != map[string]string{"": "", "gzip": "gzip"}[ae] {
+			t.Errorf("Accept-Encoding %q: reply %q with Content-Encoding %q", ae, b, resp.Header.Get("Content-Encoding"))
+		}
+	}
+}
