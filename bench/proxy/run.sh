@@ -15,7 +15,10 @@
 # and the table gives medians of each round's figures against that round's
 # direct run: a shared machine's speed drifts by tens of percent over
 # minutes, and each comparison must sit within minutes of its baseline.
-# The raw wrk lines come first, then a table of each target against direct.
+# The raw wrk lines come first, then a table of each target against direct,
+# with the CPU time the server under test used per request (the mock's for
+# direct, else the proxy's alone): unlike latency, that barely moves with
+# the machine's drift, and it is what a proxy costs.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 secs=${1:-10}
@@ -34,22 +37,41 @@ else
 fi
 mock=18181 proxy=18180 ngx=18182 plain=18183
 GOMAXPROCS=$procs $load "$tmp/llmretry" mock --listen 127.0.0.1:$mock --faults "$faults" >/dev/null &
+pid_direct=$!
 GOMAXPROCS=$procs $proxied "$tmp/llmretry" proxy --listen 127.0.0.1:$proxy --upstream http://127.0.0.1:$mock --quiet >/dev/null &
+pid_llmretry=$!
 GOMAXPROCS=$procs $proxied "$tmp/plainproxy" 127.0.0.1:$plain http://127.0.0.1:$mock 2>/dev/null &
+pid_plain=$!
 sed "s#PREFIX#$tmp#; s#MOCKPORT#$mock#; s#NGINXPORT#$ngx#" bench/proxy/nginx.conf >"$tmp/nginx.conf"
 $proxied nginx -c "$tmp/nginx.conf" -p "$tmp" &
 for port in $mock $proxy $plain $ngx; do # wait until all four listen
 	for _ in $(seq 50); do curl -s -o /dev/null "http://127.0.0.1:$port/" && break || sleep 0.1; done
 done
+pid_nginx="$(cat "$tmp/nginx.pid") $(pgrep -P "$(cat "$tmp/nginx.pid")" | tr '\n' ' ')"
+# ticks PID...: the CPU time (user+system, in clock ticks) the processes used.
+ticks() {
+	local sum=0 p f
+	for p in "$@"; do
+		read -ra f <"/proc/$p/stat" # pid (comm) state ...: comm has no spaces here
+		sum=$((sum + f[13] + f[14]))
+	done
+	echo $sum
+}
+hz=$(getconf CLK_TCK)
 echo "# $(date -u +%F) PIN=$pin REPS=$reps seconds=$secs faults=${faults:-none} wrk -t$threads -c64"
 for rep in $(seq "$reps"); do
 	for stream in 0 1; do
-		for target in direct:$mock llmretry-proxy:$proxy go-reverseproxy:$plain nginx:$ngx; do
-			name=${target%%:*} port=${target##*:}
+		for target in direct:$mock:direct llmretry-proxy:$proxy:llmretry go-reverseproxy:$plain:plain nginx:$ngx:nginx; do
+			IFS=: read -r name port who <<<"$target"
+			pids=pid_$who
 			echo "### $name stream=$stream rep=$rep"
+			before=$(ticks ${!pids})
 			STREAM=$stream $load wrk -t$threads -c64 -d"${secs}s" --latency -s bench/proxy/post.lua \
-				"http://127.0.0.1:$port/v1/chat/completions" |
-				grep -E "Requests/sec|^ +(50|99)%|Non-2xx|Socket errors"
+				"http://127.0.0.1:$port/v1/chat/completions" >"$tmp/wrk"
+			used=$(($(ticks ${!pids}) - before))
+			grep -E "Requests/sec|^ +(50|99)%|Non-2xx|Socket errors" "$tmp/wrk"
+			# The server's own CPU per request: the mock's for direct, else the proxy's.
+			awk -v t="$used" -v hz="$hz" '/ requests in / { printf "CPU/request: %.1f us\n", t / hz * 1e6 / $1 }' "$tmp/wrk"
 		done
 	done
 done | tee "$tmp/out"

@@ -22,6 +22,7 @@ function median(a, k, n,    v, i, j, t) {
 /^ +50%/ { p50[key, rep] = ms($2) }
 /^ +99%/ { p99[key, rep] = ms($2) }
 /^Requests\/sec/ { rps[key, rep] = $2 }
+/^CPU\/request/ { cpu[key, rep] = $2 }
 /Non-2xx|Socket errors/ { errs[key] = errs[key] " (round " rep ": " $0 ")" }
 END {
 	for (i = 1; i <= n; i++) {
@@ -32,13 +33,14 @@ END {
 		}
 	}
 	print ""
-	print "| target | stream | requests/s | of direct | of nginx | p50 | p99 | added p50 | added p99 |"
-	print "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+	print "| target | stream | requests/s | of direct | of nginx | p50 | p99 | added p50 | added p99 | server CPU/request |"
+	print "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
 	for (i = 1; i <= n; i++) {
 		k = order[i]; split(k, a, " ")
-		printf "| %s | %s | %.0f | %.0f%% | %.0f%% | %.2f ms | %.2f ms | %+.2f ms | %+.2f ms |%s\n",
+		c = ((k, 1) in cpu) ? sprintf("%.0f us", median(cpu, k, reps)) : "-"
+		printf "| %s | %s | %.0f | %.0f%% | %.0f%% | %.2f ms | %.2f ms | %+.2f ms | %+.2f ms | %s |%s\n",
 			a[1], (a[2] == 1 ? "yes" : "no"), median(rps, k, reps), median(ofd, k, reps), median(ofx, k, reps),
-			median(p50, k, reps), median(p99, k, reps), median(a50, k, reps), median(a99, k, reps), errs[k]
+			median(p50, k, reps), median(p99, k, reps), median(a50, k, reps), median(a99, k, reps), c, errs[k]
 	}
 	print ""
 	print "Medians over " reps " round(s); each share and each added latency is against the same round's run."
