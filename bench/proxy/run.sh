@@ -10,7 +10,8 @@
 # PIN=1 (the default) puts wrk and the mock on CPU 0 and each proxy alone on
 # CPU 1 (GOMAXPROCS=1; nginx runs one worker): on a two-CPU machine this is
 # the only way for a proxy's cost to show as its own, not as CPU taken from
-# the load generator and the mock. PIN=0 lets every process share every CPU.
+# the load generator and the mock. PIN=0 lets every process share every CPU,
+# the Go ones (mock and proxies) with GOMAXPROCS=PROXY_PROCS (default: all).
 # REPS=N (default 3) runs the round of targets N times, one after another,
 # and the table gives medians of each round's figures against that round's
 # direct run: a shared machine's speed drifts by tens of percent over
