@@ -446,3 +446,20 @@ func TestAcceptEncodingIsTheClients(t *testing.T) {
 		}
 	}
 }
+
+func TestRequestsAreCountedByCode(t *testing.T) {
+	m := newMetrics()
+	for _, code := range []int{200, 413, 200, 999, 1000, -1} {
+		m.request(code)
+	}
+	var b bytes.Buffer
+	_, _ = m.WriteTo(&b)
+	want := `llmretry_requests_total{code="0"} 2
+llmretry_requests_total{code="200"} 2
+llmretry_requests_total{code="413"} 1
+llmretry_requests_total{code="999"} 1
+`
+	if !strings.Contains(b.String(), want) {
+		t.Fatalf("metrics:\n%s\nwant the lines:\n%s", b.String(), want)
+	}
+}
