@@ -67,10 +67,9 @@ type Script struct {
 //	ok | STATUS[:retry-after=V][:retry-after-ms=V][:x-should-retry=V] |
 //	quota | retryinfo=DUR | reset | stall=DUR | sse-error | drop=N | slow=DUR
 //
-// where stall and slow also take a range, DUR..DUR ("stall=10ms..30ms"),
-//
 // optionally followed by @P% to make the script a mix ("503@20%,reset@5%").
-// The empty spec is every request OK.
+// stall and slow also take a range, DUR..DUR ("stall=10ms..30ms"), from
+// which each request draws its own wait. The empty spec is every request OK.
 func ParseFaults(spec string) (Script, error) {
 	var s Script
 	spec = strings.TrimSpace(spec)
@@ -134,7 +133,10 @@ func parseStep(step string) (Fault, error) {
 		d, err := dur()
 		return Fault{Kind: RetryInfo, Delay: d}, err
 	case "stall", "slow":
-		kind := map[string]Kind{"stall": Stall, "slow": Slow}[name]
+		kind := Stall
+		if name == "slow" {
+			kind = Slow
+		}
 		lo, hi, isRange := strings.Cut(arg, "..")
 		arg = lo
 		d, err := dur()
@@ -142,11 +144,11 @@ func parseStep(step string) (Fault, error) {
 			return Fault{Kind: kind, Delay: d}, err
 		}
 		arg = hi
-		max, err := dur()
-		if err == nil && max < d {
+		upTo, err := dur()
+		if err == nil && upTo < d {
 			err = fmt.Errorf("range %s..%s runs backwards", lo, hi)
 		}
-		return Fault{Kind: kind, Delay: d, MaxDelay: max}, err
+		return Fault{Kind: kind, Delay: d, MaxDelay: upTo}, err
 	case "drop":
 		n, err := strconv.Atoi(arg)
 		if err != nil || n < 0 {
