@@ -23,7 +23,7 @@ function median(a, k, n,    v, i, j, t) {
 /^ +99%/ { p99[key, rep] = ms($2) }
 /^Requests\/sec/ { rps[key, rep] = $2 }
 /^CPU\/request/ { cpu[key, rep] = $2 }
-/Non-2xx|Socket errors/ { errs[key] = errs[key] " (round " rep ": " $0 ")" }
+/^ +(Non-2xx|Socket errors)/ { errs[key] = errs[key] " (round " rep ": " $0 ")" }
 END {
 	for (i = 1; i <= n; i++) {
 		k = order[i]; split(k, a, " "); d = "direct " a[2]; x = "nginx " a[2]
@@ -38,10 +38,14 @@ END {
 	for (i = 1; i <= n; i++) {
 		k = order[i]; split(k, a, " ")
 		c = ((k, 1) in cpu) ? sprintf("%.0f us", median(cpu, k, reps)) : "-"
-		printf "| %s | %s | %.0f | %.0f%% | %.0f%% | %.2f ms | %.2f ms | %+.2f ms | %+.2f ms | %s |%s\n",
+		printf "| %s | %s | %.0f | %.0f%% | %.0f%% | %.2f ms | %.2f ms | %+.2f ms | %+.2f ms | %s |\n",
 			a[1], (a[2] == 1 ? "yes" : "no"), median(rps, k, reps), median(ofd, k, reps), median(ofx, k, reps),
-			median(p50, k, reps), median(p99, k, reps), median(a50, k, reps), median(a99, k, reps), c, errs[k]
+			median(p50, k, reps), median(p99, k, reps), median(a50, k, reps), median(a99, k, reps), c
 	}
 	print ""
+	for (i = 1; i <= n; i++) if (order[i] in errs) {
+		split(order[i], a, " ")
+		print "wrk saw errors on " a[1] (a[2] == 1 ? ", streamed" : ", plain") ":" errs[order[i]]
+	}
 	print "Medians over " reps " round(s); each share and each added latency is against the same round's run."
 }
