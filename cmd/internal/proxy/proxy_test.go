@@ -253,19 +253,22 @@ func TestBodyAboveMaxGets413WithoutContactingUpstream(t *testing.T) {
 }
 
 func TestH2CClient(t *testing.T) {
-	up := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = io.WriteString(w, "ok") })
+	// The upstream echoes the body: an h2c request's body, held and sent
+	// from the held copy, must arrive whole.
+	up := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = io.Copy(w, r.Body) })
 	base, _, _ := start(t, up)
 	tr := &http.Transport{Protocols: new(http.Protocols)}
 	tr.Protocols.SetUnencryptedHTTP2(true)
 	defer tr.CloseIdleConnections()
-	resp, err := (&http.Client{Transport: tr}).Get(base + "/v1/models")
+	const body = `{"model":"m","messages":[]}`
+	resp, err := (&http.Client{Transport: tr}).Post(base+"/v1/chat/completions", "application/json", strings.NewReader(body))
 	if err != nil {
 		t.Fatal(err)
 	}
 	b, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	if resp.ProtoMajor != 2 || string(b) != "ok" {
-		t.Fatalf("proto %s body %q", resp.Proto, b)
+	if resp.ProtoMajor != 2 || string(b) != body {
+		t.Fatalf("proto %s body %q, want HTTP/2 and %q", resp.Proto, b, body)
 	}
 }
 
