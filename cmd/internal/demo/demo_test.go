@@ -3,13 +3,19 @@ package demo
 import (
 	"bytes"
 	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"go.uber.org/goleak"
 
 	"github.com/llmretry/llmretry"
+	"github.com/llmretry/llmretry/mockllm"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -51,5 +57,42 @@ func TestDefaultMixNeverDuplicates(t *testing.T) {
 	}
 	if !strings.Contains(out.String(), "\r[") || !strings.Contains(out.String(), "60/60 done") {
 		t.Fatalf("no progress bar:\n%q", out.String())
+	}
+}
+
+// TestUpstreamRun runs the demo's --upstream path against a server that
+// stands in for a real provider: it must get the key and the model, and
+// the run must count streams it cannot know the text of as intact.
+func TestUpstreamRun(t *testing.T) {
+	script, _ := mockllm.ParseFaults("429:retry-after-ms=20")
+	provider := mockllm.New(script, 1)
+	var badKey, badModel atomic.Int64
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Authorization") != "Bearer sk-test-key" {
+			badKey.Add(1)
+		}
+		b, _ := io.ReadAll(r.Body)
+		var req struct{ Model string }
+		if json.Unmarshal(b, &req) != nil || req.Model != "gpt-4o-mini" {
+			badModel.Add(1)
+		}
+		r.Body = io.NopCloser(bytes.NewReader(b))
+		provider.ServeHTTP(w, r)
+	}))
+	defer srv.Close()
+	var out bytes.Buffer
+	s, err := Run(context.Background(), Config{Requests: 3, Concurrency: 1, Upstream: srv.URL + "/v1",
+		APIKey: "sk-test-key", Model: "gpt-4o-mini", Policy: fast}, &out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if badKey.Load() != 0 || badModel.Load() != 0 {
+		t.Fatalf("%d requests without the key, %d without the model", badKey.Load(), badModel.Load())
+	}
+	if s.Succeeded != 3 || s.Attempts != 4 || s.StreamsIntact != 3 || s.Retries["status 429"] != 1 || s.Waits["retry-after-ms"] != 1 {
+		t.Fatalf("summary %+v\n%s", s, out.String())
+	}
+	if !strings.Contains(out.String(), "upstream "+srv.URL+"/v1, model gpt-4o-mini") || strings.Contains(out.String(), "sk-test-key") {
+		t.Fatalf("output:\n%s", out.String())
 	}
 }
