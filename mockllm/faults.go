@@ -180,14 +180,6 @@ func parseStatus(code int, step string) (Fault, error) {
 	return f, nil
 }
 
-// delay is the Fault's wait for one request, given a draw u in [0, 1).
-func (f Fault) delay(u float64) time.Duration {
-	if f.MaxDelay <= f.Delay {
-		return f.Delay
-	}
-	return f.Delay + time.Duration(u*float64(f.MaxDelay-f.Delay))
-}
-
 // pick returns the Fault for request number n (0-based), drawing r in
 // [0, 1) for a mix.
 func (s Script) pick(n int, r float64) Fault {

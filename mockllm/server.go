@@ -51,7 +51,8 @@ func (s *Server) next() Fault {
 	defer s.mu.Unlock()
 	f := s.script.pick(s.n, s.rng.Float64())
 	if f.MaxDelay > f.Delay { // a range: draw this request's wait
-		f.Delay, f.MaxDelay = f.delay(s.rng.Float64()), 0
+		f.Delay += time.Duration(s.rng.Float64() * float64(f.MaxDelay-f.Delay))
+		f.MaxDelay = 0
 	}
 	s.n++
 	return f

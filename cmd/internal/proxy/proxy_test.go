@@ -444,7 +444,7 @@ func TestAcceptEncodingIsTheClients(t *testing.T) {
 		if got := <-seen; got != ae {
 			t.Errorf("client sent Accept-Encoding %q, upstream saw %q", ae, got)
 		}
-		if string(b) != "body as the upstream sent it" || resp.Header.Get("Content-Encoding") != map[string]string{"": "", "gzip": "gzip"}[ae] {
+		if string(b) != "body as the upstream sent it" || resp.Header.Get("Content-Encoding") != ae {
 			t.Errorf("Accept-Encoding %q: reply %q with Content-Encoding %q", ae, b, resp.Header.Get("Content-Encoding"))
 		}
 	}
