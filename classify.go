@@ -48,18 +48,23 @@ type verdict struct {
 }
 
 // RetryableStatus reports whether a status code is worth retrying on its
-// own: 408, 425, 429, 500, 502, 503, 504 and 529 (Anthropic "overloaded").
-// 501 Not Implemented and every other 4xx are not: sending the same request
-// again gets the same answer.
+// own: 408, 425, 429, and every 5xx except those that name a lasting
+// property of the server or the network rather than a passing state: 501
+// Not Implemented, 505 HTTP Version Not Supported, 506 Variant Also
+// Negotiates, 508 Loop Detected, 510 Not Extended and 511 Network
+// Authentication Required. So 529 (Anthropic "overloaded") and Cloudflare's
+// 520-524, in front of the OpenAI and Anthropic APIs, are retried. Every
+// other 4xx is not: sending the same request again gets the same answer.
 func RetryableStatus(code int) bool {
 	switch code {
-	case http.StatusRequestTimeout, http.StatusTooEarly, http.StatusTooManyRequests,
-		http.StatusInternalServerError, http.StatusBadGateway,
-		http.StatusServiceUnavailable, http.StatusGatewayTimeout,
-		529:
+	case http.StatusRequestTimeout, http.StatusTooEarly, http.StatusTooManyRequests:
 		return true
+	case http.StatusNotImplemented, http.StatusHTTPVersionNotSupported,
+		http.StatusVariantAlsoNegotiates, http.StatusLoopDetected,
+		http.StatusNotExtended, http.StatusNetworkAuthenticationRequired:
+		return false
 	}
-	return false
+	return code >= 500 && code <= 599
 }
 
 // classifyResponse decides on a response by its status and headers.

@@ -78,20 +78,23 @@ func HeaderWait(h http.Header, now time.Time) (wait time.Duration, src WaitSourc
 	return 0, SourceBackoff, false
 }
 
-// ParseRetryAfter parses a Retry-After value: delay-seconds (integer or
-// fractional) or an HTTP-date in any form http.ParseTime takes, measured
-// from now. ok is false for anything unusable: unparsable, negative, NaN,
-// infinite, zero, or a date not after now.
+// ParseRetryAfter parses a Retry-After value: delay-seconds (digits,
+// optionally with a fraction: "3", "1.5") or an HTTP-date in any form
+// http.ParseTime takes, or in RFC 1123 form with the zone written "UTC" or
+// "+0000" (what Go's time.RFC1123 and RFC1123Z produce), measured from now.
+// ok is false for anything unusable: any other shape ("1e3", "+5", "-1",
+// "Inf"), zero, or a date not after now. A number too large for a Duration
+// is a request to wait too long, not garbage.
 func ParseRetryAfter(v string, now time.Time) (time.Duration, bool) {
 	v = strings.TrimSpace(v)
 	if v == "" {
 		return 0, false
 	}
-	if c := v[0]; c >= '0' && c <= '9' || c == '.' || c == '-' || c == '+' {
+	if c := v[0]; c >= '0' && c <= '9' || c == '.' {
 		return parseFloatUnit(v, float64(time.Second))
 	}
-	t, err := http.ParseTime(v)
-	if err != nil {
+	t, ok := parseHTTPDate(v)
+	if !ok {
 		return 0, false
 	}
 	d := t.Sub(now)
@@ -101,22 +104,39 @@ func ParseRetryAfter(v string, now time.Time) (time.Duration, bool) {
 	return d, true
 }
 
-// parseFloatUnit parses a non-negative decimal number of units. A value too
-// large for a Duration saturates at maxWait rather than wrapping.
+// parseHTTPDate reads an HTTP-date as http.ParseTime does, and also the RFC
+// 1123 forms with a "UTC" or numeric zone, but only when that zone is zero
+// hours from UTC: HTTP-dates are always in GMT, and time.Parse gives an
+// unknown zone abbreviation ("PST") a zero offset it does not mean.
+func parseHTTPDate(v string) (time.Time, bool) {
+	if t, err := http.ParseTime(v); err == nil {
+		return t, true
+	}
+	if t, err := time.Parse(time.RFC1123Z, v); err == nil {
+		_, off := t.Zone()
+		return t, off == 0
+	}
+	if t, err := time.Parse(time.RFC1123, v); err == nil {
+		name, _ := t.Zone()
+		return t, name == "UTC"
+	}
+	return time.Time{}, false
+}
+
+// parseFloatUnit parses digits[.digits] (or .digits) as a number of units.
+// Anything else (a sign, an exponent, "Inf", "NaN", hex, underscores) is
+// garbage. A value too large for a Duration saturates at maxWait rather than
+// wrapping: it still asks for a wait too long to honour.
 func parseFloatUnit(v string, unit float64) (time.Duration, bool) {
 	v = strings.TrimSpace(v)
-	// ParseFloat accepts "Inf", "NaN", hex and underscores; a header does not.
-	for i := 0; i < len(v); i++ {
-		c := v[i]
-		if (c < '0' || c > '9') && c != '.' && c != 'e' && c != 'E' && c != '+' && c != '-' {
-			return 0, false
-		}
+	if !isDecimal(v) {
+		return 0, false
 	}
 	f, err := strconv.ParseFloat(v, 64)
 	if err != nil && !isRangeErr(err) {
 		return 0, false
 	}
-	if math.IsNaN(f) || f <= 0 {
+	if f <= 0 {
 		return 0, false
 	}
 	ns := f * unit
@@ -127,6 +147,23 @@ func parseFloatUnit(v string, unit float64) (time.Duration, bool) {
 		return 0, false
 	}
 	return time.Duration(ns), true
+}
+
+// isDecimal reports whether v is digits with at most one '.', and at least
+// one digit.
+func isDecimal(v string) bool {
+	digits, dots := 0, 0
+	for i := 0; i < len(v); i++ {
+		switch c := v[i]; {
+		case c >= '0' && c <= '9':
+			digits++
+		case c == '.':
+			dots++
+		default:
+			return false
+		}
+	}
+	return digits > 0 && dots <= 1
 }
 
 func isRangeErr(err error) bool {

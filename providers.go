@@ -3,6 +3,7 @@ package llmretry
 import (
 	"bytes"
 	"encoding/json"
+	"math"
 	"net/http"
 	"strconv"
 	"strings"
@@ -159,11 +160,65 @@ func messageWait(msg string) (time.Duration, bool) {
 			}
 			continue
 		}
-		if d, err := time.ParseDuration(tok); err == nil && d > 0 {
+		if d, ok := parseGoDuration(tok); ok {
 			return d, true
 		}
 	}
 	return 0, false
+}
+
+// goDurationUnits are the units of a Go duration string, longest first
+// where one is a prefix of another.
+var goDurationUnits = [...]struct {
+	name string
+	unit time.Duration
+}{{"ns", time.Nanosecond}, {"us", time.Microsecond}, {"µs", time.Microsecond}, {"μs", time.Microsecond},
+	{"ms", time.Millisecond}, {"s", time.Second}, {"m", time.Minute}, {"h", time.Hour}}
+
+// parseGoDuration reads a positive Go duration ("16.062s", "1m2.5s",
+// "20ms", "6m0s") as OpenAI writes them in messages and reset headers. Each
+// number follows the header rule, digits[.digits]; a sign is garbage. A value
+// too large for a Duration saturates at maxWait, as an equally huge
+// Retry-After does, where time.ParseDuration would fail and send the retry
+// on backoff instead.
+func parseGoDuration(s string) (time.Duration, bool) {
+	if s == "" {
+		return 0, false
+	}
+	var total float64
+	for s != "" {
+		i := 0
+		for i < len(s) && (s[i] >= '0' && s[i] <= '9' || s[i] == '.') {
+			i++
+		}
+		num := s[:i]
+		if !isDecimal(num) {
+			return 0, false
+		}
+		s = s[i:]
+		var unit time.Duration
+		for _, u := range goDurationUnits {
+			if strings.HasPrefix(s, u.name) {
+				unit, s = u.unit, s[len(u.name):]
+				break
+			}
+		}
+		if unit == 0 {
+			return 0, false
+		}
+		f, err := strconv.ParseFloat(num, 64)
+		if err != nil && !isRangeErr(err) {
+			return 0, false
+		}
+		total += f * float64(unit)
+	}
+	switch {
+	case total >= float64(maxWait) || math.IsInf(total, 0):
+		return maxWait, true
+	case total < 1:
+		return 0, false
+	}
+	return time.Duration(total), true
 }
 
 // resetWait reads the rate-limit reset headers of a 429 that carries no
@@ -187,7 +242,7 @@ func resetWait(h http.Header, now time.Time) (time.Duration, bool) {
 	}
 	for _, b := range []string{"requests", "tokens"} {
 		if v := h.Get("X-Ratelimit-Reset-" + b); v != "" {
-			if d, err := time.ParseDuration(strings.TrimSpace(v)); err == nil {
+			if d, ok := parseGoDuration(strings.TrimSpace(v)); ok {
 				note(d, h.Get("X-Ratelimit-Remaining-"+b))
 			}
 		}

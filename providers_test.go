@@ -162,11 +162,44 @@ func TestMessageWait(t *testing.T) {
 		"try again in":                             0,
 		"Please try again in -5s":                  0,
 		"Rate limited. Please try again in 7.66s)": 7660 * time.Millisecond,
+		"Please try again in 1m2.5s.":              62500 * time.Millisecond,
+		"Please try again in 20ms.":                20 * time.Millisecond,
+		"Please try again in 1e3s":                 0,
 	}
 	for msg, want := range cases {
 		got, ok := messageWait(msg)
 		if got != want || ok != (want > 0) {
 			t.Errorf("%q: got %v %v, want %v", msg, got, ok, want)
 		}
+	}
+}
+
+// "try again in 9999999h" asks for a wait too long to honour, as an equally
+// huge Retry-After does: both stop retrying at once. It used to fail to
+// parse, so the request was retried on backoff against the server's word.
+func TestHugeBodyWaitStopsLikeHugeHeader(t *testing.T) {
+	for _, msg := range []string{"Please try again in 9999999h.", "Please try again in 99999999999999999999s"} {
+		if d, ok := messageWait(msg); !ok || d != maxWait {
+			t.Errorf("%q: got %v %v, want maxWait", msg, d, ok)
+		}
+	}
+	body := `{"error":{"message":"Rate limit reached. Please try again in 9999999h.","type":"requests","code":"rate_limit_exceeded"}}`
+	for name, h := range map[string]http.HandlerFunc{
+		"body":   status(429, body),
+		"header": status(429, "", "Retry-After", "35999996400"),
+	} {
+		t.Run(name, func(t *testing.T) {
+			srv := newScripted(t, h, status(200, "ok"))
+			var stop StopEvent
+			_, c := testTransport(t, newFakeClock(), WithOnStop(func(e StopEvent) { stop = e }))
+			resp, err := c.Do(post(t, srv.URL, "x"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			if srv.Hits() != 1 || stop.Reason != ReasonRetryAfterTooLong {
+				t.Fatalf("hits %d, stop %v; want 1 attempt stopped for a wait too long", srv.Hits(), stop.Reason)
+			}
+		})
 	}
 }

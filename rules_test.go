@@ -26,6 +26,9 @@ func TestStatusRule(t *testing.T) {
 		{408, true}, {425, true}, {429, true}, {500, true}, {502, true}, {503, true}, {504, true}, {529, true},
 		{400, false}, {401, false}, {403, false}, {404, false}, {409, false}, {422, false}, {501, false},
 		{505, false}, {418, false},
+		// Cloudflare's 520-524 and other 5xx outside the classic list.
+		{520, true}, {521, true}, {522, true}, {523, true}, {524, true}, {507, true}, {599, true},
+		{506, false}, {508, false}, {510, false}, {511, false},
 	}
 	for _, tc := range cases {
 		t.Run(fmt.Sprint(tc.code), func(t *testing.T) {
@@ -76,6 +79,45 @@ func TestShouldRetryHeaderOverridesStatus(t *testing.T) {
 	}
 }
 
+// A Retry-After outside digits[.digits] is garbage, whatever ParseFloat
+// would make of it: "1e999" once parsed to +Inf and stopped retrying as a
+// huge wait, where the README promised backoff.
+func TestRetryAfterOutsideDigitsIsGarbage(t *testing.T) {
+	now := time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC)
+	for _, v := range []string{"1e999", "1e3", "1E2", "+5", "-0", "5.", "1.2.3", ".", "Infinity", "1_0"} {
+		if v == "5." {
+			continue // "5." is digits and a dot: accepted below
+		}
+		for _, h := range []string{"Retry-After", "Retry-After-Ms", "X-Ms-Retry-After-Ms"} {
+			if d, src, ok := HeaderWait(http.Header{h: {v}}, now); ok {
+				t.Errorf("%s: %q = %v from %v, want garbage", h, v, d, src)
+			}
+		}
+	}
+	if d, ok := ParseRetryAfter("5.", now); !ok || d != 5*time.Second {
+		t.Errorf(`"5." = %v %v, want 5s`, d, ok)
+	}
+}
+
+// HTTP-dates written with Go's time.RFC1123 ("UTC") or RFC1123Z ("+0000")
+// are honoured when the zone is UTC; they used to be ignored, so the retry
+// came sooner than asked. Other zones are still refused: an HTTP-date is in
+// GMT, and time.Parse gives an unknown abbreviation a zero offset.
+func TestHTTPDateInUTCFormsHonoured(t *testing.T) {
+	now := time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC)
+	at := now.Add(45 * time.Second)
+	for _, v := range []string{at.Format(time.RFC1123), at.Format(time.RFC1123Z), "Fri, 27 Nov 2026 12:00:45 UTC", "Fri, 27 Nov 2026 12:00:45 +0000"} {
+		if d, ok := ParseRetryAfter(v, now); !ok || d != 45*time.Second {
+			t.Errorf("%q = %v %v, want 45s", v, d, ok)
+		}
+	}
+	for _, v := range []string{"Fri, 27 Nov 2026 12:00:45 PST", "Fri, 27 Nov 2026 12:00:45 -0800", "Fri, 27 Nov 2026 12:00:45 +0100"} {
+		if d, ok := ParseRetryAfter(v, now); ok {
+			t.Errorf("%q = %v, want refused", v, d)
+		}
+	}
+}
+
 func TestHeaderWait(t *testing.T) {
 	now := time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC)
 	cases := []struct {
@@ -107,7 +149,7 @@ func TestHeaderWait(t *testing.T) {
 		{"hex", http.Header{"Retry-After": {"0x10"}}, 0, SourceBackoff, false},
 		{"garbage", http.Header{"Retry-After": {"later"}}, 0, SourceBackoff, false},
 		{"empty", http.Header{"Retry-After": {""}}, 0, SourceBackoff, false},
-		{"huge saturates", http.Header{"Retry-After": {"1e300"}}, maxWait, SourceRetryAfter, true},
+		{"huge saturates", http.Header{"Retry-After": {"999999999999"}}, maxWait, SourceRetryAfter, true},
 		{"beyond int64", http.Header{"Retry-After": {"99999999999999999999"}}, maxWait, SourceRetryAfter, true},
 	}
 	for _, tc := range cases {
