@@ -127,6 +127,49 @@ func errorText(err error) string {
 	return err.Error()
 }
 
+// scrubError returns err with no query string or user info left anywhere
+// in its chain: every *url.Error (which http.Client wraps around any
+// failure, with the full URL, ?key= included) is rebuilt with a redacted
+// URL. It runs on each error as it comes back from an attempt, before the
+// error reaches an Error, an event or a log, so that neither Unwrap, %+v
+// nor errors.As can find the secret later.
+func scrubError(err error) error {
+	var ue *url.Error
+	if err == nil || !errors.As(err, &ue) {
+		return err
+	}
+	if top, ok := err.(*url.Error); ok {
+		return &url.Error{Op: top.Op, URL: redactRawURL(top.URL), Err: scrubError(top.Err)}
+	}
+	// A *url.Error under a wrapper of some other type, which cannot be
+	// rebuilt: keep its text, redacted, and what the *url.Error wrapped.
+	inner := scrubError(ue.Err)
+	msg := strings.ReplaceAll(err.Error(), ue.URL, redactRawURL(ue.URL))
+	if u, perr := url.Parse(ue.URL); perr != nil || u.RawQuery != "" && strings.Contains(msg, u.RawQuery) ||
+		u.User != nil && strings.Contains(msg, u.User.String()) {
+		msg = errorText(inner) // the URL appeared in some other form: keep none of it
+	}
+	return &scrubbedError{msg: msg, err: inner}
+}
+
+// scrubbedError stands for an error whose chain held a URL with a secret.
+type scrubbedError struct {
+	msg string
+	err error
+}
+
+func (e *scrubbedError) Error() string { return e.msg }
+func (e *scrubbedError) Unwrap() error { return e.err }
+
+// redactRawURL is redactURL for a URL in text form.
+func redactRawURL(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "(unparsable URL)"
+	}
+	return redactURL(u)
+}
+
 // redactURL renders u without user info, query or fragment.
 func redactURL(u *url.URL) string {
 	if u == nil {

@@ -73,7 +73,7 @@ func classifyErrorBody(body []byte) (v bodyVerdict, ok bool) {
 	case e.Type == "billing_error":
 		return bodyVerdict{final: true, cause: "billing_error"}, true
 	}
-	v.cause = firstNonEmpty(e.Type, e.Status, code)
+	v.cause = upstreamWord(firstNonEmpty(e.Type, e.Status, code))
 	if len(e.Details) > 0 {
 		switch e.Details[0] {
 		case '{': // Anthropic: {"error_code": "enforced_spend_limit_reached"}
@@ -91,7 +91,7 @@ func classifyErrorBody(body []byte) (v bodyVerdict, ok bool) {
 					case strings.HasSuffix(d.Type, "google.rpc.QuotaFailure"):
 						for _, q := range d.Violations {
 							if strings.Contains(q.QuotaID, "PerDay") {
-								return bodyVerdict{final: true, cause: "daily quota " + q.QuotaID}, true
+								return bodyVerdict{final: true, cause: "daily quota " + upstreamWord(q.QuotaID)}, true
 							}
 						}
 					case strings.HasSuffix(d.Type, "google.rpc.RetryInfo"):
@@ -285,6 +285,44 @@ func applyProviderRules(resp *http.Response, v verdict, now time.Time) verdict {
 		}
 	}
 	return v
+}
+
+// maxUpstreamWord bounds an error kind taken from a response body.
+const maxUpstreamWord = 64
+
+// upstreamWord makes an error kind that an upstream wrote ("error.type",
+// "error.code", a quotaId) safe to log: it goes into causes, events and log
+// lines, and an upstream may echo anything there, a key included. Only a
+// word of letters, digits, '_', '-' and '.', at most 64 bytes, is kept, and
+// not one that mixes upper case, lower case and digits, as API keys do and
+// error codes ("rate_limit_exceeded", "RESOURCE_EXHAUSTED", "429",
+// "GenerateRequestsPerDayPerProjectPerModel-FreeTier") do not. Anything else
+// is replaced whole, never cut, so no part of a secret survives.
+func upstreamWord(s string) string {
+	if s == "" {
+		return ""
+	}
+	if len(s) > maxUpstreamWord {
+		return "(unrecognised)"
+	}
+	var upper, lower, digit bool
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
+		case c >= 'A' && c <= 'Z':
+			upper = true
+		case c >= 'a' && c <= 'z':
+			lower = true
+		case c >= '0' && c <= '9':
+			digit = true
+		case c == '_' || c == '-' || c == '.':
+		default:
+			return "(unrecognised)"
+		}
+	}
+	if upper && lower && digit {
+		return "(unrecognised)"
+	}
+	return s
 }
 
 func firstNonEmpty(s ...string) string {

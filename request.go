@@ -1,12 +1,17 @@
 package llmretry
 
 import (
+	"bytes"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
+	"reflect"
 	"strconv"
+	"strings"
+	"sync"
 )
 
 // errNilRequest and errNilURL are the causes of ReasonInvalidRequest for
@@ -86,22 +91,29 @@ func replayable(req *http.Request) bool {
 }
 
 // attemptRequest returns the request to send as attempt number attempt
-// (1-based). The caller's request is never modified: when a header must
-// be set or a fresh body made, a shallow copy is sent instead.
-func (t *Transport) attemptRequest(req *http.Request, attempt int, idemKey string) (*http.Request, error) {
+// (1-based), and the tracker of its body when that body is one whose reads
+// can fail. The caller's request is never modified: when a header must be
+// set or a body made or tracked, a shallow copy is sent instead.
+func (t *Transport) attemptRequest(req *http.Request, attempt int, idemKey string) (*http.Request, *trackedBody, error) {
 	needHeaders := t.cfg.attemptHeader != "" || idemKey != ""
-	if attempt == 1 && !needHeaders {
-		return req, nil
+	body := req.Body
+	if attempt > 1 && body != nil && body != http.NoBody {
+		var err error
+		if body, err = req.GetBody(); err != nil {
+			return nil, nil, fmt.Errorf("GetBody for attempt %d: %w", attempt, err)
+		}
+	}
+	var tracked *trackedBody
+	if body != nil && body != http.NoBody && !inMemoryBody(body) {
+		tracked = &trackedBody{rc: body}
+		body = tracked
+	}
+	if body == req.Body && !needHeaders {
+		return req, nil, nil
 	}
 	r := new(http.Request)
 	*r = *req
-	if attempt > 1 && req.Body != nil && req.Body != http.NoBody {
-		body, err := req.GetBody()
-		if err != nil {
-			return nil, fmt.Errorf("GetBody for attempt %d: %w", attempt, err)
-		}
-		r.Body = body
-	}
+	r.Body = body
 	if needHeaders {
 		r.Header = req.Header.Clone()
 		if r.Header == nil {
@@ -114,8 +126,67 @@ func (t *Transport) attemptRequest(req *http.Request, attempt int, idemKey strin
 			r.Header.Set(t.cfg.idempotencyHeader, idemKey)
 		}
 	}
-	return r, nil
+	return r, tracked, nil
 }
+
+// The types io.NopCloser returns, for a reader with WriteTo and for one
+// without. They are unexported; net/http recognises them the same way.
+var (
+	nopCloserType         = reflect.TypeOf(io.NopCloser(struct{ io.Reader }{}))
+	nopCloserWriterToType = reflect.TypeOf(io.NopCloser(strings.NewReader("")))
+)
+
+// inMemoryBody reports a body whose reads cannot fail: a byte or string
+// reader under io.NopCloser, as http.NewRequest makes them. Such a body is
+// sent as it is, which keeps the success path free of allocations and lets
+// net/http send the headers and a small body in one write.
+func inMemoryBody(body io.ReadCloser) bool {
+	switch reflect.TypeOf(body) {
+	case nopCloserType, nopCloserWriterToType:
+		switch reflect.ValueOf(body).Field(0).Interface().(type) {
+		case *bytes.Reader, *bytes.Buffer, *strings.Reader:
+			return true
+		}
+	}
+	return false
+}
+
+// trackedBody remembers an error from the caller's own body. net/http
+// reports a failed body read as it reports a dropped connection (often a
+// "readfrom" *net.OpError around the reader's error), so without this a
+// caller whose upload broke would see it retried, and the upstream would
+// get truncated requests.
+type trackedBody struct {
+	rc  io.ReadCloser
+	mu  sync.Mutex // net/http reads the body on a goroutine of its own
+	err error
+}
+
+func (b *trackedBody) Read(p []byte) (int, error) {
+	n, err := b.rc.Read(p)
+	if err != nil && err != io.EOF {
+		b.mu.Lock()
+		b.err = err
+		b.mu.Unlock()
+	}
+	return n, err
+}
+
+func (b *trackedBody) Close() error { return b.rc.Close() }
+
+// readErr returns the error the caller's body gave, if any.
+func (b *trackedBody) readErr() error {
+	if b == nil {
+		return nil
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.err
+}
+
+// errRequestBody is the cause of ReasonNotRetryable when the caller's
+// request body failed while being sent.
+var errRequestBody = errors.New("reading the request body failed")
 
 // idempotencyKey returns the key for one logical request: the caller's own
 // if the request carries one, else a new random one.

@@ -94,16 +94,22 @@ func (t *Transport) do(req *http.Request, send sendFunc) (*http.Response, error)
 	}
 
 	for attempt := 1; ; attempt++ {
-		r, err := t.attemptRequest(req, attempt, idemKey)
+		r, tracked, err := t.attemptRequest(req, attempt, idemKey)
 		if err != nil {
 			return nil, t.giveUp(req, nil, attempt-1, verdict{reason: ReasonBodyNotReplayable}, err)
 		}
 		resp, err := send(r)
+		err = scrubError(err)
 		var v verdict
 		if err != nil {
 			resp = nil // a RoundTripper returns no response with an error
 			if ctx.Err() != nil {
 				return nil, t.giveUp(req, nil, attempt, verdict{reason: ReasonContextDone}, contextError(ctx, err))
+			}
+			if bodyErr := tracked.readErr(); bodyErr != nil {
+				// The caller's own body failed: theirs to report, never retried.
+				v = verdict{failure: FailureTransport, cause: "request body read failed", reason: ReasonNotRetryable}
+				return nil, t.giveUp(req, nil, attempt, v, fmt.Errorf("%w: %w", errRequestBody, scrubError(bodyErr)))
 			}
 			cause, ok := transportCause(err)
 			v = verdict{retry: ok, failure: FailureTransport, cause: cause, reason: ReasonNotRetryable}
