@@ -1,8 +1,10 @@
 package llmretry
 
 import (
+	"errors"
 	"io"
 	"net/http"
+	"sync/atomic"
 	"time"
 )
 
@@ -11,25 +13,52 @@ import (
 // than this is closed unread, costing one connection, not a long read.
 const drainLimit = 64 << 10
 
-// discard drains a response that will not be handed over, up to
-// drainLimit, and closes it so that its connection can be reused.
-func discard(resp *http.Response) {
+// Time bounds on reading an error body. The headers have come, so
+// ResponseHeaderTimeout no longer applies, and a body that stalls would
+// otherwise hold RoundTrip until the caller's context ends, or forever.
+const (
+	// errorBodyWithin bounds the peek at an error body for provider rules;
+	// past it the decision rests on the status and headers.
+	errorBodyWithin = 5 * time.Second
+	// drainWithin bounds the drain of a discarded response; past it the
+	// connection is closed instead of reused.
+	drainWithin = time.Second
+)
+
+// discard drains a response that will not be handed over, up to drainLimit
+// and for drainWithin at most, and closes it, so that its connection can be
+// reused. A body already seen to stall is closed at once.
+func discard(resp *http.Response, clock Clock) {
 	if resp == nil || resp.Body == nil {
 		return
 	}
-	_, _ = io.CopyN(io.Discard, resp.Body, drainLimit)
-	_ = resp.Body.Close()
+	body := resp.Body
+	if hb, ok := body.(*heldBody); ok && hb.stalled {
+		_ = body.Close()
+		return
+	}
+	stop := clock.AfterFunc(drainWithin, func() { _ = body.Close() })
+	_, _ = io.CopyN(io.Discard, body, drainLimit)
+	stop()
+	_ = body.Close()
 }
 
 // heldBody yields the bytes read ahead of the caller (a peek at an error
 // body or at a stream's first event) and then the rest of the live body,
 // so that the caller reads exactly what the server sent.
 type heldBody struct {
-	held []byte
-	rc   io.ReadCloser
+	held   []byte
+	rc     io.ReadCloser
+	closed atomic.Bool
+	// stalled: the peek ran out of time with the body still open, so the
+	// connection is not worth draining.
+	stalled bool
 }
 
 func (b *heldBody) Read(p []byte) (int, error) {
+	if b.closed.Load() {
+		return 0, http.ErrBodyReadAfterClose
+	}
 	if len(b.held) > 0 {
 		n := copy(p, b.held)
 		b.held = b.held[n:]
@@ -38,17 +67,49 @@ func (b *heldBody) Read(p []byte) (int, error) {
 	return b.rc.Read(p)
 }
 
-// Close closes the live body. It may be called while a Read is waiting
-// (an idle timeout does), so it touches nothing Read uses.
-func (b *heldBody) Close() error { return b.rc.Close() }
+// Close closes the live body; reads after it fail, as on net/http's own
+// bodies. It may be called while a Read is waiting (an idle timeout does),
+// so it touches nothing Read uses but the flag.
+func (b *heldBody) Close() error {
+	b.closed.Store(true)
+	return b.rc.Close()
+}
 
-// peekBody reads up to limit bytes of resp's body and puts them back in
-// front of the rest. It returns what it read; err is a read error other
-// than the end of the body, in which case the body is left as it was read.
-func peekBody(resp *http.Response, limit int) ([]byte, error) {
-	buf, err := io.ReadAll(io.LimitReader(resp.Body, int64(limit)))
-	resp.Body = &heldBody{held: buf, rc: resp.Body}
-	return buf, err
+// errBodyStalled is the peek's error when the body sent too little within
+// its time bound.
+var errBodyStalled = errors.New("error body stalled")
+
+// peekBody reads up to limit bytes of resp's body, for within at most on
+// clock, and puts them back in front of the rest. It returns what it read;
+// err is errBodyStalled when time ran out, or a read error other than the
+// end of the body. In every case the body yields every byte the server
+// sent, in order.
+func peekBody(resp *http.Response, limit int, clock Clock, within time.Duration) ([]byte, error) {
+	expired := make(chan struct{})
+	stop := clock.AfterFunc(within, func() { close(expired) })
+	defer stop()
+	body := &lateReader{rc: resp.Body}
+	buf := make([]byte, 0, 1<<10)
+	for len(buf) < limit {
+		if len(buf) == cap(buf) {
+			buf = append(buf, 0)[:len(buf)]
+		}
+		n, err, late := body.readBefore(buf[len(buf):min(cap(buf), limit)], expired)
+		if late {
+			resp.Body = &heldBody{held: buf, rc: body, stalled: true}
+			return buf, errBodyStalled
+		}
+		buf = buf[:len(buf)+n]
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			resp.Body = &heldBody{held: buf, rc: body}
+			return buf, err
+		}
+	}
+	resp.Body = &heldBody{held: buf, rc: body}
+	return buf, nil
 }
 
 // lateReader reads with a time limit without losing bytes: a read that the
@@ -70,7 +131,7 @@ type readResult struct {
 // With a nil expired it is a plain Read. The read goes straight into p: a
 // caller that was told late must not touch p again, as the read may still
 // fill it; its bytes are returned by Read.
-func (r *lateReader) readBefore(p []byte, expired <-chan time.Time) (n int, err error, late bool) {
+func (r *lateReader) readBefore(p []byte, expired <-chan struct{}) (n int, err error, late bool) {
 	if expired == nil && r.pending == nil {
 		n, err = r.rc.Read(p)
 		return n, err, false

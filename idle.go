@@ -24,27 +24,38 @@ func (e *IdleTimeoutError) Timeout() bool { return true }
 type idleBody struct {
 	rc      io.ReadCloser
 	timeout time.Duration
-	timer   *time.Timer
+	clock   Clock
+	timer   *time.Timer // on the real clock, one timer reset per Read
 	fired   atomic.Bool
 }
 
-func newIdleBody(rc io.ReadCloser, timeout time.Duration) *idleBody {
-	b := &idleBody{rc: rc, timeout: timeout}
-	b.timer = time.AfterFunc(timeout, func() {
-		b.fired.Store(true)
-		_ = rc.Close()
-	})
-	b.timer.Stop()
+func newIdleBody(rc io.ReadCloser, timeout time.Duration, clock Clock) *idleBody {
+	b := &idleBody{rc: rc, timeout: timeout, clock: clock}
+	if _, real := clock.(realClock); real {
+		b.timer = time.AfterFunc(timeout, b.fire)
+		b.timer.Stop()
+	}
 	return b
+}
+
+func (b *idleBody) fire() {
+	b.fired.Store(true)
+	_ = b.rc.Close()
 }
 
 func (b *idleBody) Read(p []byte) (int, error) {
 	if b.fired.Load() {
 		return 0, &IdleTimeoutError{After: b.timeout}
 	}
-	b.timer.Reset(b.timeout)
+	var stop func() bool
+	if b.timer != nil {
+		b.timer.Reset(b.timeout)
+		stop = b.timer.Stop
+	} else {
+		stop = b.clock.AfterFunc(b.timeout, b.fire)
+	}
 	n, err := b.rc.Read(p)
-	b.timer.Stop()
+	stop()
 	if b.fired.Load() {
 		return n, &IdleTimeoutError{After: b.timeout}
 	}
@@ -52,6 +63,8 @@ func (b *idleBody) Read(p []byte) (int, error) {
 }
 
 func (b *idleBody) Close() error {
-	b.timer.Stop()
+	if b.timer != nil {
+		b.timer.Stop()
+	}
 	return b.rc.Close()
 }

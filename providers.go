@@ -264,8 +264,11 @@ func resetWait(h http.Header, now time.Time) (time.Duration, bool) {
 // in the error body (a bounded peek, put back for the caller) and in its
 // rate-limit headers. It runs only on responses the status rule would
 // retry: those are the ones where the body can change the decision.
-func applyProviderRules(resp *http.Response, v verdict, now time.Time) verdict {
-	body, _ := peekBody(resp, errorBodyLimit)
+func applyProviderRules(resp *http.Response, v verdict, now time.Time, clock Clock) verdict {
+	body, err := peekBody(resp, errorBodyLimit, clock, errorBodyWithin)
+	if err == errBodyStalled {
+		return v // the status and headers decide
+	}
 	if bv, ok := classifyErrorBody(body); ok {
 		if bv.final {
 			v.retry, v.reason = false, ReasonNotRetryable

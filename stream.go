@@ -19,6 +19,11 @@ import (
 // or a connection cut mid-event can still be retried. Once the first event
 // is handed over, the stream is the caller's, and it is never sent again.
 
+// utf8BOM may start a stream; the SSE spec says to skip it. It is skipped
+// only to find the first event: the caller still gets it, as the server
+// sent it.
+var utf8BOM = []byte("\xef\xbb\xbf")
+
 // firstEventLimit bounds the bytes held while waiting for the first event.
 // A first event larger than this ends the peek: the response is handed
 // over as it is.
@@ -96,11 +101,11 @@ func (t *Transport) peekFirstEvent(resp *http.Response) (verdict, error) {
 	if timeout > 0 && (hold <= 0 || timeout <= hold) {
 		limit = timeout
 	}
-	var expired <-chan time.Time
+	var expired chan struct{}
 	if limit > 0 {
-		timer := time.NewTimer(limit)
-		defer timer.Stop()
-		expired = timer.C
+		expired = make(chan struct{})
+		stop := t.cfg.clock.AfterFunc(limit, func() { close(expired) })
+		defer stop()
 	}
 	body := &lateReader{rc: resp.Body}
 	handOver := func(held []byte) {
@@ -123,7 +128,7 @@ func (t *Transport) peekFirstEvent(resp *http.Response) (verdict, error) {
 		buf = buf[:len(buf)+n]
 		// Only a line ending can complete an event.
 		if n > 0 && bytes.ContainsAny(buf[len(buf)-n:], "\r\n") {
-			if ev, done := firstEvent(buf); done {
+			if ev, done := firstEvent(bytes.TrimPrefix(buf, utf8BOM)); done {
 				handOver(buf)
 				return classifyFirstEvent(ev), nil
 			}

@@ -364,8 +364,8 @@ func TestSynctest_FirstEventHoldOff(t *testing.T) {
 func TestLateReaderKeepsEveryByte(t *testing.T) {
 	pr, pw := io.Pipe()
 	r := &lateReader{rc: pr}
-	expired := make(chan time.Time, 1)
-	expired <- time.Time{}
+	expired := make(chan struct{})
+	close(expired)
 	buf := make([]byte, 8)
 	if _, _, late := r.readBefore(buf, expired); !late {
 		t.Fatal("want late")

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"time"
@@ -138,7 +139,7 @@ func (t *Transport) do(req *http.Request, send sendFunc) (*http.Response, error)
 			return t.handOver(resp), t.giveUp(req, resp, attempt, v, err)
 		}
 		t.retrying(req, resp, attempt, v, err, wait, src)
-		discard(resp)
+		discard(resp, t.cfg.clock)
 		if err := sleep(ctx, t.cfg.clock, wait); err != nil {
 			return nil, t.giveUp(req, nil, attempt, verdict{reason: ReasonContextDone}, err)
 		}
@@ -153,7 +154,7 @@ func (t *Transport) inspect(resp *http.Response) (verdict, error) {
 	now := t.cfg.clock.Now()
 	v := classifyResponse(resp, now)
 	if v.retry && t.cfg.providerRules {
-		return applyProviderRules(resp, v, now), nil
+		return applyProviderRules(resp, v, now, t.cfg.clock), nil
 	}
 	if v.reason == 0 && t.cfg.firstEventPeek && isEventStream(resp) && hasBody(resp) {
 		pv, err := t.peekFirstEvent(resp)
@@ -176,10 +177,22 @@ func hasBody(resp *http.Response) bool {
 // handOver prepares a response for the caller: from here on it is theirs,
 // and nothing is sent again for it.
 func (t *Transport) handOver(resp *http.Response) *http.Response {
-	if resp != nil && t.cfg.idleTimeout > 0 && resp.Body != nil && resp.Body != http.NoBody {
-		resp.Body = newIdleBody(resp.Body, t.cfg.idleTimeout)
+	if resp != nil && t.cfg.idleTimeout > 0 && isBodyToRead(resp) {
+		resp.Body = newIdleBody(resp.Body, t.cfg.idleTimeout, t.cfg.clock)
 	}
 	return resp
+}
+
+// isBodyToRead reports a response body that is a reply to read, not a
+// connection: a 101 Switching Protocols (a WebSocket: OpenAI Realtime,
+// Gemini Live) hands over an io.ReadWriteCloser that must stay one, and so
+// does any body that can be written to.
+func isBodyToRead(resp *http.Response) bool {
+	if resp.Body == nil || resp.Body == http.NoBody || resp.StatusCode == http.StatusSwitchingProtocols {
+		return false
+	}
+	_, writable := resp.Body.(io.Writer)
+	return !writable
 }
 
 // nextWait decides whether a retryable failure after attempt is retried,

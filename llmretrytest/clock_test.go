@@ -25,6 +25,31 @@ func TestClock(t *testing.T) {
 	}
 }
 
+// A time limit fires when the clock's time reaches it, by Advance or by a
+// wait, and not before; a stopped one never fires.
+func TestClockTimeLimits(t *testing.T) {
+	c := llmretrytest.NewClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	var fired []string
+	c.AfterFunc(10*time.Second, func() { fired = append(fired, "10s") })
+	c.AfterFunc(5*time.Second, func() { fired = append(fired, "5s") })
+	stop := c.AfterFunc(7*time.Second, func() { fired = append(fired, "7s") })
+	var _ llmretry.Clock = c
+	if len(fired) != 0 || c.Pending() != 3 {
+		t.Fatalf("fired %v before time moved", fired)
+	}
+	if !stop() || stop() {
+		t.Fatal("stop should report true once, then false")
+	}
+	c.Advance(4 * time.Second)
+	if len(fired) != 0 {
+		t.Fatalf("fired %v at 4s", fired)
+	}
+	c.NewTimer(6 * time.Second) // a wait to 10s
+	if fmt.Sprint(fired) != "[5s 10s]" || c.Pending() != 0 {
+		t.Fatalf("fired %v, pending %d", fired, c.Pending())
+	}
+}
+
 // Prove that a 60 s Retry-After is honoured, in no time.
 func ExampleClock() {
 	var hits atomic.Int32
