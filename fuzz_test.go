@@ -58,3 +58,69 @@ func FuzzShouldRetryHeader(f *testing.F) {
 		}
 	})
 }
+
+// The body and message parsers read what an upstream wrote. They must never
+// panic; a wait they find is positive; a cause they keep is safe to log.
+
+func FuzzClassifyErrorBody(f *testing.F) {
+	for _, s := range []string{
+		`{"error":{"message":"You exceeded your current quota","type":"insufficient_quota","code":"insufficient_quota"}}`,
+		`{"error":{"message":"Rate limit reached. Please try again in 16.062s.","type":"requests","code":"rate_limit_exceeded"}}`,
+		`{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}`,
+		`{"type":"error","error":{"type":"rate_limit_error","message":"x","details":{"error_code":"enforced_spend_limit_reached"}}}`,
+		`[{"error":{"code":429,"status":"RESOURCE_EXHAUSTED","details":[{"@type":"type.googleapis.com/google.rpc.RetryInfo","retryDelay":"53.5s"}]}}]`,
+		`{"error":{"code":429,"status":"RESOURCE_EXHAUSTED","details":[{"@type":"type.googleapis.com/google.rpc.QuotaFailure","violations":[{"quotaId":"GenerateRequestsPerDayPerProjectPerModel-FreeTier"}]}]}}`,
+		`{"error":{"message":"Please retry after 6 seconds","code":"429"}}`,
+		`{"error":null}`, `[]`, `{"error":{"code":{"x":1}}}`, "",
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		v, ok := classifyErrorBody(body)
+		if !ok && (v != bodyVerdict{}) {
+			t.Fatalf("a verdict from a body that is not an error: %+v", v)
+		}
+		if v.waitOK && v.wait <= 0 {
+			t.Fatalf("non-positive wait %v", v.wait)
+		}
+		for i := 0; i < len(v.cause); i++ {
+			if c := v.cause[i]; c < ' ' || c > '~' {
+				t.Fatalf("cause with byte %#x: %q", c, v.cause)
+			}
+		}
+		if len(v.cause) > 2*maxUpstreamWord {
+			t.Fatalf("cause of %d bytes", len(v.cause))
+		}
+	})
+}
+
+func FuzzMessageWait(f *testing.F) {
+	for _, s := range []string{"Please try again in 16.062s.", "try again in 1m2.5s", "Please retry after 6 seconds",
+		"try again in 9999999h", "try again in 1e3s", "retry after -5 seconds", "try again in 5µs", "try again in ", ""} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, msg string) {
+		if d, ok := messageWait(msg); ok != (d > 0) {
+			t.Fatalf("messageWait(%q) = %v %v", msg, d, ok)
+		}
+	})
+}
+
+func FuzzResetWait(f *testing.F) {
+	f.Add("1s", "0", "6m0s", "5", "2026-11-27T12:00:30Z", "0")
+	f.Add("20ms", "", "", "", "", "")
+	f.Add("-1s", "0", "99999999999h", "0", "not a time", "0")
+	now := time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC)
+	f.Fuzz(func(t *testing.T, req, reqLeft, tok, tokLeft, anth, anthLeft string) {
+		h := http.Header{}
+		h.Set("X-Ratelimit-Reset-Requests", req)
+		h.Set("X-Ratelimit-Remaining-Requests", reqLeft)
+		h.Set("X-Ratelimit-Reset-Tokens", tok)
+		h.Set("X-Ratelimit-Remaining-Tokens", tokLeft)
+		h.Set("Anthropic-Ratelimit-Requests-Reset", anth)
+		h.Set("Anthropic-Ratelimit-Requests-Remaining", anthLeft)
+		if d, ok := resetWait(h, now); ok != (d > 0) {
+			t.Fatalf("resetWait = %v %v", d, ok)
+		}
+	})
+}

@@ -142,9 +142,8 @@ func parseProtoDuration(s string) (time.Duration, bool) {
 // "Please try again in 16.062s" (also "1m2.5s", "20ms"), Azure's "Please
 // retry after 6 seconds".
 func messageWait(msg string) (time.Duration, bool) {
-	lower := strings.ToLower(msg)
 	for _, phrase := range []string{"try again in ", "retry after "} {
-		i := strings.Index(lower, phrase)
+		i := indexFold(msg, phrase)
 		if i < 0 {
 			continue
 		}
@@ -165,6 +164,19 @@ func messageWait(msg string) (time.Duration, bool) {
 		}
 	}
 	return 0, false
+}
+
+// indexFold is strings.Index ignoring ASCII case, on msg's own bytes.
+// (Searching strings.ToLower(msg) instead gave an index into a string whose
+// length differs when msg is not valid UTF-8, and slicing msg with it
+// panicked.)
+func indexFold(msg, phrase string) int {
+	for i := 0; i+len(phrase) <= len(msg); i++ {
+		if strings.EqualFold(msg[i:i+len(phrase)], phrase) {
+			return i
+		}
+	}
+	return -1
 }
 
 // goDurationUnits are the units of a Go duration string, longest first

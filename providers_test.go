@@ -203,3 +203,17 @@ func TestHugeBodyWaitStopsLikeHugeHeader(t *testing.T) {
 		})
 	}
 }
+
+// A message that is not valid UTF-8 made messageWait slice past its end and
+// panic (found by FuzzMessageWait): an upstream could crash the caller.
+func TestMessageWaitInvalidUTF8DoesNotPanic(t *testing.T) {
+	for _, msg := range []string{"\xb4trY AgAin in ", "\xff\xfe try again in 3s", "\xb4\xb4\xb4retry after 2 seconds"} {
+		d, ok := messageWait(msg)
+		if ok != (d > 0) {
+			t.Errorf("%q: %v %v", msg, d, ok)
+		}
+	}
+	if d, _ := messageWait("\xff\xfe try again in 3s"); d != 3*time.Second {
+		t.Errorf("got %v, want 3s", d)
+	}
+}

@@ -291,6 +291,8 @@ func FuzzFirstEvent(f *testing.F) {
 	f.Add([]byte(anthropicOverloaded))
 	f.Add([]byte(openRouterError))
 	f.Add([]byte("data: x\r\r\n"))
+	f.Add([]byte("\xef\xbb\xbfevent: error\ndata: {\"error\":{\"type\":\"overloaded_error\"}}\n\n"))
+	f.Add([]byte(": OPENROUTER PROCESSING\n\ndata: {\"error\":{\"code\":502}}\n\n"))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		ev, done := firstEvent(b)
 		if !done && (ev.data != nil) {
