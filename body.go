@@ -53,6 +53,16 @@ type heldBody struct {
 	// stalled: the peek ran out of time with the body still open, so the
 	// connection is not worth draining.
 	stalled bool
+	// What the peek that made this body found, so that every rule asking
+	// again gets the same answer without reading again: peekErr for a peek
+	// at an error body; for a peek at a stream's first event, eventPeeked,
+	// and broken when the stream broke or ended before it (the body is
+	// then closed).
+	peekErr     error
+	eventPeeked bool
+	broken      error
+	event       sseEvent
+	hasEvent    bool
 }
 
 func (b *heldBody) Read(p []byte) (int, error) {
@@ -90,26 +100,42 @@ func peekBody(resp *http.Response, limit int, clock Clock, within time.Duration)
 	defer stop()
 	body := &lateReader{rc: resp.Body}
 	buf := make([]byte, 0, 1<<10)
+	var err error
 	for len(buf) < limit {
 		if len(buf) == cap(buf) {
 			buf = append(buf, 0)[:len(buf)]
 		}
-		n, err, late := body.readBefore(buf[len(buf):min(cap(buf), limit)], expired)
+		n, rerr, late := body.readBefore(buf[len(buf):min(cap(buf), limit)], expired)
 		if late {
-			resp.Body = &heldBody{held: buf, rc: body, stalled: true}
-			return buf, errBodyStalled
-		}
-		buf = buf[:len(buf)+n]
-		if err == io.EOF {
+			err = errBodyStalled
 			break
 		}
-		if err != nil {
-			resp.Body = &heldBody{held: buf, rc: body}
-			return buf, err
+		buf = buf[:len(buf)+n]
+		if rerr != nil {
+			if rerr != io.EOF {
+				err = rerr
+			}
+			break
 		}
 	}
-	resp.Body = &heldBody{held: buf, rc: body}
-	return buf, nil
+	resp.Body = &heldBody{held: buf, rc: body, stalled: err == errBodyStalled, peekErr: err}
+	return buf, err
+}
+
+// Body returns the start of the response body, up to 64 KiB, for a rule
+// that reads what an error says. It is read once, for 5 s at most (err is
+// then non-nil and the decision should rest on the status), and put back:
+// the caller still reads every byte the server sent. On a stream whose
+// first event was awaited, it is the bytes held for that.
+func (a Attempt) Body() ([]byte, error) {
+	resp := a.Response
+	if resp == nil || resp.Body == nil || resp.Body == http.NoBody {
+		return nil, nil
+	}
+	if hb, ok := resp.Body.(*heldBody); ok {
+		return hb.held, hb.peekErr
+	}
+	return peekBody(resp, errorBodyLimit, a.transport().cfg.clock, errorBodyWithin)
 }
 
 // lateReader reads with a time limit without losing bytes: a read that the

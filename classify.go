@@ -67,25 +67,46 @@ func RetryableStatus(code int) bool {
 	return code >= 500 && code <= 599
 }
 
-// classifyResponse decides on a response by its status and headers.
-// x-should-retry, when present on an error status, overrides the status
-// rule, as the official SDKs let it.
-func classifyResponse(resp *http.Response, now time.Time) verdict {
-	var v verdict
+// StatusCodes is the built-in rule for a response's status and headers:
+// below 400 it delivers; an error status is retried if RetryableStatus says
+// so, after the wait the headers ask for (HeaderWait), and stopped on
+// otherwise. x-should-retry, when present on an error status, overrides the
+// status rule, as the official SDKs let it. It passes on an attempt with no
+// response.
+func StatusCodes(a Attempt) Decision {
+	resp := a.Response
+	if resp == nil {
+		return Decision{}
+	}
 	if resp.StatusCode < 400 {
-		return v
+		return Decision{Action: Deliver}
 	}
-	v.cause, v.failure = statusCause(resp.StatusCode), FailureStatus
-	v.retry = RetryableStatus(resp.StatusCode)
+	d := Decision{Action: Stop, Failure: FailureStatus, Cause: statusCause(resp.StatusCode)}
+	retry := RetryableStatus(resp.StatusCode)
 	if should, ok := shouldRetryHeader(resp.Header); ok {
-		v.retry = should
+		retry = should
 	}
-	if !v.retry {
-		v.reason = ReasonNotRetryable
-		return v
+	if retry {
+		d.Action = Retry
+		if wait, src, ok := HeaderWait(resp.Header, a.Now); ok {
+			d.Wait, d.Source = wait, src
+		}
 	}
-	v.wait, v.src, v.waitOK = HeaderWait(resp.Header, now)
-	return v
+	return d
+}
+
+// TransportErrors is the built-in rule for an attempt that got no response:
+// retry what RetryableError says is worth it, stop on the rest. It passes on
+// an attempt with a response.
+func TransportErrors(a Attempt) Decision {
+	if a.Err == nil {
+		return Decision{}
+	}
+	cause, ok := transportCause(a.Err)
+	if !ok {
+		return Decision{Action: Stop, Failure: FailureTransport, Cause: firstNonEmpty(cause, "transport error")}
+	}
+	return Decision{Action: Retry, Failure: FailureTransport, Cause: cause}
 }
 
 func statusCause(code int) string {

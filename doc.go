@@ -13,13 +13,16 @@
 //
 //   - policy.go: Policy, its defaults, backoff with jitter
 //   - hints.go: server waits (Retry-After, retry-after-ms, x-should-retry)
-//   - classify.go: the decision for one attempt, by status and by error type
+//   - classifier.go: the decision's public shape (Classifier, Attempt,
+//     Decision) and the chain of rules
+//   - classify.go: the built-in rules by status and by error type
 //   - providers.go: provider rules (quota bodies, RetryInfo, reset headers)
 //   - transport.go: the attempt loop that Transport and Do share
 //   - wait.go: deadline-aware waiting on an injectable Clock
 //   - stream.go: the first-event commit point (sse.go parses events)
 //   - idle.go: the idle timeout on a returned body
 //   - body.go: drained discards, held bytes put back, reads under a time limit
+//   - request.go: each attempt's request, and the caller's body errors
 //   - budget.go, cooldown.go: the retry budget and per-upstream cooldowns
 //   - errors.go: Error and its Reasons
 //

@@ -29,6 +29,15 @@ type config struct {
 	budgetSet         bool
 	cooldowns         Cooldowns
 	cooldownsSet      bool
+	classifier        Classifier
+}
+
+// fillClassifier sets the built-in rules, as the options chose them, unless
+// WithClassifier set the decision.
+func (c *config) fillClassifier() {
+	if c.classifier == nil {
+		c.classifier = defaultClassifier(c.providerRules, c.firstEventPeek)
+	}
 }
 
 func defaultConfig() config {
@@ -105,7 +114,7 @@ func WithIdempotencyKey(name string) Option {
 	return func(c *config) { c.idempotencyHeader = http.CanonicalHeaderKey(name) }
 }
 
-// WithoutProviderRules turns off the provider rules: quota errors that
+// WithoutProviderRules turns off the provider rules (ProviderErrors): quota errors that
 // waiting will not clear, and the waits written in error bodies and
 // rate-limit headers. Only the status code, x-should-retry and the
 // Retry-After family then decide.

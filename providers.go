@@ -272,34 +272,44 @@ func resetWait(h http.Header, now time.Time) (time.Duration, bool) {
 	return any, any > 0
 }
 
-// applyProviderRules refines a status verdict with what the provider says
-// in the error body (a bounded peek, put back for the caller) and in its
-// rate-limit headers. It runs only on responses the status rule would
-// retry: those are the ones where the body can change the decision.
-func applyProviderRules(resp *http.Response, v verdict, now time.Time, clock Clock) verdict {
-	body, err := peekBody(resp, errorBodyLimit, clock, errorBodyWithin)
+// ProviderErrors is the built-in rule for what LLM APIs say beyond the
+// status code. On a response that StatusCodes would retry, it reads the JSON
+// error body (a bounded peek, put back for the caller) and the rate-limit
+// headers: a quota or spend limit that waiting will not clear stops; a wait
+// written in the body ("try again in 16.062s", RetryInfo) or in a reset
+// header is honoured when no Retry-After family header gave one. It passes
+// on everything else, and when the body stalls (the status decides then).
+func ProviderErrors(a Attempt) Decision {
+	if a.Response == nil || a.Response.StatusCode < 400 {
+		return Decision{}
+	}
+	d := StatusCodes(a)
+	if d.Action != Retry {
+		return Decision{}
+	}
+	body, err := a.Body()
 	if err == errBodyStalled {
-		return v // the status and headers decide
+		return Decision{}
 	}
 	if bv, ok := classifyErrorBody(body); ok {
 		if bv.final {
-			v.retry, v.reason = false, ReasonNotRetryable
-			v.cause += ": " + bv.cause
-			return v
+			d.Action = Stop
+			d.Cause += ": " + bv.cause
+			return d
 		}
 		if bv.cause != "" {
-			v.cause += ": " + bv.cause
+			d.Cause += ": " + bv.cause
 		}
-		if !v.waitOK && bv.waitOK {
-			v.wait, v.src, v.waitOK = bv.wait, bv.src, true
-		}
-	}
-	if !v.waitOK && resp.StatusCode == http.StatusTooManyRequests {
-		if d, ok := resetWait(resp.Header, now); ok {
-			v.wait, v.src, v.waitOK = d, SourceRateLimitReset, true
+		if d.Wait == 0 && bv.waitOK {
+			d.Wait, d.Source = bv.wait, bv.src
 		}
 	}
-	return v
+	if d.Wait == 0 && a.Response.StatusCode == http.StatusTooManyRequests {
+		if w, ok := resetWait(a.Response.Header, a.Now); ok {
+			d.Wait, d.Source = w, SourceRateLimitReset
+		}
+	}
+	return d
 }
 
 // maxUpstreamWord bounds an error kind taken from a response body.

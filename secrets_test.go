@@ -1,6 +1,7 @@
 package llmretry
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -80,7 +81,7 @@ func TestNoSecretReachableThroughErrorChain(t *testing.T) {
 		req, _ := http.NewRequest(http.MethodGet, raw, nil)
 		tr := &http.Transport{}
 		defer tr.CloseIdleConnections()
-		_, err := Do(nil, &http.Client{Transport: tr}, req, Policy{MaxAttempts: 2, BaseDelay: 1})
+		_, err := Do(context.Background(), &http.Client{Transport: tr}, req, Policy{MaxAttempts: 2, BaseDelay: 1})
 		if err == nil {
 			t.Fatal("want an error")
 		}

@@ -45,28 +45,82 @@ func isEventStream(resp *http.Response) bool {
 	return err == nil && mt == sse
 }
 
+// Event is a stream's first Server-Sent Event, as far as a decision needs
+// it: its name ("" when it has no event: line) and its data lines joined.
+type Event struct {
+	Name string
+	Data []byte
+}
+
+// FirstEvent waits for the first event of a 2xx text/event-stream response
+// (for the first-event hold at most: see WithFirstEventHold) and returns it,
+// put back for the caller. ok is false when there is none to judge: not an
+// event stream, the hold passed, or the event outgrew 64 KiB. err is set
+// when the stream broke, ended or timed out (WithFirstEventTimeout) before
+// its first event; the response is closed then, and the attempt can only be
+// retried or failed.
+func (a Attempt) FirstEvent() (ev Event, ok bool, err error) {
+	resp := a.Response
+	if resp == nil || !isEventStream(resp) || !hasBody(resp) {
+		return Event{}, false, nil
+	}
+	hb, held := resp.Body.(*heldBody)
+	if !held || !hb.eventPeeked {
+		a.transport().peekFirstEvent(resp)
+		hb = resp.Body.(*heldBody)
+	}
+	if hb.broken != nil {
+		return Event{}, false, hb.broken
+	}
+	return Event{Name: hb.event.name, Data: hb.event.data}, hb.hasEvent, nil
+}
+
+// StreamFirstEvent is the built-in rule for a stream's commit point: a 2xx
+// event stream is held until its first event, and retried if that event is
+// an error that names a passing state (Anthropic's overloaded_error,
+// OpenRouter's data: {"error": ...} with a 5xx code), or if the stream
+// broke before it. Any other first event delivers the stream. It passes on
+// everything that is not a 2xx event stream.
+func StreamFirstEvent(a Attempt) Decision {
+	ev, ok, err := a.FirstEvent()
+	switch {
+	case err != nil:
+		return Decision{Action: Retry, Failure: FailureStream, Cause: streamCause(err)}
+	case !ok:
+		if a.Response != nil && isEventStream(a.Response) && hasBody(a.Response) {
+			return Decision{Action: Deliver} // the hold passed: handed over as it is
+		}
+		return Decision{}
+	}
+	return classifyFirstEvent(sseEvent{name: ev.Name, data: ev.Data})
+}
+
 // classifyFirstEvent decides on a stream's first event: retry only an
 // error event that names a passing state.
-func classifyFirstEvent(ev sseEvent) verdict {
+func classifyFirstEvent(ev sseEvent) Decision {
 	isError := ev.name == "error"
 	if !isError && !bytes.Contains(ev.data, []byte(`"error"`)) {
-		return verdict{}
+		return Decision{Action: Deliver}
 	}
 	var probe struct {
 		Error json.RawMessage `json:"error"`
 	}
 	if json.Unmarshal(ev.data, &probe) != nil || len(probe.Error) == 0 || string(probe.Error) == "null" {
 		if isError {
-			return verdict{failure: FailureFirstEvent, reason: ReasonNotRetryable, cause: "first event: error"}
+			return Decision{Action: Stop, Failure: FailureFirstEvent, Cause: "first event: error"}
 		}
-		return verdict{}
+		return Decision{Action: Deliver}
 	}
 	bv, ok := classifyErrorBody(ev.data)
 	cause := "first event: " + firstNonEmpty(bv.cause, "error")
 	if !ok || bv.final || !bv.transient {
-		return verdict{failure: FailureFirstEvent, reason: ReasonNotRetryable, cause: cause}
+		return Decision{Action: Stop, Failure: FailureFirstEvent, Cause: cause}
 	}
-	return verdict{retry: true, failure: FailureFirstEvent, cause: cause, wait: bv.wait, src: bv.src, waitOK: bv.waitOK}
+	d := Decision{Action: Retry, Failure: FailureFirstEvent, Cause: cause}
+	if bv.waitOK {
+		d.Wait, d.Source = bv.wait, bv.src
+	}
+	return d
 }
 
 // FirstEventTimeoutError is the cause of a retry when no first event came
@@ -88,14 +142,15 @@ var errStreamEnded = errors.New("stream ended before its first event")
 // event before it is handed over as it is.
 const defaultFirstEventHold = 10 * time.Second
 
-// peekFirstEvent reads resp's body up to its first event. It returns the
-// verdict on that event, with resp's body put back whole. When the stream
-// broke or ended before its first event, or the first-event timeout
-// passed, it returns a retryable error with the response closed. When the
-// hold passes first, or the first event outgrows firstEventLimit, the
-// response is handed over as it is, held bytes first: a keep-alive comment
-// must not sit here for minutes while a model thinks.
-func (t *Transport) peekFirstEvent(resp *http.Response) (verdict, error) {
+// peekFirstEvent reads resp's body up to its first event and leaves it a
+// *heldBody that gives the caller every byte, held ones first, and says
+// what the peek found. When the stream broke or ended before its first
+// event, or the first-event timeout passed, the body is closed and the
+// heldBody's broken says why. When the hold passes first, or the first
+// event outgrows firstEventLimit, the response is left to be handed over as
+// it is: a keep-alive comment must not sit here for minutes while a model
+// thinks.
+func (t *Transport) peekFirstEvent(resp *http.Response) {
 	timeout, hold := t.cfg.firstEventTimeout, t.cfg.firstEventHold
 	limit := hold
 	if timeout > 0 && (hold <= 0 || timeout <= hold) {
@@ -108,8 +163,15 @@ func (t *Transport) peekFirstEvent(resp *http.Response) (verdict, error) {
 		defer stop()
 	}
 	body := &lateReader{rc: resp.Body}
-	handOver := func(held []byte) {
-		resp.Body = &heldBody{held: held, rc: body}
+	done := func(held []byte, ev *sseEvent, broken error) {
+		if broken != nil {
+			_ = body.Close()
+		}
+		hb := &heldBody{held: held, rc: body, eventPeeked: true, broken: broken}
+		if ev != nil {
+			hb.event, hb.hasEvent = *ev, true
+		}
+		resp.Body = hb
 	}
 	buf := make([]byte, 0, 4<<10)
 	for {
@@ -119,33 +181,40 @@ func (t *Transport) peekFirstEvent(resp *http.Response) (verdict, error) {
 		n, err, late := body.readBefore(buf[len(buf):min(cap(buf), firstEventLimit)], expired)
 		if late {
 			if limit == timeout {
-				_ = body.Close()
-				return verdict{}, &FirstEventTimeoutError{After: timeout}
+				done(nil, nil, &FirstEventTimeoutError{After: timeout})
+			} else {
+				done(buf, nil, nil)
 			}
-			handOver(buf)
-			return verdict{}, nil
+			return
 		}
 		buf = buf[:len(buf)+n]
 		// Only a line ending can complete an event.
 		if n > 0 && bytes.ContainsAny(buf[len(buf)-n:], "\r\n") {
-			if ev, done := firstEvent(bytes.TrimPrefix(buf, utf8BOM)); done {
-				handOver(buf)
-				return classifyFirstEvent(ev), nil
+			if ev, complete := firstEvent(bytes.TrimPrefix(buf, utf8BOM)); complete {
+				done(buf, &ev, nil)
+				return
 			}
 		}
-		if len(buf) >= firstEventLimit {
-			handOver(buf)
-			return verdict{}, nil
+		switch {
+		case len(buf) >= firstEventLimit:
+			done(buf, nil, nil)
+		case err == io.EOF:
+			done(nil, nil, errStreamEnded)
+		case err != nil:
+			done(nil, nil, err)
+		default:
+			continue
 		}
-		if err == io.EOF {
-			_ = body.Close()
-			return verdict{}, errStreamEnded
-		}
-		if err != nil {
-			_ = body.Close()
-			return verdict{}, err
-		}
+		return
 	}
+}
+
+// brokenStream returns why a stream broke before its first event, or nil.
+func brokenStream(resp *http.Response) error {
+	if hb, ok := resp.Body.(*heldBody); ok {
+		return hb.broken
+	}
+	return nil
 }
 
 // streamCause names a failed peek for events and logs.

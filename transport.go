@@ -40,6 +40,7 @@ func NewTransport(base http.RoundTripper, opts ...Option) *Transport {
 	if !t.cfg.cooldownsSet {
 		t.cfg.cooldowns = NewLocalCooldowns()
 	}
+	t.cfg.fillClassifier()
 	return t
 }
 
@@ -67,6 +68,7 @@ func Do(ctx context.Context, client *http.Client, req *http.Request, p Policy) (
 	}
 	t := &Transport{cfg: defaultConfig()}
 	t.cfg.policy = p.withDefaults()
+	t.cfg.fillClassifier()
 	return t.do(req, client.Do)
 }
 
@@ -100,24 +102,28 @@ func (t *Transport) do(req *http.Request, send sendFunc) (*http.Response, error)
 			return nil, t.giveUp(req, nil, attempt-1, verdict{reason: ReasonBodyNotReplayable}, err)
 		}
 		resp, err := send(r)
-		err = scrubError(err)
-		var v verdict
 		if err != nil {
 			resp = nil // a RoundTripper returns no response with an error
+			err = scrubError(err)
 			if ctx.Err() != nil {
 				return nil, t.giveUp(req, nil, attempt, verdict{reason: ReasonContextDone}, contextError(ctx, err))
 			}
 			if bodyErr := tracked.readErr(); bodyErr != nil {
 				// The caller's own body failed: theirs to report, never retried.
-				v = verdict{failure: FailureTransport, cause: "request body read failed", reason: ReasonNotRetryable}
+				v := verdict{failure: FailureTransport, cause: "request body read failed", reason: ReasonNotRetryable}
 				return nil, t.giveUp(req, nil, attempt, v, fmt.Errorf("%w: %w", errRequestBody, scrubError(bodyErr)))
 			}
-			cause, ok := transportCause(err)
-			v = verdict{retry: ok, failure: FailureTransport, cause: cause, reason: ReasonNotRetryable}
-		} else if v, err = t.inspect(resp); err != nil {
-			resp = nil // closed: it broke before the caller could have it
-			if ctx.Err() != nil {
-				return nil, t.giveUp(req, nil, attempt, verdict{reason: ReasonContextDone}, contextError(ctx, err))
+		}
+		v := t.decide(Attempt{Request: r, Response: resp, Err: err, Number: attempt, Now: t.cfg.clock.Now(), t: t})
+		if resp != nil {
+			if broken := brokenStream(resp); broken != nil {
+				resp, err = nil, broken // closed: it broke before the caller could have it
+				if ctx.Err() != nil {
+					return nil, t.giveUp(req, nil, attempt, verdict{reason: ReasonContextDone}, contextError(ctx, err))
+				}
+				if !v.retry {
+					v = verdict{failure: FailureStream, cause: streamCause(broken), reason: ReasonNotRetryable}
+				}
 			}
 		}
 		if !v.retry {
@@ -144,26 +150,6 @@ func (t *Transport) do(req *http.Request, send sendFunc) (*http.Response, error)
 			return nil, t.giveUp(req, nil, attempt, verdict{reason: ReasonContextDone}, err)
 		}
 	}
-}
-
-// inspect decides on a response: the status and headers, then, where they
-// say retry, what the provider wrote in the error body; for a stream, its
-// first event. err is set, and the response closed, when a stream broke
-// before its first event.
-func (t *Transport) inspect(resp *http.Response) (verdict, error) {
-	now := t.cfg.clock.Now()
-	v := classifyResponse(resp, now)
-	if v.retry && t.cfg.providerRules {
-		return applyProviderRules(resp, v, now, t.cfg.clock), nil
-	}
-	if v.reason == 0 && t.cfg.firstEventPeek && isEventStream(resp) && hasBody(resp) {
-		pv, err := t.peekFirstEvent(resp)
-		if err != nil {
-			return verdict{retry: true, failure: FailureStream, cause: streamCause(err)}, err
-		}
-		return pv, nil
-	}
-	return v, nil
 }
 
 // hasBody reports whether a response may carry a body at all: not the
