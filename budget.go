@@ -1,33 +1,49 @@
 package llmretry
 
 import (
+	"math"
 	"sync"
 	"time"
 )
 
-// Budget decides whether a retry may be sent, so that retries stay a small
-// share of the traffic however badly the upstream fails: with a budget, a
-// full outage costs about 1.1 calls per request instead of 3. First
+// Budget decides whether a retry may be sent, so that retries never make an
+// outage worse, while never refusing a retry that is working. First
 // attempts are never blocked or delayed. Transports may share one Budget;
 // redisstate shares one across a fleet. Implementations must be safe for
 // concurrent use and must not block.
 type Budget interface {
-	// OnRequest records a first attempt.
+	// OnRequest records a first attempt, before it is sent.
 	OnRequest()
 	// AllowRetry spends one retry, or reports false when the budget is
 	// spent.
 	AllowRetry() bool
+	// OnAttempt records how an attempt ended.
+	OnAttempt(AttemptResult)
+}
+
+// AttemptResult is how one attempt ended, as a Budget counts it.
+type AttemptResult struct {
+	// Retry: the attempt was a retry, not a first attempt.
+	Retry bool
+	// Failed: it failed in a way worth retrying, the failures that outages
+	// and overloads are made of. A success is not, nor is a failure that no
+	// retry fixes (a 400, a used-up quota).
+	Failed bool
+	// Load is how many attempts the Transport had in flight when this one
+	// was sent, itself included.
+	Load int
 }
 
 // BudgetConfig sets a RatioBudget. Zero fields take their defaults.
 type BudgetConfig struct {
-	// Ratio is the share of requests that may be retried over Window:
-	// 0.1 by default, as the Google SRE book and Finagle suggest.
+	// Ratio is the share of requests that failing retries may add over
+	// Window: 0.1 by default, as the Google SRE book and Finagle suggest.
 	Ratio float64
 	// Reserve is how many retries are allowed in any Window whatever the
 	// ratio says, so a quiet client can still retry: 10 by default.
 	Reserve int
 	// Window is how far back requests and retries count: 10 s by default.
+	// It is counted in 10 slices.
 	Window time.Duration
 	// Clock is the time source, for tests.
 	Clock Clock
@@ -58,15 +74,25 @@ func (c BudgetConfig) withDefaults() BudgetConfig {
 	return c
 }
 
-// RatioBudget allows a retry while retries over the last Window stay
-// within max(Reserve, Ratio x requests). Unlike a throttle that shuts
-// retries off past a failure rate (gRPC's stops near 9%), it keeps letting
-// a tenth of the traffic retry, so a 5% blip loses no requests and a full
-// outage adds at most a tenth to the load.
+// RatioBudget lets retries through while they pay for themselves: over the
+// last Window, the retries that failed may outnumber the ones that
+// succeeded by max(Reserve, Ratio x requests). A retry that works earns
+// back one that did not, so the budget does not bind while retries are
+// succeeding (at 50% independent failures every retry is still sent), and
+// a full outage, where none succeeds, adds at most a tenth to the load.
+//
+// One case is told apart: when the Transport's failures rise with its own
+// load (attempts sent while more of them were in flight fail clearly more
+// often), the upstream is at its capacity and a retry that succeeds only
+// takes the place of a first attempt. Retries are then held to max(Reserve,
+// Ratio x requests), successes or not.
 type RatioBudget struct {
 	cfg BudgetConfig
 	mu  sync.Mutex
 	w   window
+	// meanLoad is a running mean of the load attempts are sent at; an
+	// attempt above it counts as sent at high load.
+	meanLoad float64
 }
 
 // NewRatioBudget returns a RatioBudget; the zero BudgetConfig gives 10%
@@ -80,7 +106,7 @@ func NewRatioBudget(cfg BudgetConfig) *RatioBudget {
 func (b *RatioBudget) OnRequest() {
 	now := b.cfg.Clock.Now()
 	b.mu.Lock()
-	b.w.add(now, 1, 0)
+	b.w.add(now, BudgetCounts{Requests: 1})
 	b.mu.Unlock()
 }
 
@@ -89,62 +115,158 @@ func (b *RatioBudget) AllowRetry() bool {
 	now := b.cfg.Clock.Now()
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	req, ret := b.w.sum(now)
-	if !RetryAllowed(req, ret, b.cfg.Ratio, b.cfg.Reserve) {
+	if !RetryAllowed(b.w.sum(now), b.cfg.Ratio, b.cfg.Reserve) {
 		return false
 	}
-	b.w.add(now, 0, 1)
+	b.w.add(now, BudgetCounts{Retries: 1})
 	return true
+}
+
+// RecordRetry counts a retry that was granted elsewhere (by a fleet's
+// shared budget) as if this budget had granted it, so that a fall back on
+// this budget starts from what was really spent.
+func (b *RatioBudget) RecordRetry() {
+	now := b.cfg.Clock.Now()
+	b.mu.Lock()
+	b.w.add(now, BudgetCounts{Retries: 1})
+	b.mu.Unlock()
+}
+
+// OnAttempt records how an attempt ended.
+func (b *RatioBudget) OnAttempt(r AttemptResult) {
+	now := b.cfg.Clock.Now()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.w.add(now, b.attemptCounts(r))
+}
+
+// attemptCounts turns an attempt's result into window counts, and moves
+// the running mean of the load. b.mu is held.
+func (b *RatioBudget) attemptCounts(r AttemptResult) BudgetCounts {
+	var c BudgetCounts
+	if r.Retry && !r.Failed {
+		c.RetriesOK = 1
+	}
+	load := float64(r.Load)
+	if b.meanLoad == 0 {
+		b.meanLoad = load
+	}
+	high := load > b.meanLoad
+	b.meanLoad += (load - b.meanLoad) / 64
+	switch {
+	case high && r.Failed:
+		c.HighSent, c.HighFailed = 1, 1
+	case high:
+		c.HighSent = 1
+	case r.Failed:
+		c.LowSent, c.LowFailed = 1, 1
+	default:
+		c.LowSent = 1
+	}
+	return c
 }
 
 // Config returns the budget's settings, defaults filled in.
 func (b *RatioBudget) Config() BudgetConfig { return b.cfg }
 
-// Counts returns the requests and retries counted in the current window.
-func (b *RatioBudget) Counts() (requests, retries int64) {
+// Counts returns the counts of the current window.
+func (b *RatioBudget) Counts() BudgetCounts {
 	now := b.cfg.Clock.Now()
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.w.sum(now)
 }
 
-// RetryAllowed is the budget rule, shared with the fleet budget: one more
-// retry is allowed while retries stay within max(reserve, ratio x
-// requests).
-func RetryAllowed(requests, retries int64, ratio float64, reserve int) bool {
-	limit := max(float64(reserve), ratio*float64(requests))
-	return float64(retries+1) <= limit
+// BudgetCounts are what a budget counts over its window.
+type BudgetCounts struct {
+	// Requests are first attempts; Retries, the retries granted;
+	// RetriesOK, the retries that ended without a retryable failure.
+	Requests, Retries, RetriesOK int64
+	// The load signal: attempts sent at a load above the running mean
+	// (High) or not (Low), and how many of each failed.
+	LowSent, LowFailed, HighSent, HighFailed int64
 }
 
-// window counts requests and retries in budgetBuckets slices of span.
+func (c *BudgetCounts) add(d BudgetCounts) {
+	c.Requests += d.Requests
+	c.Retries += d.Retries
+	c.RetriesOK += d.RetriesOK
+	c.LowSent += d.LowSent
+	c.LowFailed += d.LowFailed
+	c.HighSent += d.HighSent
+	c.HighFailed += d.HighFailed
+}
+
+// Thresholds of the load signal: enough attempts on each side, a clear
+// difference in failure rates, and one that chance would hardly make.
+const (
+	loadMinSent = 20
+	loadMinGap  = 0.2
+	loadMinZ    = 3
+)
+
+// LoadDriven reports whether failures rise with the sender's own load:
+// attempts sent at high load failed clearly more often than those sent at
+// low load (by at least 20 points, at three standard errors). That is an
+// upstream at its capacity, where retries only take turns from first
+// attempts. Independent failures (a provider's 529 storm, a flaky network)
+// fail at the same rate whatever the load, and so does a full outage.
+func (c BudgetCounts) LoadDriven() bool {
+	if c.LowSent < loadMinSent || c.HighSent < loadMinSent {
+		return false
+	}
+	lo := float64(c.LowFailed) / float64(c.LowSent)
+	hi := float64(c.HighFailed) / float64(c.HighSent)
+	p := float64(c.LowFailed+c.HighFailed) / float64(c.LowSent+c.HighSent)
+	se := math.Sqrt(p * (1 - p) * (1/float64(c.LowSent) + 1/float64(c.HighSent)))
+	return hi-lo >= loadMinGap && (se == 0 || (hi-lo)/se >= loadMinZ)
+}
+
+// RetryAllowed is the budget rule, shared with the fleet budget. With
+// limit = max(reserve, ratio x requests): one more retry is allowed while
+// the retries not known to have worked, less those that did, stay within
+// limit; when the counts are LoadDriven, while all retries stay within it.
+func RetryAllowed(c BudgetCounts, ratio float64, reserve int) bool {
+	limit := max(float64(reserve), ratio*float64(c.Requests))
+	spent := c.Retries
+	if !c.LoadDriven() {
+		spent -= 2 * c.RetriesOK // each success is not spent, and pays for a failure
+	}
+	return float64(spent+1) <= limit
+}
+
+// window counts in budgetBuckets slices of span.
 type window struct {
-	span    time.Duration
-	slot    [budgetBuckets]int64 // the slice number each bucket holds
-	req     [budgetBuckets]int64
-	retries [budgetBuckets]int64
+	span   time.Duration
+	slot   [budgetBuckets]int64 // the slice number each bucket holds
+	counts [budgetBuckets]BudgetCounts
 }
 
 func (w *window) slice(now time.Time) int64 {
-	return now.UnixNano() / int64(w.span/budgetBuckets)
+	// At least 1 ns a slice: a window under budgetBuckets ns must not
+	// divide by zero.
+	return now.UnixNano() / int64(max(w.span/budgetBuckets, 1))
 }
 
-func (w *window) add(now time.Time, req, ret int64) {
+func (w *window) add(now time.Time, d BudgetCounts) {
 	s := w.slice(now)
 	i := s % budgetBuckets
-	if w.slot[i] != s {
-		w.slot[i], w.req[i], w.retries[i] = s, 0, 0
+	if i < 0 {
+		i += budgetBuckets
 	}
-	w.req[i] += req
-	w.retries[i] += ret
+	if w.slot[i] != s {
+		w.slot[i], w.counts[i] = s, BudgetCounts{}
+	}
+	w.counts[i].add(d)
 }
 
-func (w *window) sum(now time.Time) (req, ret int64) {
+func (w *window) sum(now time.Time) BudgetCounts {
 	s := w.slice(now)
+	var c BudgetCounts
 	for i := range budgetBuckets {
-		if s-w.slot[i] < budgetBuckets {
-			req += w.req[i]
-			ret += w.retries[i]
+		if d := s - w.slot[i]; d >= 0 && d < budgetBuckets {
+			c.add(w.counts[i])
 		}
 	}
-	return req, ret
+	return c
 }

@@ -41,17 +41,134 @@ func TestRatioBudget(t *testing.T) {
 
 func TestRetryAllowed(t *testing.T) {
 	cases := []struct {
-		req, ret int64
-		want     bool
+		c    BudgetCounts
+		want bool
 	}{
-		{0, 0, true}, {0, 9, true}, {0, 10, false},
-		{1000, 99, true}, {1000, 100, false},
-		{1_000_000, 99_999, true}, {1_000_000, 100_000, false},
+		{BudgetCounts{}, true}, {BudgetCounts{Retries: 9}, true}, {BudgetCounts{Retries: 10}, false},
+		{BudgetCounts{Requests: 1000, Retries: 99}, true}, {BudgetCounts{Requests: 1000, Retries: 100}, false},
+		{BudgetCounts{Requests: 1_000_000, Retries: 99_999}, true}, {BudgetCounts{Requests: 1_000_000, Retries: 100_000}, false},
+		// A retry that worked is not spent, and pays for one that failed.
+		{BudgetCounts{Requests: 1000, Retries: 699, RetriesOK: 300}, true},
+		{BudgetCounts{Requests: 1000, Retries: 700, RetriesOK: 300}, false},
+		// Load-driven failures: successes no longer pay.
+		{BudgetCounts{Requests: 1000, Retries: 700, RetriesOK: 300, LowSent: 500, HighSent: 500, HighFailed: 400}, false},
+		{BudgetCounts{Requests: 1000, Retries: 99, RetriesOK: 50, LowSent: 500, HighSent: 500, HighFailed: 400}, true},
 	}
 	for _, tc := range cases {
-		if got := RetryAllowed(tc.req, tc.ret, 0.1, 10); got != tc.want {
-			t.Errorf("RetryAllowed(%d, %d) = %v", tc.req, tc.ret, got)
+		if got := RetryAllowed(tc.c, 0.1, 10); got != tc.want {
+			t.Errorf("RetryAllowed(%+v) = %v", tc.c, got)
 		}
+	}
+}
+
+func TestLoadDriven(t *testing.T) {
+	cases := []struct {
+		c    BudgetCounts
+		want bool
+	}{
+		{BudgetCounts{LowSent: 500, LowFailed: 50, HighSent: 500, HighFailed: 450}, true},
+		{BudgetCounts{LowSent: 500, LowFailed: 250, HighSent: 500, HighFailed: 260}, false}, // independent 50%
+		{BudgetCounts{LowSent: 500, LowFailed: 500, HighSent: 500, HighFailed: 500}, false}, // full outage
+		{BudgetCounts{LowSent: 19, LowFailed: 0, HighSent: 500, HighFailed: 500}, false},    // too few on one side
+		{BudgetCounts{LowSent: 25, LowFailed: 10, HighSent: 25, HighFailed: 16}, false},     // a gap chance makes
+		{BudgetCounts{LowSent: 40, LowFailed: 0, HighSent: 40, HighFailed: 40}, true},
+	}
+	for _, tc := range cases {
+		if got := tc.c.LoadDriven(); got != tc.want {
+			t.Errorf("LoadDriven(%+v) = %v", tc.c, got)
+		}
+	}
+}
+
+// The old budget allowed retries up to 10% of requests whether they worked
+// or not, so at a 30-50% failure rate it refused retries that would have
+// succeeded: in the gateway comparison it refused 64 of them. Retries that
+// work now pay for themselves: at 50% independent failures, with 3
+// attempts, not one retry is refused.
+func TestSuccessfulRetriesAreNotRefused(t *testing.T) {
+	clk := newFakeClock()
+	b := NewRatioBudget(BudgetConfig{Clock: clk})
+	refused := 0
+	fail := func(i, attempt int) bool { return (i>>attempt)&1 == 0 } // each attempt fails half the time
+	for i := range 4000 {
+		clk.Advance(10 * time.Millisecond) // 100 requests a second
+		b.OnRequest()
+		for attempt := 0; attempt < 3; attempt++ {
+			if attempt > 0 && !b.AllowRetry() {
+				refused++
+				break
+			}
+			failed := fail(i, attempt)
+			b.OnAttempt(AttemptResult{Retry: attempt > 0, Failed: failed, Load: 1 + i%3})
+			if !failed {
+				break
+			}
+		}
+	}
+	if refused != 0 {
+		t.Fatalf("%d retries refused at 50%% independent failures", refused)
+	}
+}
+
+// A full outage, where no retry works, still costs at most a tenth more
+// attempts than requests (and the reserve).
+func TestFullOutageCostsATenth(t *testing.T) {
+	clk := newFakeClock()
+	b := NewRatioBudget(BudgetConfig{Clock: clk})
+	attempts := 0
+	for i := range 5000 {
+		clk.Advance(2 * time.Millisecond) // 500 requests a second: 5000 a window
+		b.OnRequest()
+		for attempt := 0; attempt < 3; attempt++ {
+			if attempt > 0 && !b.AllowRetry() {
+				break
+			}
+			attempts++
+			b.OnAttempt(AttemptResult{Retry: attempt > 0, Failed: true, Load: 1 + i%5})
+		}
+	}
+	if got := float64(attempts) / 5000; got > 1.10+10.0/5000 {
+		t.Fatalf("%.3f attempts per request in a full outage", got)
+	}
+}
+
+// An upstream at its capacity: attempts sent at high load fail, at low load
+// succeed, and retries succeed as often as first attempts. Retries that
+// worked would pay for more retries, which only take turns from first
+// attempts; the load signal holds them to a tenth of requests.
+func TestLoadDrivenFailuresHoldRetriesToATenth(t *testing.T) {
+	clk := newFakeClock()
+	b := NewRatioBudget(BudgetConfig{Clock: clk})
+	attempts := 0
+	for i := range 5000 {
+		clk.Advance(2 * time.Millisecond)
+		b.OnRequest()
+		for attempt := 0; attempt < 3; attempt++ {
+			if attempt > 0 && !b.AllowRetry() {
+				break
+			}
+			attempts++
+			load := 4 + (i+attempt)%2*4 // 4 or 8 in flight
+			failed := load == 8
+			b.OnAttempt(AttemptResult{Retry: attempt > 0, Failed: failed, Load: load})
+			if !failed {
+				break
+			}
+		}
+	}
+	if got := float64(attempts) / 5000; got > 1.10+10.0/5000 {
+		t.Fatalf("%.3f attempts per request with load-driven failures", got)
+	}
+}
+
+// A Window under 10 ns used to divide by zero in the first AllowRetry.
+func TestTinyBudgetWindowDoesNotPanic(t *testing.T) {
+	for _, w := range []time.Duration{1, 5, 9, 10} {
+		b := NewRatioBudget(BudgetConfig{Window: w})
+		b.OnRequest()
+		b.AllowRetry()
+		b.OnAttempt(AttemptResult{Retry: true})
+		_ = b.Counts()
 	}
 }
 
@@ -136,8 +253,9 @@ func TestCooldown(t *testing.T) {
 		t.Fatal(err)
 	}
 	readAll(t, resp)
-	if w := clk.Waits(); len(w) != 1 || w[0] != 5*time.Second {
-		t.Fatalf("waits %v, want [5s]", w)
+	// 5 s, and the release spread (half of a tenth, at the fixed jitter).
+	if w := clk.Waits(); len(w) != 1 || w[0] != 5250*time.Millisecond {
+		t.Fatalf("waits %v, want [5.25s]", w)
 	}
 	if len(events) != 1 || events[0].Attempt != 0 || events[0].Source != SourceCooldown {
 		t.Fatalf("events %+v", events)

@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"net/http"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -13,6 +14,17 @@ import (
 // wait, so that other requests to the same upstream wait out the rest of it
 // before their first attempt instead of each discovering the 429 on its
 // own. Implementations must be safe for concurrent use and must not block.
+//
+// What starts one, and what it holds, is decided by the Transport: only a
+// 429 whose wait is within Policy.MaxRetryAfter starts a cooldown, and it
+// holds only requests with the same scheme, host, credential and model. A
+// 429 is a statement about that key's quota on that model, which every
+// replica behind a load balancer enforces alike. A 503 or 529 with
+// Retry-After is about the state of the server that sent it (one replica,
+// or the provider's whole fleet, which a single caller's pause does not
+// relieve): it is retried after its wait, budgeted, but holds no one else.
+// A request that never failed waits only for a cooldown of its own key and
+// model.
 type Cooldowns interface {
 	// Active reports whether any cooldown may still run at now. When it
 	// says false a request skips the lookup, and the cost of naming its
@@ -24,18 +36,38 @@ type Cooldowns interface {
 	Extend(up Upstream, now time.Time, wait time.Duration)
 }
 
-// Upstream names where requests go and as whom: the scheme and host, and a
-// hash of the credential, never the credential itself. Two API keys on one
-// host are two upstreams, as their rate limits are separate.
+// Upstream names where requests go, as whom and for what: the scheme and
+// host, a hash of the credential (never the credential itself) and the
+// model. Two API keys on one host, or two models on one key, are two
+// upstreams, as their rate limits are separate.
 type Upstream struct {
 	Scheme, Host string
 	// Credential is a hex SHA-256 prefix of the request's credential
 	// headers and key parameter; empty when there are none.
 	Credential string
+	// Model is the model the request named (in its JSON body, or in the
+	// path for Gemini); empty when it named none.
+	Model string
 }
 
+// String renders up as scheme://host#credential#model. ParseUpstream reads
+// it back.
 func (u Upstream) String() string {
-	return u.Scheme + "://" + u.Host + "#" + u.Credential
+	return u.Scheme + "://" + u.Host + "#" + u.Credential + "#" + u.Model
+}
+
+// ParseUpstream reads an Upstream back from its String form.
+func ParseUpstream(s string) (Upstream, bool) {
+	scheme, rest, ok := strings.Cut(s, "://")
+	if !ok {
+		return Upstream{}, false
+	}
+	host, rest, ok := strings.Cut(rest, "#")
+	if !ok {
+		return Upstream{}, false
+	}
+	cred, model, _ := strings.Cut(rest, "#")
+	return Upstream{Scheme: scheme, Host: host, Credential: cred, Model: model}, true
 }
 
 // credentialHeaders are the headers LLM APIs take a key or token in.
@@ -43,7 +75,7 @@ var credentialHeaders = [...]string{"Authorization", "X-Api-Key", "Api-Key", "X-
 
 // upstreamOf names the upstream of req.
 func upstreamOf(req *http.Request) Upstream {
-	up := Upstream{Scheme: req.URL.Scheme, Host: req.URL.Host}
+	up := Upstream{Scheme: req.URL.Scheme, Host: req.URL.Host, Model: modelOf(req)}
 	h := sha256.New()
 	n := 0
 	for _, name := range credentialHeaders {

@@ -131,7 +131,7 @@ func ExampleWithBudget() {
 		}
 		resp.Body.Close()
 	}
-	requests, retries := budget.Counts()
-	fmt.Println(requests, "requests,", retries, "retries")
-	// Output: 3 requests, 2 retries
+	c := budget.Counts()
+	fmt.Println(c.Requests, "requests,", c.Retries, "retries,", c.RetriesOK, "that worked")
+	// Output: 3 requests, 2 retries, 0 that worked
 }

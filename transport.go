@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"sync/atomic"
 	"time"
 )
 
@@ -19,6 +20,9 @@ import (
 type Transport struct {
 	base http.RoundTripper
 	cfg  config
+	// inflight counts attempts sent and not yet answered, the load the
+	// budget's load signal reads.
+	inflight atomic.Int64
 }
 
 // NewTransport returns a Transport that sends each attempt through base
@@ -101,7 +105,9 @@ func (t *Transport) do(req *http.Request, send sendFunc) (*http.Response, error)
 		if err != nil {
 			return nil, t.giveUp(req, nil, attempt-1, verdict{reason: ReasonBodyNotReplayable}, err)
 		}
+		load := t.inflight.Add(1)
 		resp, err := send(r)
+		t.inflight.Add(-1)
 		if err != nil {
 			resp = nil // a RoundTripper returns no response with an error
 			err = scrubError(err)
@@ -115,6 +121,9 @@ func (t *Transport) do(req *http.Request, send sendFunc) (*http.Response, error)
 			}
 		}
 		v := t.decide(Attempt{Request: r, Response: resp, Err: err, Number: attempt, Now: t.cfg.clock.Now(), t: t})
+		if t.cfg.budget != nil {
+			t.cfg.budget.OnAttempt(AttemptResult{Retry: attempt > 1, Failed: v.retry, Load: int(load)})
+		}
 		if resp != nil {
 			if broken := brokenStream(resp); broken != nil {
 				resp, err = nil, broken // closed: it broke before the caller could have it
@@ -133,7 +142,7 @@ func (t *Transport) do(req *http.Request, send sendFunc) (*http.Response, error)
 			return t.handOver(resp), t.giveUp(req, resp, attempt, v, err)
 		}
 
-		if v.waitOK {
+		if v.waitOK && resp != nil && resp.StatusCode == http.StatusTooManyRequests {
 			t.startCooldown(req, v.wait)
 		}
 		wait, src, stop := t.nextWait(ctx, attempt, canReplay, v)
@@ -212,8 +221,10 @@ func (t *Transport) nextWait(ctx context.Context, attempt int, canReplay bool, v
 var errCooldown = errors.New("upstream cooling down after a server-requested wait")
 
 // awaitCooldown waits out the rest of a server-requested wait that another
-// request to the same upstream received, before the first attempt. It
-// fails at once when the cooldown outlasts the request's deadline.
+// request to the same upstream (host, key and model) received, before the
+// first attempt. Requests held by one cooldown are released spread out, not
+// in the same instant. It fails at once when the cooldown outlasts the
+// request's deadline.
 func (t *Transport) awaitCooldown(req *http.Request) error {
 	cd := t.cfg.cooldowns
 	if cd == nil {
@@ -227,6 +238,7 @@ func (t *Transport) awaitCooldown(req *http.Request) error {
 	if wait <= 0 {
 		return nil
 	}
+	wait += cooldownSpread(wait, t.cfg.rand())
 	ctx := req.Context()
 	v := verdict{cause: "cooldown", reason: ReasonDeadline, wait: wait}
 	if passesDeadline(ctx, now, wait) {
@@ -239,13 +251,24 @@ func (t *Transport) awaitCooldown(req *http.Request) error {
 	return nil
 }
 
-// startCooldown records a server-requested wait for req's upstream, capped
-// at MaxRetryAfter: no server makes anyone wait longer than that.
+// cooldownSpread is how much later than the end of a cooldown a request it
+// held is released: up to a tenth of its wait, at least 50 ms and at most
+// 1 s of spread, so that the held requests do not all return at once.
+func cooldownSpread(wait time.Duration, r float64) time.Duration {
+	if r < 0 || r >= 1 || r != r {
+		return 0
+	}
+	return time.Duration(r * float64(min(max(wait/10, 50*time.Millisecond), time.Second)))
+}
+
+// startCooldown records a 429's wait for req's upstream. A wait above
+// MaxRetryAfter, which ends the request at once, starts none: one
+// "Retry-After: 999999" must not freeze every later request.
 func (t *Transport) startCooldown(req *http.Request, wait time.Duration) {
-	if t.cfg.cooldowns == nil {
+	if t.cfg.cooldowns == nil || wait > t.cfg.policy.MaxRetryAfter {
 		return
 	}
-	t.cfg.cooldowns.Extend(upstreamOf(req), t.cfg.clock.Now(), min(wait, t.cfg.policy.MaxRetryAfter))
+	t.cfg.cooldowns.Extend(upstreamOf(req), t.cfg.clock.Now(), wait)
 }
 
 // contextError makes sure the caller's context error is in the chain, so
