@@ -110,7 +110,9 @@ func (c *frozenClock) NewTimer(d time.Duration) (<-chan time.Time, func() bool) 
 	ch <- c.now
 	return ch, func() bool { return false }
 }
-func (c *frozenClock) AfterFunc(time.Duration, func()) func() bool { return func() bool { return true } }
+func (c *frozenClock) AfterFunc(time.Duration, func()) func() bool {
+	return func() bool { return true }
+}
 
 // Requests held by one cooldown were all released in the same instant.
 // Arriving together, each now gets its own share of the spread.
