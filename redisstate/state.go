@@ -17,7 +17,6 @@ import (
 	"fmt"
 	"log/slog"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -53,6 +52,10 @@ type Config struct {
 // budgetBuckets is how many slices the window is counted in.
 const budgetBuckets = 10
 
+// minWindow is the shortest budget window: Redis expires keys in whole
+// milliseconds, and a window is counted in budgetBuckets slices.
+const minWindow = 10 * time.Millisecond
+
 // State is a fleet-wide llmretry.Budget and llmretry.Cooldowns. Give the
 // same State to every Transport of the process with llmretry.WithBudget and
 // llmretry.WithCooldowns.
@@ -60,16 +63,17 @@ type State struct {
 	cfg   Config
 	local *llmretry.RatioBudget
 	cool  *llmretry.LocalCooldowns
+	now   func() time.Time // time.Now; tests move it
 
-	mu         sync.Mutex
-	pendingReq int64 // counted here since the last sync
-	pendingRet int64
-	fleetReq   int64 // the fleet's window totals at the last sync
-	fleetRet   int64
-	procs      int64     // processes that synced within the window
-	lastSync   time.Time // of the last good sync
-	failing    bool
-	pushes     map[string]int64 // cooldowns to publish: upstream -> until (Unix ms)
+	mu       sync.Mutex
+	pending  map[int64]*llmretry.BudgetCounts // counted here, not yet published: by time slice
+	fleet    llmretry.BudgetCounts            // the fleet's window totals at the last sync
+	procs    int64                            // processes that synced within the window
+	lastSync time.Time                        // of the last good sync
+	failing  bool
+	pushes   map[string]int64 // cooldowns to publish: upstream -> until (Unix ms)
+
+	syncMu sync.Mutex // one Sync at a time
 
 	id   string // this process's name in the fleet
 	stop chan struct{}
@@ -77,9 +81,14 @@ type State struct {
 }
 
 // New returns a State; call Start to sync in the background, and Close.
+// It refuses a configuration it could not run: no Client, or a budget
+// Window under 10 ms (Redis counts expiry in milliseconds).
 func New(cfg Config) (*State, error) {
 	if cfg.Client == nil {
 		return nil, errors.New("redisstate: Config.Client is required")
+	}
+	if w := cfg.Budget.Window; w > 0 && w < minWindow {
+		return nil, fmt.Errorf("redisstate: Config.Budget.Window %v is under %v, the least it can count in Redis", w, minWindow)
 	}
 	if cfg.Name == "" {
 		cfg.Name = "default"
@@ -105,8 +114,9 @@ func New(cfg Config) (*State, error) {
 	var id [8]byte
 	_, _ = rand.Read(id[:])
 	return &State{
-		cfg: cfg, local: local, cool: llmretry.NewLocalCooldowns(),
-		pushes: map[string]int64{}, id: hex.EncodeToString(id[:]), procs: 1,
+		cfg: cfg, local: local, cool: llmretry.NewLocalCooldowns(), now: time.Now,
+		pending: map[int64]*llmretry.BudgetCounts{}, pushes: map[string]int64{},
+		id: hex.EncodeToString(id[:]), procs: 1,
 	}, nil
 }
 
@@ -147,55 +157,129 @@ func (s *State) loop(stop, done chan struct{}) {
 		case <-stop:
 			return
 		case <-t.C:
-			ctx, cancel := context.WithTimeout(context.Background(), s.cfg.Timeout)
-			_ = s.Sync(ctx)
-			cancel()
+			s.syncOnce()
 		}
 	}
+}
+
+// syncOnce is one background sync. A panic in it (a bug, or a Redis reply
+// of a shape never seen) is logged, never allowed to end the process.
+func (s *State) syncOnce() {
+	defer func() {
+		if p := recover(); p != nil {
+			s.cfg.Logger.Error("llmretry redisstate: sync panicked; going on with local state", "panic", fmt.Sprint(p))
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.Timeout)
+	defer cancel()
+	_ = s.Sync(ctx)
+}
+
+// slice is the number of the budget slice that t falls in.
+func (s *State) slice(t time.Time) int64 {
+	return t.UnixNano() / int64(s.cfg.Budget.Window/budgetBuckets)
+}
+
+// count adds d to what is pending in now's slice. s.mu is held.
+func (s *State) count(now time.Time, d llmretry.BudgetCounts) {
+	sl := s.slice(now)
+	c := s.pending[sl]
+	if c == nil {
+		c = &llmretry.BudgetCounts{}
+		s.pending[sl] = c
+	}
+	c.Requests += d.Requests
+	c.Retries += d.Retries
+	c.RetriesOK += d.RetriesOK
+}
+
+// pendingSum is what this process counted since its last good sync, in
+// slices still within the window. s.mu is held.
+func (s *State) pendingSum(now time.Time) llmretry.BudgetCounts {
+	cur := s.slice(now)
+	var sum llmretry.BudgetCounts
+	for sl, c := range s.pending {
+		if cur-sl < budgetBuckets {
+			sum.Requests += c.Requests
+			sum.Retries += c.Retries
+			sum.RetriesOK += c.RetriesOK
+		}
+	}
+	return sum
 }
 
 // OnRequest records a first attempt. It never touches Redis.
 func (s *State) OnRequest() {
 	s.local.OnRequest()
+	now := s.now()
 	s.mu.Lock()
-	s.pendingReq++
+	s.count(now, llmretry.BudgetCounts{Requests: 1})
 	s.mu.Unlock()
 }
 
+// OnAttempt records how an attempt ended. It never touches Redis. The load
+// signal (llmretry.BudgetCounts.LoadDriven) is this process's own.
+func (s *State) OnAttempt(r llmretry.AttemptResult) {
+	s.local.OnAttempt(r)
+	if r.Retry && !r.Failed {
+		now := s.now()
+		s.mu.Lock()
+		s.count(now, llmretry.BudgetCounts{RetriesOK: 1})
+		s.mu.Unlock()
+	}
+}
+
 // AllowRetry spends one retry of the fleet's budget, as known at the last
-// sync plus this process's counts since. When the last good sync is older
-// than Stale, it decides on this process's own budget instead. It never
-// touches Redis.
+// sync plus this process's counts since, by llmretry.RetryAllowed's rule.
+// When the last good sync is older than Stale, it decides on this process's
+// own budget instead, which has counted every retry this process was
+// granted, from the fleet's share or its own. It never touches Redis.
 func (s *State) AllowRetry() bool {
+	now := s.now()
+	loadDriven := s.local.Counts().LoadDriven()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if time.Since(s.lastSync) > s.cfg.Stale {
+	if now.Sub(s.lastSync) > s.cfg.Stale {
 		if !s.local.AllowRetry() {
 			return false
 		}
-		s.pendingRet++
+		s.count(now, llmretry.BudgetCounts{Retries: 1})
 		return true
 	}
 	// Between syncs every process spends from the same snapshot, unseen
 	// by the others. So each takes its share of the fleet's headroom at
-	// the last sync, plus the ratio of its own requests since: together
-	// they stay within the fleet's budget.
-	limit := max(float64(s.cfg.Budget.Reserve), s.cfg.Budget.Ratio*float64(s.fleetReq))
-	headroom := max(limit-float64(s.fleetRet), 0)
-	mine := headroom/float64(s.procs) + s.cfg.Budget.Ratio*float64(s.pendingReq)
-	if float64(s.pendingRet+1) > mine {
+	// the last sync, plus what its own counts since allow: together they
+	// stay within the fleet's budget.
+	ratio := s.cfg.Budget.Ratio
+	mine := s.pendingSum(now)
+	limit := max(float64(s.cfg.Budget.Reserve), ratio*float64(s.fleet.Requests))
+	spent, earned := float64(s.fleet.Retries), ratio*float64(mine.Requests)
+	if !loadDriven {
+		spent -= 2 * float64(s.fleet.RetriesOK)
+		earned += 2 * float64(mine.RetriesOK)
+	}
+	share := max(limit-spent, 0)/float64(s.procs) + earned
+	if float64(mine.Retries+1) > share {
 		return false
 	}
-	s.pendingRet++
+	s.count(now, llmretry.BudgetCounts{Retries: 1})
+	s.local.RecordRetry()
 	return true
 }
 
-// Counts returns the fleet's requests and retries in the window, as known
-// now.
-func (s *State) Counts() (requests, retries int64) {
+// Counts returns the fleet's counts in the window, as known now: its
+// requests, retries and retries that worked, and this process's load
+// signal.
+func (s *State) Counts() llmretry.BudgetCounts {
+	now := s.now()
+	c := s.local.Counts()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.fleetReq + s.pendingReq, s.fleetRet + s.pendingRet
+	mine := s.pendingSum(now)
+	c.Requests = s.fleet.Requests + mine.Requests
+	c.Retries = s.fleet.Retries + mine.Retries
+	c.RetriesOK = s.fleet.RetriesOK + mine.RetriesOK
+	return c
 }
 
 // Active reports whether any cooldown, this process's or the fleet's as of
@@ -217,44 +301,54 @@ func (s *State) Extend(up llmretry.Upstream, now time.Time, wait time.Duration) 
 	s.mu.Unlock()
 }
 
-// syncScript adds this process's counts to the current slice, publishes
-// its cooldowns (keeping the later end), forgets cooldowns that are over,
-// and returns the window's totals and every running cooldown, atomically.
+// syncScript adds this process's counts to the slices they were made in,
+// publishes its cooldowns (keeping the later end), forgets cooldowns that
+// are over, and returns the window's totals and every running cooldown,
+// atomically.
 //
 // KEYS[1] the cooldown hash; KEYS[2] the hash of processes and when each
-// last synced; KEYS[3..] the window's slices, current first. ARGV:
-// requests, retries, slice TTL (ms), now (Unix ms), this process's id, then
-// pairs of upstream, until (Unix ms). It returns the window's requests and
-// retries, how many processes synced within it, then pairs of upstream,
+// last synced; KEYS[3..] the window's slices, current first. ARGV: key TTL
+// (ms), now (Unix ms), this process's id, the number n of slices with
+// counts, then n groups of (slice's place in KEYS[3..] counted from 0,
+// requests, retries, retries that worked), then pairs of upstream, until
+// (Unix ms). It returns the window's requests, retries and retries that
+// worked, how many processes synced within it, then pairs of upstream,
 // until.
 var syncScript = redis.NewScript(`
-local cur = KEYS[3]
-if tonumber(ARGV[1]) > 0 then redis.call('HINCRBY', cur, 'req', ARGV[1]) end
-if tonumber(ARGV[2]) > 0 then redis.call('HINCRBY', cur, 'ret', ARGV[2]) end
-redis.call('PEXPIRE', cur, ARGV[3])
-local now = tonumber(ARGV[4])
-redis.call('HSET', KEYS[2], ARGV[5], now)
-redis.call('PEXPIRE', KEYS[2], ARGV[3])
+local ttl = ARGV[1]
+local now = tonumber(ARGV[2])
+local n = tonumber(ARGV[4])
+for j = 0, n - 1 do
+  local k = KEYS[3 + tonumber(ARGV[5 + 4*j])]
+  local req, ret, ok = tonumber(ARGV[6 + 4*j]), tonumber(ARGV[7 + 4*j]), tonumber(ARGV[8 + 4*j])
+  if req > 0 then redis.call('HINCRBY', k, 'req', req) end
+  if ret > 0 then redis.call('HINCRBY', k, 'ret', ret) end
+  if ok > 0 then redis.call('HINCRBY', k, 'ok', ok) end
+  redis.call('PEXPIRE', k, ttl)
+end
+redis.call('HSET', KEYS[2], ARGV[3], now)
+redis.call('PEXPIRE', KEYS[2], ttl)
 local procs = 0
 local seen = redis.call('HGETALL', KEYS[2])
 for i = 1, #seen, 2 do
-  if now - tonumber(seen[i+1]) > tonumber(ARGV[3]) then
+  if now - tonumber(seen[i+1]) > tonumber(ttl) then
     redis.call('HDEL', KEYS[2], seen[i])
   else
     procs = procs + 1
   end
 end
-for i = 6, #ARGV, 2 do
+for i = 5 + 4*n, #ARGV, 2 do
   local old = tonumber(redis.call('HGET', KEYS[1], ARGV[i]) or '0')
   if tonumber(ARGV[i+1]) > old then redis.call('HSET', KEYS[1], ARGV[i], ARGV[i+1]) end
 end
-local req, ret = 0, 0
+local req, ret, ok = 0, 0, 0
 for i = 3, #KEYS do
-  local v = redis.call('HMGET', KEYS[i], 'req', 'ret')
+  local v = redis.call('HMGET', KEYS[i], 'req', 'ret', 'ok')
   req = req + tonumber(v[1] or '0')
   ret = ret + tonumber(v[2] or '0')
+  ok = ok + tonumber(v[3] or '0')
 end
-local out = {req, ret, procs}
+local out = {req, ret, ok, procs}
 local all = redis.call('HGETALL', KEYS[1])
 for i = 1, #all, 2 do
   if tonumber(all[i+1]) <= now then
@@ -268,36 +362,54 @@ return out
 
 // Sync publishes this process's counts and cooldowns and reads the
 // fleet's, in one atomic script. The background loop calls it; tests and
-// callers that want a sync now may too. On failure the counts stay pending
-// for the next sync and a warning is logged once per outage.
+// callers that want a sync now may too. Syncs run one at a time, and the
+// counts a sync publishes are taken out of what is pending first, so no
+// count is published twice. Counts made while Redis was unreachable go into
+// the slices they were made in; those older than the window are dropped.
+// On failure the counts stay pending for the next sync and a warning is
+// logged once per outage.
 func (s *State) Sync(ctx context.Context) error {
-	now := time.Now()
+	s.syncMu.Lock()
+	defer s.syncMu.Unlock()
+	now := s.now()
+	cur := s.slice(now)
 	s.mu.Lock()
-	dreq, dret := s.pendingReq, s.pendingRet
-	pushes := s.pushes
-	s.pushes = map[string]int64{}
+	pending, pushes := s.pending, s.pushes
+	s.pending, s.pushes = map[int64]*llmretry.BudgetCounts{}, map[string]int64{}
 	s.mu.Unlock()
 
-	sliceLen := s.cfg.Budget.Window / budgetBuckets
-	slice := now.UnixNano() / int64(sliceLen)
 	tag := "{" + s.cfg.Prefix + ":" + s.cfg.Name + "}" // one hash slot, for Redis Cluster
 	keys := []string{tag + ":cooldowns", tag + ":procs"}
 	for i := int64(0); i < budgetBuckets; i++ {
-		keys = append(keys, tag+":budget:"+strconv.FormatInt(slice-i, 10))
+		keys = append(keys, tag+":budget:"+strconv.FormatInt(cur-i, 10))
 	}
-	args := []any{dreq, dret, (s.cfg.Budget.Window + 2*sliceLen).Milliseconds(), now.UnixMilli(), s.id}
+	sliceLen := s.cfg.Budget.Window / budgetBuckets
+	args := []any{(s.cfg.Budget.Window + 2*sliceLen).Milliseconds(), now.UnixMilli(), s.id, 0}
+	n := 0
+	for sl, c := range pending {
+		if age := cur - sl; age >= 0 && age < budgetBuckets {
+			args = append(args, age, c.Requests, c.Retries, c.RetriesOK)
+			n++
+		}
+	}
+	args[3] = n
 	for k, until := range pushes {
 		args = append(args, k, until)
 	}
 	raw, err := syncScript.Run(ctx, s.cfg.Client, keys, args...).Slice()
-	if err == nil && len(raw) < 3 {
+	if err == nil && len(raw) < 4 {
 		err = fmt.Errorf("sync script returned %d values", len(raw))
 	}
 
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if err != nil {
-		// Keep what was not published for the next sync.
+		// Keep what was not published for the next sync, in its slices.
+		for sl, c := range pending {
+			if cur-sl < budgetBuckets {
+				s.count(time.Unix(0, sl*int64(sliceLen)), *c)
+			}
+		}
 		for k, until := range pushes {
 			if until > s.pushes[k] {
 				s.pushes[k] = until
@@ -313,14 +425,13 @@ func (s *State) Sync(ctx context.Context) error {
 		s.failing = false
 		s.cfg.Logger.Info("llmretry redisstate: Redis sync works again")
 	}
-	s.pendingReq -= dreq
-	s.pendingRet -= dret
-	s.fleetReq, s.fleetRet, s.procs = toInt(raw[0]), toInt(raw[1]), max(toInt(raw[2]), 1)
+	s.fleet = llmretry.BudgetCounts{Requests: toInt(raw[0]), Retries: toInt(raw[1]), RetriesOK: toInt(raw[2])}
+	s.procs = max(toInt(raw[3]), 1)
 	s.lastSync = now
-	for i := 3; i+1 < len(raw); i += 2 {
+	for i := 4; i+1 < len(raw); i += 2 {
 		k, _ := raw[i].(string)
 		until := toInt(raw[i+1])
-		if up, ok := parseUpstream(k); ok && until > now.UnixMilli() {
+		if up, ok := llmretry.ParseUpstream(k); ok && until > now.UnixMilli() {
 			s.cool.Extend(up, now, time.Duration(until-now.UnixMilli())*time.Millisecond)
 		}
 	}
@@ -339,15 +450,3 @@ func toInt(v any) int64 {
 	return 0
 }
 
-// parseUpstream reads back an llmretry.Upstream from its String form.
-func parseUpstream(k string) (llmretry.Upstream, bool) {
-	scheme, rest, ok := strings.Cut(k, "://")
-	if !ok {
-		return llmretry.Upstream{}, false
-	}
-	host, cred, ok := strings.Cut(rest, "#")
-	if !ok {
-		return llmretry.Upstream{}, false
-	}
-	return llmretry.Upstream{Scheme: scheme, Host: host, Credential: cred}, true
-}

@@ -30,6 +30,11 @@ func TestExitStatus(t *testing.T) {
 		{[]string{"proxy", "--upstream", "http://127.0.0.1:1", "--redis", "mysql://x"}, nil, 2, "--redis"},
 		// Redis down never stops the proxy.
 		{[]string{"proxy", "--upstream", "http://127.0.0.1:1", "--listen", "127.0.0.1:0", "--redis", "redis://127.0.0.1:1/0"}, cancelled, 0, "llmretry proxy on"},
+		{[]string{"proxy", "--upstream", "http://127.0.0.1:1", "--budget", "lots"}, nil, 2, "--budget \"lots\": want on, off or a ratio"},
+		{[]string{"proxy", "--upstream", "http://127.0.0.1:1", "--budget", "1.5"}, nil, 2, "--budget"},
+		{[]string{"proxy", "--upstream", "http://127.0.0.1:1", "--cooldowns", "maybe"}, nil, 2, "--cooldowns \"maybe\": want on or off"},
+		{[]string{"proxy", "--upstream", "http://127.0.0.1:1", "--listen", "127.0.0.1:0", "--budget", "0.2", "--cooldowns", "off"}, cancelled, 0, "llmretry proxy on"},
+		{[]string{"proxy", "--upstream", "http://127.0.0.1:1", "--listen", "127.0.0.1:0", "--budget", "off"}, cancelled, 0, "llmretry proxy on"},
 		{[]string{"mock", "--faults", "explode"}, nil, 2, "unknown fault"},
 		{[]string{"mock", "--listen", "127.0.0.1:0", "--faults", "503,ok"}, cancelled, 0, "mock provider listening"},
 		{[]string{"demo", "--requests", "0"}, nil, 2, "at least 1"},

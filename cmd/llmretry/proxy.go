@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/url"
+	"strconv"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -33,6 +34,8 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	quiet := fs.Bool("quiet", false, "do not log retries")
 	redisURL := fs.String("redis", "", "share the retry budget and cooldowns with other proxies through Redis, e.g. redis://127.0.0.1:6379/0")
 	redisName := fs.String("redis-name", "", "the shared budget's name (default: the upstream's host)")
+	budgetFlag := fs.String("budget", "on", "the retry budget: on, off, or on with a ratio such as 0.2 (the share of requests that failing retries may add)")
+	cooldownsFlag := fs.String("cooldowns", "on", "cooldowns, which hold requests for a key and model that got a 429 with a wait: on or off")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: llmretry proxy --upstream URL [flags]\n\nA retrying reverse proxy: point any client at it, e.g.\n  OPENAI_BASE_URL=http://127.0.0.1:8787/v1\n\nIt also serves /healthz and /metrics (Prometheus text).\n\n")
 		fs.PrintDefaults()
@@ -50,6 +53,14 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if *maxAttempts < 1 || *baseDelay <= 0 || *maxDelay <= 0 || *maxRetryAfter <= 0 || *maxBody <= 0 || *idle < 0 || *firstEvent < 0 || *grace < 0 {
 		return usageErr(fs, stderr, "attempts, delays and sizes must be positive")
 	}
+	budgetOff, ratio, ok := parseBudgetFlag(*budgetFlag)
+	if !ok {
+		return usageErr(fs, stderr, "--budget %q: want on, off or a ratio such as 0.1", *budgetFlag)
+	}
+	cooldownsOff, ok := parseOnOff(*cooldownsFlag)
+	if !ok {
+		return usageErr(fs, stderr, "--cooldowns %q: want on or off", *cooldownsFlag)
+	}
 	logger := slog.New(slog.NewTextHandler(stderr, nil))
 	if *quiet {
 		logger = slog.New(slog.DiscardHandler)
@@ -62,6 +73,7 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		Upstream: u,
 		Policy:   llmretry.Policy{MaxAttempts: *maxAttempts, BaseDelay: *baseDelay, MaxDelay: *maxDelay, MaxRetryAfter: *maxRetryAfter},
 		MaxBody:  *maxBody, IdleTimeout: *idle, Logger: logger, Options: opts,
+		BudgetOff: budgetOff, BudgetRatio: ratio, CooldownsOff: cooldownsOff,
 	}
 	if *redisURL != "" {
 		ropts, err := redis.ParseURL(*redisURL)
@@ -76,7 +88,8 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		defer rc.Close()
 		// A Redis that is down never stops the proxy: it goes on with local
 		// state and says so in the log.
-		st, err := redisstate.New(redisstate.Config{Client: rc, Name: name, Logger: slog.New(slog.NewTextHandler(stderr, nil))})
+		st, err := redisstate.New(redisstate.Config{Client: rc, Name: name, Logger: slog.New(slog.NewTextHandler(stderr, nil)),
+			Budget: llmretry.BudgetConfig{Ratio: ratio}})
 		if err != nil {
 			return err
 		}
@@ -95,4 +108,27 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	srv := proxy.NewServer(p)
 	fmt.Fprintf(stdout, "llmretry proxy on http://%s -> %s\n", ln.Addr(), u.Redacted())
 	return proxy.Serve(ctx, srv, func() error { return srv.Serve(ln) }, *grace)
+}
+
+// parseBudgetFlag reads --budget: on, off, or a ratio in (0, 1].
+func parseBudgetFlag(v string) (off bool, ratio float64, ok bool) {
+	if off, ok := parseOnOff(v); ok {
+		return off, 0, true
+	}
+	r, err := strconv.ParseFloat(v, 64)
+	if err != nil || !(r > 0 && r <= 1) {
+		return false, 0, false
+	}
+	return false, r, true
+}
+
+// parseOnOff reads on or off; off is true for off.
+func parseOnOff(v string) (off, ok bool) {
+	switch v {
+	case "on":
+		return false, true
+	case "off":
+		return true, true
+	}
+	return false, false
 }

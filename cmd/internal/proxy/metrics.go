@@ -25,7 +25,14 @@ type Metrics struct {
 	waits    map[string]int64 // by wait source
 	waitSecs map[string]float64
 	stops    map[string]int64 // by reason
-	budget   func() (requests, retries int64)
+	// What storm control cost, for the one upstream (its host is the only
+	// label value): retries the budget refused, requests a cooldown held,
+	// and for how long.
+	upstream    string
+	refused     int64
+	held        int64
+	heldSeconds float64
+	budget      func() llmretry.BudgetCounts
 }
 
 func newMetrics() *Metrics {
@@ -48,6 +55,10 @@ func (m *Metrics) onRetry(e llmretry.RetryEvent) {
 	if e.Attempt > 0 {
 		m.retries[causeLabel(e)]++
 	}
+	if e.Source == llmretry.SourceCooldown {
+		m.held++
+		m.heldSeconds += e.Wait.Seconds()
+	}
 	m.waits[e.Source.String()]++
 	m.waitSecs[e.Source.String()] += e.Wait.Seconds()
 }
@@ -56,6 +67,9 @@ func (m *Metrics) onStop(e llmretry.StopEvent) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.stops[reasonLabel(e.Reason)]++
+	if e.Reason == llmretry.ReasonBudget {
+		m.refused++
+	}
 }
 
 // causeLabel turns a retry's cause into a label of a small fixed set.
@@ -105,13 +119,34 @@ func (m *Metrics) WriteTo(w io.Writer) (int64, error) {
 	}
 	family("llmretry_stops_total", "Requests that ended on a failure without further retries, by reason.", "counter")
 	labelled("llmretry_stops_total", "reason", m.stops)
+	up := map[string]int64{m.upstream: m.refused}
+	family("llmretry_budget_refused_total", "Retries the retry budget refused, by upstream host.", "counter")
+	labelled("llmretry_budget_refused_total", "upstream", up)
+	up[m.upstream] = m.held
+	family("llmretry_cooldown_held_total", "Requests a cooldown held before their first attempt, by upstream host.", "counter")
+	labelled("llmretry_cooldown_held_total", "upstream", up)
+	family("llmretry_cooldown_held_seconds_total", "Seconds requests were held by cooldowns, by upstream host.", "counter")
+	fmt.Fprintf(&b, "llmretry_cooldown_held_seconds_total{upstream=%q} %g\n", m.upstream, m.heldSeconds)
 	m.mu.Unlock()
 	if m.budget != nil {
-		req, ret := m.budget()
-		family("llmretry_budget_requests", "First attempts counted in the retry budget's window.", "gauge")
-		fmt.Fprintf(&b, "llmretry_budget_requests %d\n", req)
-		family("llmretry_budget_retries", "Retries counted in the retry budget's window.", "gauge")
-		fmt.Fprintf(&b, "llmretry_budget_retries %d\n", ret)
+		c := m.budget()
+		for _, g := range []struct {
+			name, help string
+			v          int64
+		}{
+			{"llmretry_budget_requests", "First attempts counted in the retry budget's window.", c.Requests},
+			{"llmretry_budget_retries", "Retries granted in the retry budget's window.", c.Retries},
+			{"llmretry_budget_retries_ok", "Retries in the window that worked, each paying for one that failed.", c.RetriesOK},
+		} {
+			family(g.name, g.help, "gauge")
+			fmt.Fprintf(&b, "%s %d\n", g.name, g.v)
+		}
+		family("llmretry_budget_load_driven", "1 while failures rise with the proxy's own load, and retries are held to the ratio.", "gauge")
+		loadDriven := 0
+		if c.LoadDriven() {
+			loadDriven = 1
+		}
+		fmt.Fprintf(&b, "llmretry_budget_load_driven %d\n", loadDriven)
 	}
 	n, err := io.WriteString(w, b.String())
 	return int64(n), err

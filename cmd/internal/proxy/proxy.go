@@ -42,6 +42,11 @@ type Config struct {
 	// share them across a fleet of proxies (redisstate.State is both).
 	Budget    llmretry.Budget
 	Cooldowns llmretry.Cooldowns
+	// BudgetRatio sets the in-process budget's ratio (llmretry's default
+	// when 0). BudgetOff and CooldownsOff turn storm control off.
+	BudgetRatio  float64
+	BudgetOff    bool
+	CooldownsOff bool
 	// Options are further Transport options.
 	Options []llmretry.Option
 }
@@ -84,11 +89,15 @@ func New(cfg Config) (*Proxy, error) {
 		base = t
 	}
 	p := &Proxy{cfg: cfg, metrics: newMetrics(), mux: http.NewServeMux()}
-	var budget llmretry.Budget = llmretry.NewRatioBudget(llmretry.BudgetConfig{})
-	if cfg.Budget != nil {
+	p.metrics.upstream = cfg.Upstream.Host
+	var budget llmretry.Budget = llmretry.NewRatioBudget(llmretry.BudgetConfig{Ratio: cfg.BudgetRatio})
+	switch {
+	case cfg.BudgetOff:
+		budget = nil
+	case cfg.Budget != nil:
 		budget = cfg.Budget
 	}
-	if c, ok := budget.(interface{ Counts() (int64, int64) }); ok {
+	if c, ok := budget.(interface{ Counts() llmretry.BudgetCounts }); ok {
 		p.metrics.budget = c.Counts
 	}
 	opts := []llmretry.Option{
@@ -98,7 +107,10 @@ func New(cfg Config) (*Proxy, error) {
 		llmretry.WithOnRetry(p.metrics.onRetry),
 		llmretry.WithOnStop(p.metrics.onStop),
 	}
-	if cfg.Cooldowns != nil {
+	switch {
+	case cfg.CooldownsOff:
+		opts = append(opts, llmretry.WithCooldowns(nil))
+	case cfg.Cooldowns != nil:
 		opts = append(opts, llmretry.WithCooldowns(cfg.Cooldowns))
 	}
 	if cfg.IdleTimeout > 0 {
