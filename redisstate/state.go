@@ -449,4 +449,3 @@ func toInt(v any) int64 {
 	}
 	return 0
 }
-

@@ -212,4 +212,3 @@ func TestConfigNeedsAClient(t *testing.T) {
 		t.Fatal("want an error")
 	}
 }
-
