@@ -83,9 +83,10 @@ func (c BudgetConfig) withDefaults() BudgetConfig {
 //
 // One case is told apart: when the Transport's failures rise with its own
 // load (attempts sent while more of them were in flight fail clearly more
-// often), the upstream is at its capacity and a retry that succeeds only
-// takes the place of a first attempt. Retries are then held to max(Reserve,
-// Ratio x requests), successes or not.
+// often), the upstream is at its capacity and a retry that succeeds mostly
+// takes the place of a first attempt. A success then no longer pays for a
+// failure: the retries that failed are held to max(Reserve, Ratio x
+// requests).
 type RatioBudget struct {
 	cfg BudgetConfig
 	mu  sync.Mutex
@@ -144,7 +145,10 @@ func (b *RatioBudget) OnAttempt(r AttemptResult) {
 // the running mean of the load. b.mu is held.
 func (b *RatioBudget) attemptCounts(r AttemptResult) BudgetCounts {
 	var c BudgetCounts
-	if r.Retry && !r.Failed {
+	switch {
+	case r.Retry && r.Failed:
+		c.RetriesFailed = 1
+	case r.Retry:
 		c.RetriesOK = 1
 	}
 	load := float64(r.Load)
@@ -180,8 +184,9 @@ func (b *RatioBudget) Counts() BudgetCounts {
 // BudgetCounts are what a budget counts over its window.
 type BudgetCounts struct {
 	// Requests are first attempts; Retries, the retries granted;
-	// RetriesOK, the retries that ended without a retryable failure.
-	Requests, Retries, RetriesOK int64
+	// RetriesOK and RetriesFailed, those that have ended, without and with
+	// a retryable failure. The rest are still under way.
+	Requests, Retries, RetriesOK, RetriesFailed int64
 	// The load signal: attempts sent at a load above the running mean
 	// (High) or not (Low), and how many of each failed.
 	LowSent, LowFailed, HighSent, HighFailed int64
@@ -191,6 +196,7 @@ func (c *BudgetCounts) add(d BudgetCounts) {
 	c.Requests += d.Requests
 	c.Retries += d.Retries
 	c.RetriesOK += d.RetriesOK
+	c.RetriesFailed += d.RetriesFailed
 	c.LowSent += d.LowSent
 	c.LowFailed += d.LowFailed
 	c.HighSent += d.HighSent
@@ -224,15 +230,34 @@ func (c BudgetCounts) LoadDriven() bool {
 
 // RetryAllowed is the budget rule, shared with the fleet budget. With
 // limit = max(reserve, ratio x requests): one more retry is allowed while
-// the retries not known to have worked, less those that did, stay within
-// limit; when the counts are LoadDriven, while all retries stay within it.
+// the retries that failed, less those that worked, stay within limit.
+//
+// A retry not yet ended (waiting out its backoff, or in flight) counts by
+// what it is expected to cost: with attempts failing at rate q now, it
+// fails with q and pays back with 1-q, so 2q-1, and never less than a
+// tenth. So retries granted at the start of a run of failures, before any
+// has ended, neither lock the budget (at 50% failures they cost nothing on
+// balance) nor escape it (in an outage each costs one). The retry asked
+// for is counted the same way.
+//
+// When the counts are LoadDriven, a success no longer pays for a failure:
+// the failed retries (and those under way, at the rate attempts fail) stay
+// within limit.
 func RetryAllowed(c BudgetCounts, ratio float64, reserve int) bool {
 	limit := max(float64(reserve), ratio*float64(c.Requests))
-	spent := c.Retries
-	if !c.LoadDriven() {
-		spent -= 2 * c.RetriesOK // each success is not spent, and pays for a failure
+	q := 1.0
+	if sent := c.LowSent + c.HighSent; sent > 0 {
+		q = float64(c.LowFailed+c.HighFailed) / float64(sent)
 	}
-	return float64(spent+1) <= limit
+	underWay := float64(max(c.Retries-c.RetriesOK-c.RetriesFailed, 0))
+	if c.LoadDriven() {
+		// A success no longer pays for a failure: failed retries, and
+		// those under way at the rate they fail, stay within limit.
+		return float64(c.RetriesFailed)+q*underWay+q <= limit
+	}
+	cost := max(2*q-1, 0.1) // of a retry not yet ended
+	spent := float64(c.RetriesFailed-c.RetriesOK) + cost*underWay
+	return spent+cost <= limit
 }
 
 // window counts in budgetBuckets slices of span.

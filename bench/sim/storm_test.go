@@ -1,0 +1,82 @@
+package main
+
+import (
+	"flag"
+	"math"
+	"os"
+	"testing"
+	"testing/synctest"
+)
+
+var stormOut = flag.String("storm-out", "", "write the storm-control table to this file")
+
+// TestStormTable runs every storm-control scenario under each policy in
+// virtual time, prints the table recorded in BENCHMARKS.md, and checks the
+// new budget's targets:
+//
+//	go test ./bench/sim -run TestStormTable -v -args -storm-out ../results/storm.md
+func TestStormTable(t *testing.T) {
+	scale := 1
+	if testing.Short() {
+		scale = 0 // no run: see below
+	}
+	if scale == 0 {
+		t.Skip("the storm simulation is not run with -short")
+	}
+	ss := stormScenarios(scale)
+	results := make([][]result, len(ss))
+	for i, sc := range ss {
+		results[i] = make([]result, len(stormPolicies))
+		for j, p := range stormPolicies {
+			synctest.Test(t, func(t *testing.T) { results[i][j] = runStorm(sc, p) })
+		}
+	}
+	table := stormTable(ss, results)
+	t.Log("\n" + table)
+	if *stormOut != "" {
+		if err := os.WriteFile(*stormOut, []byte(table), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	const none, old, neu = 0, 1, 2
+	row := func(name string) []result {
+		for i, sc := range ss {
+			if sc.name == name {
+				return results[i]
+			}
+		}
+		t.Fatalf("no scenario %q", name)
+		return nil
+	}
+	for _, name := range []string{"independent faults 5%", "independent faults 10%", "independent faults 30%", "independent faults 50%"} {
+		r := row(name)
+		if d := math.Abs(r[neu].success-r[none].success) * 100; d > 0.5 {
+			t.Errorf("%s: success %.2f%% against %.2f%% without storm control: %.2f points apart, target 0.5",
+				name, r[neu].success*100, r[none].success*100, d)
+		}
+	}
+	if r := row("full outage"); r[neu].attempts > 1.10+10.0/4000 {
+		t.Errorf("full outage: %.3f attempts per request, target 1.10", r[neu].attempts)
+	}
+	// An upstream whose capacity is a rate: the targets, met.
+	r := row("overload at 1.5 C (C a rate)")
+	if d := (r[none].success - r[neu].success) * 100; d > 1 {
+		t.Errorf("overload (rate): success %.2f%% against %.2f%% without storm control, target within 1 point", r[neu].success*100, r[none].success*100)
+	}
+	if r[neu].attempts > 1.25 {
+		t.Errorf("overload (rate): %.3f attempts per request, target at most 1.25", r[neu].attempts)
+	}
+	// An upstream whose capacity is in slots: retries there fill slots that
+	// Poisson arrivals leave idle, so they buy success, and the 1-point
+	// target is missed (BENCHMARKS.md says by how much). Guarded: attempts
+	// stay within 1.25, and success is no worse than the old budget's.
+	r = row("overload at 1.5 C (C in slots)")
+	if r[neu].attempts > 1.25 || r[neu].success < r[old].success-0.005 {
+		t.Errorf("overload (slots): %.3f attempts, %.2f%% success (old budget %.2f%%)", r[neu].attempts, r[neu].success*100, r[old].success*100)
+	}
+	healthy := row("per-model limit: the healthy model")
+	if healthy[neu].p99 > healthy[none].p99 {
+		t.Errorf("a healthy model beside a limited one waited: p99 %v against %v without cooldowns", healthy[neu].p99, healthy[none].p99)
+	}
+}
