@@ -220,7 +220,7 @@ func TestBudgetSharedBetweenTransports(t *testing.T) {
 }
 
 func TestCooldown(t *testing.T) {
-	srv := newScripted(t, status(429, "", "Retry-After", "5"), status(200, "ok"))
+	srv := newScripted(t, status(429, "", "Retry-After", "5", "X-Ratelimit-Remaining-Requests", "0"), status(200, "ok"))
 	clk := newFakeClock()
 	var events []RetryEvent
 	_, c := testTransport(t, clk, WithPolicy(Policy{MaxAttempts: 1}), WithOnRetry(func(e RetryEvent) { events = append(events, e) }))

@@ -15,16 +15,20 @@ import (
 // before their first attempt instead of each discovering the 429 on its
 // own. Implementations must be safe for concurrent use and must not block.
 //
-// What starts one, and what it holds, is decided by the Transport: only a
+// What starts one, and what it holds, is decided by the Transport. Only a
 // 429 whose wait is within Policy.MaxRetryAfter starts a cooldown, and it
 // holds only requests with the same scheme, host, credential and model. A
 // 429 is a statement about that key's quota on that model, which every
-// replica behind a load balancer enforces alike. A 503 or 529 with
-// Retry-After is about the state of the server that sent it (one replica,
-// or the provider's whole fleet, which a single caller's pause does not
-// relieve): it is retried after its wait, budgeted, but holds no one else.
-// A request that never failed waits only for a cooldown of its own key and
-// model.
+// replica behind a load balancer enforces alike; but a lone 429 among
+// successes (a burst that one request hit) says little about the next
+// request. So a cooldown starts at once when the 429 says a rate-limit
+// bucket is empty (x-ratelimit-remaining-*: 0, anthropic-ratelimit-*-
+// remaining: 0), and otherwise at the second 429 in a row for the same key
+// and model, as Envoy ejects a host on consecutive failures. A 503 or 529
+// with Retry-After is about the state of the server that sent it (one
+// replica, or the provider's whole fleet, which a single caller's pause does
+// not relieve): it is retried after its wait, budgeted, but holds no one
+// else.
 type Cooldowns interface {
 	// Active reports whether any cooldown may still run at now. When it
 	// says false a request skips the lookup, and the cost of naming its
@@ -139,4 +143,59 @@ func (c *LocalCooldowns) Extend(up Upstream, now time.Time, wait time.Duration) 
 		}
 	}
 	c.latest.Store(latest)
+}
+
+// maxStreaks bounds how many upstreams' runs of 429s are remembered.
+const maxStreaks = 1024
+
+// limitStreaks counts, per upstream, the 429s in a row since its last
+// success.
+type limitStreaks struct {
+	size atomic.Int32 // entries: a success skips the lookup when there are none
+	mu   sync.Mutex
+	n    map[Upstream]int
+}
+
+// hit counts a 429 for up and returns how many in a row it makes.
+func (s *limitStreaks) hit(up Upstream) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.n == nil {
+		s.n = make(map[Upstream]int)
+	}
+	if _, ok := s.n[up]; !ok && len(s.n) >= maxStreaks {
+		clear(s.n) // forget old runs rather than grow without bound
+	}
+	s.n[up]++
+	s.size.Store(int32(len(s.n)))
+	return s.n[up]
+}
+
+// succeeded ends req's upstream's run of 429s, if there is one.
+func (s *limitStreaks) succeeded(req *http.Request) {
+	if s.size.Load() == 0 {
+		return
+	}
+	up := upstreamOf(req)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.n, up)
+	s.size.Store(int32(len(s.n)))
+}
+
+// bucketEmpty reports a 429 that says one of its rate-limit buckets has
+// nothing left: the limit binds for every request on the key until it
+// resets, not only for the one that hit it.
+func bucketEmpty(h http.Header) bool {
+	for name, vals := range h {
+		if len(vals) == 0 || strings.TrimSpace(vals[0]) != "0" {
+			continue
+		}
+		lower := strings.ToLower(name)
+		if strings.HasPrefix(lower, "x-ratelimit-remaining-") ||
+			strings.HasPrefix(lower, "anthropic-ratelimit-") && strings.HasSuffix(lower, "-remaining") {
+			return true
+		}
+	}
+	return false
 }

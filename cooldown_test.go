@@ -19,7 +19,7 @@ func chat(t *testing.T, url, key, model string) *http.Request {
 // for. It now holds only the same key and model: a 429 for gpt-4o holds no
 // embedding request, nor another chat model, on the same key.
 func TestCooldownHoldsOnlyTheSameModel(t *testing.T) {
-	srv := newScripted(t, status(429, "", "Retry-After", "20"), status(200, "ok"))
+	srv := newScripted(t, status(429, "", "Retry-After", "20", "X-Ratelimit-Remaining-Requests", "0"), status(200, "ok"))
 	clk := newFakeClock()
 	_, c := testTransport(t, clk, WithPolicy(Policy{MaxAttempts: 1}))
 	send := func(req *http.Request) {
@@ -40,19 +40,20 @@ func TestCooldownHoldsOnlyTheSameModel(t *testing.T) {
 		t.Fatalf("the same model waited %v, want 20s and its spread", w)
 	}
 	// Gemini names the model in the path.
-	gem := newScripted(t, status(429, "", "Retry-After", "20"), status(200, "ok"))
+	gem := newScripted(t, status(429, "", "Retry-After", "20"), status(429, "", "Retry-After", "20"), status(200, "ok"))
 	gemini := func(model string) *http.Request {
 		req := post(t, gem.URL+"/v1beta/models/"+model+":generateContent", `{"contents":[]}`)
 		req.Header.Set("X-Goog-Api-Key", "g1")
 		return req
 	}
 	send(gemini("gemini-2.0-flash"))
+	send(gemini("gemini-2.0-flash")) // the second 429 in a row starts the cooldown
 	send(gemini("gemini-2.5-pro"))
 	if w := clk.Waits(); len(w) != 1 {
 		t.Fatalf("another Gemini model waited: %v", w)
 	}
 	send(gemini("gemini-2.0-flash"))
-	if w := clk.Waits(); len(w) != 2 {
+	if w := clk.Waits(); len(w) != 2 || w[1] < 20*time.Second {
 		t.Fatalf("the same Gemini model did not wait: %v", w)
 	}
 }
@@ -179,5 +180,42 @@ func TestUpstreamStringRoundTrips(t *testing.T) {
 	}
 	if _, ok := ParseUpstream("nonsense"); ok {
 		t.Error("parsed nonsense")
+	}
+}
+
+// A lone 429 among successes (a burst one request hit) held every later
+// request for its key and model, so that in a mix of faults requests that
+// never failed waited on it. Without a sign that the limit binds beyond
+// the one request (an empty bucket, or a second 429 in a row), it holds no
+// one; a success in between starts the count again.
+func TestLone429HoldsNoOne(t *testing.T) {
+	limited := status(429, "", "Retry-After-Ms", "300")
+	ok := status(200, "ok")
+	cases := []struct {
+		name     string
+		script   []http.HandlerFunc
+		wantHeld bool
+	}{
+		{"one 429", []http.HandlerFunc{limited, ok}, false},
+		{"429, success, 429", []http.HandlerFunc{limited, ok, limited, ok}, false},
+		{"two 429s in a row", []http.HandlerFunc{limited, limited, ok}, true},
+		{"one 429 with an empty bucket", []http.HandlerFunc{status(429, "", "Retry-After-Ms", "300", "Anthropic-Ratelimit-Tokens-Remaining", "0"), ok}, true},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := newScripted(t, tc.script...)
+			clk := newFakeClock()
+			_, c := testTransport(t, clk, WithPolicy(Policy{MaxAttempts: 1}))
+			for range len(tc.script) {
+				resp, err := c.Do(chat(t, srv.URL, "k1", "claude-sonnet-4-5"))
+				if err != nil {
+					t.Fatal(err)
+				}
+				readAll(t, resp)
+			}
+			if held := len(clk.Waits()) > 0; held != tc.wantHeld {
+				t.Fatalf("held %v (waits %v), want %v", held, clk.Waits(), tc.wantHeld)
+			}
+		})
 	}
 }

@@ -23,6 +23,8 @@ type Transport struct {
 	// inflight counts attempts sent and not yet answered, the load the
 	// budget's load signal reads.
 	inflight atomic.Int64
+	// streaks counts 429s in a row per upstream, for cooldowns.
+	streaks limitStreaks
 }
 
 // NewTransport returns a Transport that sends each attempt through base
@@ -137,13 +139,14 @@ func (t *Transport) do(req *http.Request, send sendFunc) (*http.Response, error)
 		}
 		if !v.retry {
 			if v.reason == 0 { // success, or a response that is not a failure
+				t.streaks.succeeded(req)
 				return t.handOver(resp), nil
 			}
 			return t.handOver(resp), t.giveUp(req, resp, attempt, v, err)
 		}
 
 		if v.waitOK && resp != nil && resp.StatusCode == http.StatusTooManyRequests {
-			t.startCooldown(req, v.wait)
+			t.rateLimited(req, resp, v.wait)
 		}
 		wait, src, stop := t.nextWait(ctx, attempt, canReplay, v)
 		if stop != 0 {
@@ -261,14 +264,19 @@ func cooldownSpread(wait time.Duration, r float64) time.Duration {
 	return time.Duration(r * float64(min(max(wait/10, 50*time.Millisecond), time.Second)))
 }
 
-// startCooldown records a 429's wait for req's upstream. A wait above
-// MaxRetryAfter, which ends the request at once, starts none: one
-// "Retry-After: 999999" must not freeze every later request.
-func (t *Transport) startCooldown(req *http.Request, wait time.Duration) {
+// rateLimited starts a cooldown for req's upstream after a 429 that asked
+// for wait, when the limit is shown to bind beyond this request: the 429
+// says a bucket is empty, or it is the second in a row for this key and
+// model. A wait above MaxRetryAfter, which ends the request at once, starts
+// none: one "Retry-After: 999999" must not freeze every later request.
+func (t *Transport) rateLimited(req *http.Request, resp *http.Response, wait time.Duration) {
 	if t.cfg.cooldowns == nil || wait > t.cfg.policy.MaxRetryAfter {
 		return
 	}
-	t.cfg.cooldowns.Extend(upstreamOf(req), t.cfg.clock.Now(), wait)
+	up := upstreamOf(req)
+	if t.streaks.hit(up) >= 2 || bucketEmpty(resp.Header) {
+		t.cfg.cooldowns.Extend(up, t.cfg.clock.Now(), wait)
+	}
 }
 
 // contextError makes sure the caller's context error is in the chain, so

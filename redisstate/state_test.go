@@ -106,6 +106,7 @@ func TestCooldownThroughTransports(t *testing.T) {
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if hits.Add(1) == 1 {
 			w.Header().Set("Retry-After", "30")
+			w.Header().Set("X-Ratelimit-Remaining-Requests", "0") // the bucket is empty: the limit binds for all
 			w.WriteHeader(429)
 			return
 		}

@@ -73,6 +73,7 @@ func TestCooldownsCanBeTurnedOffAndTheirHoldsAreCounted(t *testing.T) {
 		limited := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			if hits.Add(1) == 1 {
 				w.Header().Set("Retry-After", "7")
+				w.Header().Set("X-Ratelimit-Remaining-Requests", "0")
 				w.WriteHeader(http.StatusTooManyRequests)
 				return
 			}
