@@ -13,12 +13,27 @@ for m in "${modules[@]}"; do
 	[ -f "$m/go.mod" ] && pkgs+=("$m/...")
 done
 
-if ! command -v redis-server >/dev/null 2>&1; then
-	echo "== installing redis-server (Debian package)"
+# What the tests need from Debian: redis-server for the Redis tests, file
+# for the check that no binary is tracked.
+need=()
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+command -v file >/dev/null 2>&1 || need+=(file)
+if [ ${#need[@]} -gt 0 ]; then
+	echo "== installing ${need[*]} (Debian packages)"
 	sudo=""
 	[ "$(id -u)" = 0 ] || sudo="sudo"
 	$sudo apt-get update -qq
-	DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq redis-server >/dev/null
+	DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+echo "== no binaries tracked"
+# A compiled test binary was once committed (11 MB); build outputs belong in
+# .gitignore, never in the repository.
+if git rev-parse --git-dir >/dev/null 2>&1; then
+	binaries=$(git ls-files -z | xargs -0 -r file --mime-encoding | awk -F': *' '$NF == "binary" {print $1}')
+	if [ -n "$binaries" ]; then
+		echo "binary files are tracked:"; echo "$binaries"; exit 1
+	fi
 fi
 
 echo "== gofmt"
