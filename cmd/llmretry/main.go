@@ -4,6 +4,7 @@
 //	llmretry demo                      see retries work, no network or key needed
 //	llmretry proxy --upstream URL      put retries in front of any client
 //	llmretry mock --faults SPEC        a mock provider that fails on purpose
+//	llmretry version                   the module version it was built from
 //
 // Exit status: 0 on success, 2 on a usage error, 1 on failure.
 package main
@@ -14,8 +15,12 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/signal"
+	"runtime/debug"
+	"strconv"
+	"strings"
 	"syscall"
 )
 
@@ -25,6 +30,7 @@ Usage:
   llmretry demo  [flags]   run the retrying client against an in-process faulty mock provider
   llmretry proxy [flags]   a retrying reverse proxy in front of an LLM API
   llmretry mock  [flags]   a mock LLM provider with scripted faults
+  llmretry version         print the version
 
 Run 'llmretry COMMAND --help' for a command's flags.
 `
@@ -55,6 +61,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	case "-h", "-help", "--help", "help":
 		fmt.Fprint(stdout, usage)
 		return 0
+	case "version", "-version", "--version":
+		fmt.Fprintln(stdout, "llmretry", version())
+		return 0
 	default:
 		fmt.Fprintf(stderr, "llmretry: unknown command %q\n\n%s", args[0], usage)
 		return 2
@@ -70,26 +79,92 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 }
 
-// parse parses a subcommand's flags; a bad flag or argument is errUsage.
-func parse(fs *flag.FlagSet, args []string, stderr io.Writer) error {
-	fs.SetOutput(stderr)
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return err
-		}
-		return errUsage
+// version is the module version the binary was built from: a release tag
+// when installed with go install ...@vX, "(devel)" from a clone, with the
+// commit when the build recorded one.
+func version() string {
+	info, ok := debug.ReadBuildInfo()
+	if !ok {
+		return "(unknown)"
 	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "unexpected argument %q\n", fs.Arg(0))
+	v := info.Main.Version
+	if v == "" {
+		v = "(devel)"
+	}
+	for _, s := range info.Settings {
+		if s.Key == "vcs.revision" && len(s.Value) >= 12 {
+			v += " " + s.Value[:12]
+		}
+	}
+	return v
+}
+
+// parse parses a subcommand's flags. --help prints the flags to stdout
+// (flag.ErrHelp, exit 0); a bad flag or argument prints one line that names
+// it and what it wants, and a pointer to --help (errUsage, exit 2).
+func parse(fs *flag.FlagSet, args []string, stdout, stderr io.Writer) error {
+	fs.SetOutput(io.Discard) // the flag package's own messages are replaced below
+	err := fs.Parse(args)
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+		fs.SetOutput(stdout)
 		fs.Usage()
-		return errUsage
+		return err
+	case err != nil:
+		return usageErr(fs, stderr, "%s", flagProblem(fs, err))
+	case fs.NArg() > 0:
+		return usageErr(fs, stderr, "unexpected argument %q", fs.Arg(0))
 	}
 	return nil
 }
 
-// usageErr prints a usage problem and returns errUsage.
+// flagProblem says in one line what is wrong with a flag, from the flag
+// package's error.
+func flagProblem(fs *flag.FlagSet, err error) string {
+	msg := err.Error()
+	if name, ok := strings.CutPrefix(msg, "flag provided but not defined: -"); ok {
+		return "unknown flag --" + name
+	}
+	if name, ok := strings.CutPrefix(msg, "flag needs an argument: -"); ok {
+		return "--" + name + " needs a value"
+	}
+	// invalid value "x" for flag -name: parse error
+	if _, rest, ok := strings.Cut(msg, " for flag -"); ok {
+		name, _, _ := strings.Cut(rest, ":")
+		if f := fs.Lookup(name); f != nil {
+			return "--" + name + ": want " + wantOf(f)
+		}
+	}
+	return msg
+}
+
+// wantOf names the form a flag's value takes.
+func wantOf(f *flag.Flag) string {
+	switch fmt.Sprintf("%T", f.Value) {
+	case "*flag.durationValue":
+		return "a duration such as 500ms or 2m"
+	case "*flag.intValue", "*flag.int64Value", "*flag.uintValue", "*flag.uint64Value":
+		return "a whole number"
+	case "*flag.boolValue":
+		return "true or false"
+	case "*flag.float64Value":
+		return "a number"
+	}
+	return "a value such as " + strconv.Quote(f.DefValue)
+}
+
+// checkListen makes a --listen address that is not HOST:PORT a usage
+// error, before anything listens.
+func checkListen(fs *flag.FlagSet, stderr io.Writer, addr string) error {
+	if _, port, err := net.SplitHostPort(addr); err != nil || port == "" {
+		return usageErr(fs, stderr, "--listen %q: want HOST:PORT, such as 127.0.0.1:8787", addr)
+	}
+	return nil
+}
+
+// usageErr prints a usage problem in one line, and where to find the
+// flags, and returns errUsage.
 func usageErr(fs *flag.FlagSet, stderr io.Writer, format string, a ...any) error {
-	fmt.Fprintf(stderr, format+"\n", a...)
-	fs.Usage()
+	fmt.Fprintf(stderr, "%s: %s\nRun '%s --help' for its flags.\n", fs.Name(), fmt.Sprintf(format, a...), fs.Name())
 	return errUsage
 }

@@ -26,8 +26,11 @@ func TestExitStatus(t *testing.T) {
 		{[]string{"proxy", "--upstream", "ftp://example.com"}, nil, 2, "want an http or https URL"},
 		{[]string{"proxy", "--upstream", "http://127.0.0.1:1", "--max-attempts", "0"}, nil, 2, "must be positive"},
 		{[]string{"proxy", "--upstream", "http://127.0.0.1:1", "--listen", "256.0.0.1:1"}, nil, 1, "listen"},
+		{[]string{"proxy", "--upstream", "http://127.0.0.1:1", "--listen", "nohost"}, nil, 2, `--listen "nohost": want HOST:PORT`},
+		{[]string{"mock", "--listen", "nohost"}, nil, 2, `--listen "nohost": want HOST:PORT`},
 		{[]string{"proxy", "--upstream", "http://127.0.0.1:1", "--listen", "127.0.0.1:0"}, cancelled, 0, "llmretry proxy on"},
-		{[]string{"proxy", "--upstream", "http://127.0.0.1:1", "--redis", "mysql://x"}, nil, 2, "--redis"},
+		{[]string{"proxy", "--upstream", "http://127.0.0.1:1", "--redis", "mysql://x"}, nil, 2, `got scheme "mysql"`},
+		{[]string{"proxy", "--upstream", "http://127.0.0.1:1", "--redis", "notredis"}, nil, 2, `--redis "notredis": want redis://HOST:PORT/DB`},
 		// Redis down never stops the proxy.
 		{[]string{"proxy", "--upstream", "http://127.0.0.1:1", "--listen", "127.0.0.1:0", "--redis", "redis://127.0.0.1:1/0"}, cancelled, 0, "llmretry proxy on"},
 		{[]string{"proxy", "--upstream", "http://127.0.0.1:1", "--budget", "lots"}, nil, 2, "--budget \"lots\": want on, off or a ratio"},
@@ -41,6 +44,8 @@ func TestExitStatus(t *testing.T) {
 		{[]string{"demo", "--upstream", "https://api.example.com/v1"}, nil, 2, "OPENAI_API_KEY"},
 		{[]string{"demo", "extra"}, nil, 2, "unexpected argument"},
 		{[]string{"demo", "--requests", "3", "--faults", "503"}, nil, 0, "streams intact, exactly once"},
+		{[]string{"version"}, nil, 0, "llmretry "},
+		{[]string{"--version"}, nil, 0, "llmretry "},
 	}
 	for _, tc := range cases {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
@@ -58,5 +63,47 @@ func TestExitStatus(t *testing.T) {
 				t.Fatalf("exit %d, want %d; output lacks %q:\n%s", got, tc.want, tc.out, all)
 			}
 		})
+	}
+}
+
+// Help goes to stdout, and exits 0; it used to go to stderr.
+func TestHelpGoesToStdout(t *testing.T) {
+	for _, args := range [][]string{{"--help"}, {"proxy", "--help"}, {"mock", "-h"}, {"demo", "--help"}} {
+		var stdout, stderr bytes.Buffer
+		if got := run(context.Background(), args, &stdout, &stderr); got != 0 || stdout.Len() == 0 || stderr.Len() != 0 {
+			t.Errorf("%v: exit %d, stdout %d bytes, stderr %q", args, got, stdout.Len(), stderr.String())
+		}
+	}
+}
+
+// A usage error is one line naming the flag and the form it wants, then a
+// pointer to --help: not the whole flag list.
+func TestUsageErrorIsOneLine(t *testing.T) {
+	cases := map[string][]string{
+		"llmretry proxy: --base-delay: want a duration such as 500ms or 2m\n": {"proxy", "--upstream", "http://x:1", "--base-delay", "soon"},
+		"llmretry proxy: --max-attempts: want a whole number\n":               {"proxy", "--max-attempts", "three"},
+		"llmretry proxy: unknown flag --retries\n":                            {"proxy", "--retries", "3"},
+		"llmretry mock: --listen needs a value\n":                             {"mock", "--listen"},
+		"llmretry demo: unexpected argument \"extra\"\n":                      {"demo", "extra"},
+		"llmretry proxy: --cooldowns \"maybe\": want on or off\n":             {"proxy", "--upstream", "http://x:1", "--cooldowns", "maybe"},
+	}
+	for want, args := range cases {
+		var stdout, stderr bytes.Buffer
+		if got := run(context.Background(), args, &stdout, &stderr); got != 2 {
+			t.Errorf("%v: exit %d", args, got)
+		}
+		lines := strings.SplitAfter(stderr.String(), "\n")
+		if len(lines) != 3 || lines[0] != want || !strings.Contains(lines[1], "--help") {
+			t.Errorf("%v: got %q, want %q and a pointer to --help", args, stderr.String(), want)
+		}
+	}
+}
+
+// version prints the module version from the build information.
+func TestVersion(t *testing.T) {
+	var stdout bytes.Buffer
+	run(context.Background(), []string{"version"}, &stdout, &bytes.Buffer{})
+	if got := stdout.String(); got != "llmretry "+version()+"\n" || version() == "" {
+		t.Fatalf("got %q", got)
 	}
 }

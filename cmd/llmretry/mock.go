@@ -24,7 +24,10 @@ func runMock(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		fmt.Fprintf(fs.Output(), "Usage: llmretry mock [flags]\n\nA mock provider speaking OpenAI (/v1/chat/completions), Anthropic (/v1/messages)\nand Gemini (/v1beta/models/M:generateContent), JSON and SSE, with scripted faults.\n\n")
 		fs.PrintDefaults()
 	}
-	if err := parse(fs, args, stderr); err != nil {
+	if err := parse(fs, args, stdout, stderr); err != nil {
+		return err
+	}
+	if err := checkListen(fs, stderr, *listen); err != nil {
 		return err
 	}
 	script, err := mockllm.ParseFaults(*faults)

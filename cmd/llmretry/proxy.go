@@ -40,7 +40,7 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		fmt.Fprintf(fs.Output(), "Usage: llmretry proxy --upstream URL [flags]\n\nA retrying reverse proxy: point any client at it, e.g.\n  OPENAI_BASE_URL=http://127.0.0.1:8787/v1\n\nIt also serves /healthz and /metrics (Prometheus text).\n\n")
 		fs.PrintDefaults()
 	}
-	if err := parse(fs, args, stderr); err != nil {
+	if err := parse(fs, args, stdout, stderr); err != nil {
 		return err
 	}
 	if *upstream == "" {
@@ -75,10 +75,17 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		MaxBody:  *maxBody, IdleTimeout: *idle, Logger: logger, Options: opts,
 		BudgetOff: budgetOff, BudgetRatio: ratio, CooldownsOff: cooldownsOff,
 	}
+	if err := checkListen(fs, stderr, *listen); err != nil {
+		return err
+	}
 	if *redisURL != "" {
 		ropts, err := redis.ParseURL(*redisURL)
 		if err != nil {
-			return usageErr(fs, stderr, "--redis: %v", err)
+			scheme := ""
+			if ru, perr := url.Parse(*redisURL); perr == nil {
+				scheme = ru.Scheme
+			}
+			return usageErr(fs, stderr, "--redis %q: want redis://HOST:PORT/DB (or rediss:// for TLS); got scheme %q", *redisURL, scheme)
 		}
 		name := *redisName
 		if name == "" {
