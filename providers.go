@@ -11,8 +11,8 @@ import (
 )
 
 // Provider rules: what LLM APIs say in their error bodies and rate-limit
-// headers, beyond the status code. Sources are in the README's table and in
-// shared/reference/providers.md.
+// headers, beyond the status code. The README's table links each rule to
+// the provider's documentation.
 
 // errorBodyLimit bounds the peek at an error body.
 const errorBodyLimit = 64 << 10
