@@ -4,7 +4,7 @@ go 1.26.0
 
 require (
 	github.com/hashicorp/go-retryablehttp v0.7.8
-	github.com/llmretry/llmretry v0.0.0
+	github.com/llmretry/llmretry v0.1.0
 )
 
 require (
@@ -14,11 +14,7 @@ require (
 	golang.org/x/sys v0.48.0 // indirect
 )
 
-replace github.com/llmretry/llmretry => ../
-
 require (
-	github.com/llmretry/llmretry/redisstate v0.0.0
+	github.com/llmretry/llmretry/redisstate v0.1.0
 	github.com/redis/go-redis/v9 v9.23.0
 )
-
-replace github.com/llmretry/llmretry/redisstate => ../redisstate

@@ -3,7 +3,7 @@ module github.com/llmretry/llmretry/cmd
 go 1.26.0
 
 require (
-	github.com/llmretry/llmretry v0.0.0
+	github.com/llmretry/llmretry v0.1.0
 	github.com/openai/openai-go/v3 v3.98.0
 )
 
@@ -18,12 +18,8 @@ require (
 	golang.org/x/sys v0.48.0 // indirect
 )
 
-replace github.com/llmretry/llmretry => ../
-
 require (
-	github.com/llmretry/llmretry/redisstate v0.0.0
+	github.com/llmretry/llmretry/redisstate v0.1.0
 	github.com/redis/go-redis/v9 v9.23.0
 	go.uber.org/goleak v1.3.0
 )
-
-replace github.com/llmretry/llmretry/redisstate => ../redisstate

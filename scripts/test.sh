@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Every module of the workspace, the core first.
-modules=(. ./integration ./redisstate ./cmd ./bench)
+modules=(. ./integration ./redisstate ./cmd ./bench ./release)
 pkgs=()
 for m in "${modules[@]}"; do
 	[ -f "$m/go.mod" ] && pkgs+=("$m/...")
