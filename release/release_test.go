@@ -8,7 +8,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -144,7 +143,8 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-func goBin() string { return filepath.Join(runtime.GOROOT(), "bin", "go") }
+// goBin is the go command that runs the tests.
+func goBin() string { return "go" }
 
 // Tagging a release makes both `go install .../cmd/llmretry@vX` and
 // `go get github.com/llmretry/llmretry@vX` work: neither can use a module
