@@ -24,16 +24,37 @@ import (
 // Server is an http.Handler that plays a Script.
 type Server struct {
 	script Script
+	seed   uint64
 	mu     sync.Mutex
 	n      int
 	rng    *rand.Rand
 	hits   atomic.Int64
 	served [Slow + 1]atomic.Int64
+	byKey  map[string][]Fault // what each draw key was served, in order
 }
+
+// DrawKeyHeader and AttemptHeader make a mix's draws independent of the
+// order requests arrive in: a request that names its key (any string, such
+// as the number of a logical request) and its attempt number (as
+// llmretry.WithAttemptHeader sends it) draws its Fault from the seed, the
+// key and the attempt alone. So the same seed gives every logical request
+// the same faults, however many run at once.
+const (
+	DrawKeyHeader = "Mock-Draw-Key"
+	AttemptHeader = "Mock-Attempt"
+)
 
 // New returns a Server playing script; seed fixes the draws of a mix.
 func New(script Script, seed uint64) *Server {
-	return &Server{script: script, rng: rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))}
+	return &Server{script: script, seed: seed, rng: rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15)), byKey: map[string][]Fault{}}
+}
+
+// FaultsFor returns the Faults served so far to requests with draw key
+// key, one for each attempt, in the order they were served.
+func (s *Server) FaultsFor(key string) []Fault {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]Fault(nil), s.byKey[key]...)
 }
 
 // Hits is how many requests the server has received.
@@ -45,17 +66,50 @@ func (s *Server) Served(k Kind) int { return int(s.served[k].Load()) }
 // maxRequestBody bounds what the mock reads of a request.
 const maxRequestBody = 32 << 20
 
-// next is the Fault for the next request, with any delay range drawn.
-func (s *Server) next() Fault {
+// next is the Fault for the next request, with any delay range drawn: from
+// the shared sequence, or, for a request with a draw key, from the seed,
+// the key and the attempt.
+func (s *Server) next(r *http.Request) Fault {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	f := s.script.pick(s.n, s.rng.Float64())
+	draw := s.rng.Float64
+	key := r.Header.Get(DrawKeyHeader)
+	if key != "" {
+		x := keyedSeed(s.seed, key, r.Header.Get(AttemptHeader))
+		draw = func() float64 {
+			x = splitmix(x)
+			return float64(x>>11) / (1 << 53)
+		}
+	}
+	f := s.script.pick(s.n, draw())
 	if f.MaxDelay > f.Delay { // a range: draw this request's wait
-		f.Delay += time.Duration(s.rng.Float64() * float64(f.MaxDelay-f.Delay))
+		f.Delay += time.Duration(draw() * float64(f.MaxDelay-f.Delay))
 		f.MaxDelay = 0
 	}
 	s.n++
+	if key != "" {
+		s.byKey[key] = append(s.byKey[key], f)
+	}
 	return f
+}
+
+// keyedSeed mixes the seed, a draw key and an attempt into one number.
+func keyedSeed(seed uint64, key, attempt string) uint64 {
+	x := splitmix(seed)
+	for _, part := range []string{key, "\x00", attempt} {
+		for i := 0; i < len(part); i++ {
+			x = splitmix(x ^ uint64(part[i]))
+		}
+	}
+	return x
+}
+
+// splitmix is SplitMix64's step: every input bit moves every output bit.
+func splitmix(x uint64) uint64 {
+	x += 0x9e3779b97f4a7c15
+	x = (x ^ x>>30) * 0xbf58476d1ce4e5b9
+	x = (x ^ x>>27) * 0x94d049bb133111eb
+	return x ^ x>>31
 }
 
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -83,7 +137,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if req.Model == "" {
 		req.Model = "mock-model"
 	}
-	f := s.next()
+	f := s.next(r)
 	s.served[f.Kind].Add(1)
 	switch f.Kind {
 	case Status:

@@ -16,7 +16,7 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	requests := fs.Int("requests", 40, "streamed chats to send")
 	conc := fs.Int("concurrency", 8, "chats in flight at once")
 	faults := fs.String("faults", demo.DefaultFaults, "fault mix for the in-process mock provider (see llmretry mock --help)")
-	seed := fs.Uint64("seed", 1, "seed for the fault draws")
+	seed := fs.Uint64("seed", demo.DefaultSeed, "seed for the fault draws: each chat draws its faults from the seed and its own number, so a seed always tells the same story")
 	upstream := fs.String("upstream", "", "a real OpenAI-compatible API base URL, e.g. https://api.openai.com/v1; the key comes from $OPENAI_API_KEY")
 	model := fs.String("model", "gpt-4o-mini", "model to ask")
 	fs.Usage = func() {

@@ -12,9 +12,9 @@ import (
 	"net"
 	"net/http"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"text/tabwriter"
 	"time"
 
@@ -28,6 +28,11 @@ import (
 // DefaultFaults is the embedded fault mix: what a bad hour at a provider
 // looks like, compressed.
 const DefaultFaults = "503@8%,429:retry-after=1@5%,529@4%,reset@5%,sse-error@8%,quota@3%,drop=4@3%"
+
+// DefaultSeed is the seed whose story, with DefaultFaults and 40 chats,
+// shows every case: 503, 429 with Retry-After, 529, a reset, an error as
+// the first stream event, a quota error and a stream cut mid-reply.
+const DefaultSeed = 12
 
 // Config sets up a demo run.
 type Config struct {
@@ -56,6 +61,7 @@ type Summary struct {
 	StreamsIntact               int            // streams that arrived whole, exactly once
 	StreamsCut                  int            // streams cut after their first event: never replayed
 	Duplicated                  int            // streams whose text came twice: must stay 0
+	Held                        int            // chats a cooldown held before their first attempt
 	Elapsed                     time.Duration
 }
 
@@ -69,6 +75,7 @@ func Run(ctx context.Context, cfg Config, out io.Writer) (*Summary, error) {
 		return nil, errors.New("requests and concurrency must be positive")
 	}
 	base, expected := cfg.Upstream, mockllm.ReplyText
+	var mock *mockllm.Server
 	if base == "" {
 		script, err := mockllm.ParseFaults(cfg.Faults)
 		if err != nil {
@@ -78,7 +85,8 @@ func Run(ctx context.Context, cfg Config, out io.Writer) (*Summary, error) {
 		if err != nil {
 			return nil, err
 		}
-		srv := &http.Server{Handler: mockllm.New(script, cfg.Seed)}
+		mock = mockllm.New(script, cfg.Seed)
+		srv := &http.Server{Handler: mock}
 		go func() { _ = srv.Serve(ln) }()
 		defer srv.Close()
 		base = "http://" + ln.Addr().String() + "/v1"
@@ -91,15 +99,19 @@ func Run(ctx context.Context, cfg Config, out io.Writer) (*Summary, error) {
 
 	s := &Summary{Requests: cfg.Requests, Retries: map[string]int{}, Waits: map[string]int{}, Stops: map[string]int{}}
 	var mu sync.Mutex
-	var attempts atomic.Int64
+	attempts := &attemptCounter{byKey: map[string]int{}}
 	under := &http.Transport{MaxIdleConnsPerHost: cfg.Concurrency}
 	defer under.CloseIdleConnections()
 	// A demo run is too short for a 10% budget to show anything but its
 	// reserve, so the reserve covers one retry per request; the proxy and
 	// the library keep the default.
 	budget := llmretry.NewRatioBudget(llmretry.BudgetConfig{Reserve: cfg.Requests})
-	tr := llmretry.NewTransport(countingTransport{under, &attempts},
+	// Each chat names itself to the mock (its number, and each attempt's),
+	// and jitter is fixed, so that the same seed tells the same story
+	// however the chats interleave.
+	tr := llmretry.NewTransport(countingTransport{under, attempts},
 		llmretry.WithPolicy(cfg.Policy), llmretry.WithBudget(budget),
+		llmretry.WithAttemptHeader(mockllm.AttemptHeader), llmretry.WithRand(func() float64 { return 0.5 }),
 		llmretry.WithOnRetry(func(e llmretry.RetryEvent) {
 			mu.Lock()
 			defer mu.Unlock()
@@ -108,6 +120,9 @@ func Run(ctx context.Context, cfg Config, out io.Writer) (*Summary, error) {
 			}
 			s.Waits[e.Source.String()]++
 			s.WaitTime += e.Wait
+			if e.Source == llmretry.SourceCooldown {
+				s.Held++
+			}
 		}),
 		llmretry.WithOnStop(func(e llmretry.StopEvent) {
 			mu.Lock()
@@ -118,7 +133,11 @@ func Run(ctx context.Context, cfg Config, out io.Writer) (*Summary, error) {
 	client := openai.NewClient(option.WithBaseURL(base+"/"), option.WithAPIKey(cfg.APIKey),
 		option.WithHTTPClient(&http.Client{Transport: tr}), option.WithMaxRetries(0))
 
-	p := newProgress(out, cfg.Terminal, cfg.Requests)
+	maxAttempts := cfg.Policy.MaxAttempts
+	if maxAttempts <= 0 {
+		maxAttempts = llmretry.DefaultPolicy().MaxAttempts
+	}
+	p := newProgress(out, cfg.Terminal, cfg.Requests, maxAttempts)
 	start := time.Now()
 	jobs := make(chan int)
 	var wg sync.WaitGroup
@@ -127,7 +146,12 @@ func Run(ctx context.Context, cfg Config, out io.Writer) (*Summary, error) {
 		go func() {
 			defer wg.Done()
 			for n := range jobs {
-				res := chat(ctx, client, cfg.Model, expected)
+				key := strconv.Itoa(n)
+				res := chat(ctx, client, cfg.Model, expected, key)
+				res.attempts = attempts.of(key)
+				if mock != nil {
+					res.faults = mock.FaultsFor(key)
+				}
 				mu.Lock()
 				switch {
 				case res.err == nil:
@@ -158,7 +182,7 @@ func Run(ctx context.Context, cfg Config, out io.Writer) (*Summary, error) {
 	wg.Wait()
 	p.finish()
 	s.Elapsed = time.Since(start)
-	s.Attempts = attempts.Load()
+	s.Attempts = attempts.total()
 	s.write(out)
 	if s.Duplicated > 0 {
 		return s, ErrDuplicated
@@ -176,17 +200,20 @@ const (
 )
 
 type result struct {
-	err    error
-	stream streamOutcome
-	text   string
+	err      error
+	stream   streamOutcome
+	text     string
+	attempts int
+	faults   []mockllm.Fault // what the mock served each attempt (none for a real API)
 }
 
-// chat makes one streamed chat and checks what arrived.
-func chat(ctx context.Context, client openai.Client, model, expected string) result {
+// chat makes one streamed chat and checks what arrived. key names it to
+// the mock.
+func chat(ctx context.Context, client openai.Client, model, expected, key string) result {
 	st := client.Chat.Completions.NewStreaming(ctx, openai.ChatCompletionNewParams{
 		Model:    model,
 		Messages: []openai.ChatCompletionMessageParamUnion{openai.UserMessage("Say hello in one sentence.")},
-	})
+	}, option.WithHeader(mockllm.DrawKeyHeader, key))
 	defer st.Close()
 	var b strings.Builder
 	events := 0
@@ -221,14 +248,40 @@ func cause(e llmretry.RetryEvent) string {
 	return e.Cause
 }
 
+// attemptCounter counts the attempts that reach the provider, per chat.
+type attemptCounter struct {
+	mu    sync.Mutex
+	byKey map[string]int
+	all   int64
+}
+
+func (c *attemptCounter) add(key string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.byKey[key]++
+	c.all++
+}
+
+func (c *attemptCounter) of(key string) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.byKey[key]
+}
+
+func (c *attemptCounter) total() int64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.all
+}
+
 // countingTransport counts the attempts that reach the provider.
 type countingTransport struct {
 	base http.RoundTripper
-	n    *atomic.Int64
+	n    *attemptCounter
 }
 
 func (c countingTransport) RoundTrip(r *http.Request) (*http.Response, error) {
-	c.n.Add(1)
+	c.n.add(r.Header.Get(mockllm.DrawKeyHeader))
 	return c.base.RoundTrip(r)
 }
 
@@ -247,9 +300,13 @@ func (s *Summary) write(out io.Writer) {
 	for _, n := range s.Waits {
 		waits += n
 	}
-	row("waits honoured", fmt.Sprintf("%d (%v in all)", waits, s.WaitTime.Round(time.Millisecond)))
+	row("waits honoured", fmt.Sprintf("%d, %v in all across concurrent requests (they overlap)", waits, s.WaitTime.Round(100*time.Millisecond)))
 	for _, k := range slices.Sorted(maps.Keys(s.Waits)) {
-		row("  from "+k, s.Waits[k])
+		label := "  from " + k
+		if k == llmretry.SourceCooldown.String() {
+			label += " (429s in a row for one key and model: other requests for them waited out the server's wait first)"
+		}
+		row(label, s.Waits[k])
 	}
 	for _, k := range slices.Sorted(maps.Keys(s.Stops)) {
 		row("stopped: "+k, s.Stops[k])

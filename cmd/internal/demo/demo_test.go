@@ -96,3 +96,85 @@ func TestUpstreamRun(t *testing.T) {
 		t.Fatalf("output:\n%s", out.String())
 	}
 }
+
+// requestLines are the lines of a run's story: one per request.
+func requestLines(out string) []string {
+	var lines []string
+	for _, l := range strings.Split(out, "\n") {
+		if strings.HasPrefix(l, "request ") {
+			lines = append(lines, l)
+		}
+	}
+	return lines
+}
+
+// The default run is the demo's headline: it must show every case the
+// README lists. With seed 1 no stream was ever cut mid-reply.
+func TestDefaultStoryShowsEveryCase(t *testing.T) {
+	var out bytes.Buffer
+	s, err := Run(context.Background(), Config{Requests: 40, Concurrency: 8, Faults: DefaultFaults, Seed: DefaultSeed, Model: "m"}, &out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	story := strings.Join(requestLines(out.String()), "\n")
+	for _, want := range []string{"retried: 503", "429 with retry-after", "529", "connection reset",
+		"error as the first stream event", "failed: quota exhausted, not retried", "stream cut mid-reply after its first events"} {
+		if !strings.Contains(story, want) {
+			t.Errorf("the default story lacks %q:\n%s", want, story)
+		}
+	}
+	if s.StreamsCut == 0 || s.Duplicated != 0 || len(requestLines(out.String())) != 40 {
+		t.Fatalf("summary %+v", s)
+	}
+}
+
+// The same seed tells the same story, every run, whatever order the
+// concurrent requests finish in: once, goroutine order decided which
+// request drew which fault (36, 34, 35 succeeded in three runs).
+func TestSameSeedSameStory(t *testing.T) {
+	var first []string
+	var firstSummary *Summary
+	for run := range 3 {
+		var out bytes.Buffer
+		s, err := Run(context.Background(), Config{Requests: 40, Concurrency: 8, Faults: DefaultFaults, Seed: DefaultSeed,
+			Model: "m", Policy: llmretry.Policy{MaxRetryAfter: 50 * time.Millisecond}}, &out)
+		if err != nil {
+			t.Fatal(err)
+		}
+		lines := requestLines(out.String())
+		if run == 0 {
+			first, firstSummary = lines, s
+			continue
+		}
+		if strings.Join(lines, "\n") != strings.Join(first, "\n") {
+			t.Fatalf("run %d told another story:\n%s\n--- first run:\n%s", run+1, strings.Join(lines, "\n"), strings.Join(first, "\n"))
+		}
+		if s.Succeeded != firstSummary.Succeeded || s.Attempts != firstSummary.Attempts || s.StreamsCut != firstSummary.StreamsCut {
+			t.Fatalf("run %d: %+v, first run %+v", run+1, s, firstSummary)
+		}
+	}
+}
+
+// Each request's line says how many attempts it took and, for a failure,
+// why, in words; no line is cut off mid-word.
+func TestRequestLinesSayWhy(t *testing.T) {
+	cases := []struct {
+		r    result
+		want string
+	}{
+		{result{attempts: 1}, "ok (1 attempt)"},
+		{result{attempts: 3, faults: []mockllm.Fault{{Kind: mockllm.Status, Code: 503}, {Kind: mockllm.Reset}, {}}}, "ok after 3 attempts (retried: 503, connection reset)"},
+		{result{attempts: 1, err: io.EOF, faults: []mockllm.Fault{{Kind: mockllm.Quota}}}, "failed: quota exhausted, not retried (1 attempt)"},
+		{result{attempts: 3, err: io.EOF, faults: []mockllm.Fault{{Kind: mockllm.Status, Code: 503}, {Kind: mockllm.Status, Code: 529}, {Kind: mockllm.Status, Code: 503}}}, "failed: gave up after 3 attempts: 503"},
+		{result{attempts: 1, err: io.EOF, stream: streamCut, faults: []mockllm.Fault{{Kind: mockllm.Drop}}}, "stream cut mid-reply after its first events (1 attempt); not replayed: the client got the error"},
+	}
+	for _, tc := range cases {
+		if got := describe(tc.r, 3); got != tc.want {
+			t.Errorf("got %q, want %q", got, tc.want)
+		}
+	}
+	long := strings.Repeat("word ", 40)
+	if got := firstLine(long); !strings.HasSuffix(got, "word ...") {
+		t.Errorf("cut mid-word: %q", got)
+	}
+}
