@@ -5,6 +5,9 @@ import (
 	"context"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
 )
 
 func TestExitStatus(t *testing.T) {
@@ -105,5 +108,36 @@ func TestVersion(t *testing.T) {
 	run(context.Background(), []string{"version"}, &stdout, &bytes.Buffer{})
 	if got := stdout.String(); got != "llmretry "+version()+"\n" || version() == "" {
 		t.Fatalf("got %q", got)
+	}
+}
+
+// With Redis down, go-redis logged a dial failure several times a second
+// through its package-level logger, unstructured, beside redisstate's one
+// warning. The proxy routes those lines into its own slog logger at Debug,
+// which it prints only with --log-level debug.
+func TestRedisDialFailuresGoToTheProxysLogger(t *testing.T) {
+	cancelled, cancel := context.WithCancel(context.Background())
+	cancel()
+	dead := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1", MaxRetries: -1, DialTimeout: 50 * time.Millisecond})
+	defer dead.Close()
+	for _, level := range []string{"info", "debug"} {
+		var stdout, stderr bytes.Buffer
+		args := []string{"proxy", "--upstream", "http://127.0.0.1:1", "--listen", "127.0.0.1:0", "--redis", "redis://127.0.0.1:1/0", "--log-level", level}
+		if code := run(cancelled, args, &stdout, &stderr); code != 0 {
+			t.Fatalf("exit %d: %s", code, stderr.String())
+		}
+		stderr.Reset()
+		_ = dead.Ping(context.Background()).Err() // go-redis logs the failed dial
+		got := strings.Count(stderr.String(), "go-redis: ")
+		if level == "info" && got != 0 {
+			t.Fatalf("--log-level info printed go-redis's lines:\n%s", stderr.String())
+		}
+		if level == "debug" && (got == 0 || !strings.Contains(stderr.String(), "level=DEBUG")) {
+			t.Fatalf("--log-level debug: go-redis's line did not reach the proxy's logger:\n%s", stderr.String())
+		}
+	}
+	var stdout, stderr bytes.Buffer
+	if code := run(context.Background(), []string{"proxy", "--upstream", "http://x:1", "--log-level", "loud"}, &stdout, &stderr); code != 2 {
+		t.Fatalf("--log-level loud: exit %d", code)
 	}
 }

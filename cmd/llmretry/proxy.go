@@ -32,6 +32,7 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	firstEvent := fs.Duration("first-event-timeout", 0, "retry a stream that sends no first event within this long (0: off)")
 	grace := fs.Duration("grace", 30*time.Second, "on SIGTERM, how long in-flight requests and streams get to finish")
 	quiet := fs.Bool("quiet", false, "do not log retries")
+	logLevel := fs.String("log-level", "info", "the least level logged: debug, info, warn or error (debug includes go-redis's own lines)")
 	redisURL := fs.String("redis", "", "share the retry budget and cooldowns with other proxies through Redis, e.g. redis://127.0.0.1:6379/0")
 	redisName := fs.String("redis-name", "", "the shared budget's name (default: the upstream's host)")
 	budgetFlag := fs.String("budget", "on", "the retry budget: on, off, or on with a ratio such as 0.2 (the share of requests that failing retries may add)")
@@ -61,7 +62,11 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if !ok {
 		return usageErr(fs, stderr, "--cooldowns %q: want on or off", *cooldownsFlag)
 	}
-	logger := slog.New(slog.NewTextHandler(stderr, nil))
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
+		return usageErr(fs, stderr, "--log-level %q: want debug, info, warn or error", *logLevel)
+	}
+	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 	if *quiet {
 		logger = slog.New(slog.DiscardHandler)
 	}
@@ -91,6 +96,7 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		if name == "" {
 			name = u.Host
 		}
+		routeRedisLogs(logger)
 		rc := redis.NewClient(ropts)
 		defer rc.Close()
 		// A Redis that is down never stops the proxy: it goes on with local
