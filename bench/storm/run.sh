@@ -27,11 +27,11 @@ for seed in "${seeds[@]}"; do
 			[ "$mode" = off ] && flags=(--budget off --cooldowns off)
 			"$tmp/llmretry" mock --listen 127.0.0.1:18191 --faults "$mix" --seed "$seed" >/dev/null &
 			mock=$!
-			"$tmp/llmretry" proxy --listen 127.0.0.1:18190 --upstream http://127.0.0.1:18191 --quiet "${flags[@]}" >/dev/null &
+			"$tmp/llmretry" proxy --listen 127.0.0.1:18190 --upstream http://127.0.0.1:18191 --admin-listen 127.0.0.1:18189 --quiet "${flags[@]}" >/dev/null &
 			proxy=$!
 			wait_for 18191; wait_for 18190
 			out=$("$tmp/client" -url http://127.0.0.1:18190/v1/chat/completions -n 200 -c 8 -stream="$stream")
-			metrics=$(curl -s http://127.0.0.1:18190/metrics)
+			metrics=$(curl -s http://127.0.0.1:18189/metrics)
 			refused=$(awk '/^llmretry_budget_refused_total/ {print $2}' <<<"$metrics")
 			held=$(awk '/^llmretry_cooldown_held_total/ {print $2}' <<<"$metrics")
 			kill $proxy $mock; wait $proxy $mock 2>/dev/null || true

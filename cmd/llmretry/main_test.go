@@ -31,16 +31,16 @@ func TestExitStatus(t *testing.T) {
 		{[]string{"proxy", "--upstream", "http://127.0.0.1:1", "--listen", "256.0.0.1:1"}, nil, 1, "listen"},
 		{[]string{"proxy", "--upstream", "http://127.0.0.1:1", "--listen", "nohost"}, nil, 2, `--listen "nohost": want HOST:PORT`},
 		{[]string{"mock", "--listen", "nohost"}, nil, 2, `--listen "nohost": want HOST:PORT`},
-		{[]string{"proxy", "--upstream", "http://127.0.0.1:1", "--listen", "127.0.0.1:0"}, cancelled, 0, "llmretry proxy on"},
+		{[]string{"proxy", "--upstream", "http://127.0.0.1:1", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"}, cancelled, 0, "llmretry proxy on"},
 		{[]string{"proxy", "--upstream", "http://127.0.0.1:1", "--redis", "mysql://x"}, nil, 2, `got scheme "mysql"`},
 		{[]string{"proxy", "--upstream", "http://127.0.0.1:1", "--redis", "notredis"}, nil, 2, `--redis "notredis": want redis://HOST:PORT/DB`},
 		// Redis down never stops the proxy.
-		{[]string{"proxy", "--upstream", "http://127.0.0.1:1", "--listen", "127.0.0.1:0", "--redis", "redis://127.0.0.1:1/0"}, cancelled, 0, "llmretry proxy on"},
+		{[]string{"proxy", "--upstream", "http://127.0.0.1:1", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--redis", "redis://127.0.0.1:1/0"}, cancelled, 0, "llmretry proxy on"},
 		{[]string{"proxy", "--upstream", "http://127.0.0.1:1", "--budget", "lots"}, nil, 2, "--budget \"lots\": want on, off or a ratio"},
 		{[]string{"proxy", "--upstream", "http://127.0.0.1:1", "--budget", "1.5"}, nil, 2, "--budget"},
 		{[]string{"proxy", "--upstream", "http://127.0.0.1:1", "--cooldowns", "maybe"}, nil, 2, "--cooldowns \"maybe\": want on or off"},
-		{[]string{"proxy", "--upstream", "http://127.0.0.1:1", "--listen", "127.0.0.1:0", "--budget", "0.2", "--cooldowns", "off"}, cancelled, 0, "llmretry proxy on"},
-		{[]string{"proxy", "--upstream", "http://127.0.0.1:1", "--listen", "127.0.0.1:0", "--budget", "off"}, cancelled, 0, "llmretry proxy on"},
+		{[]string{"proxy", "--upstream", "http://127.0.0.1:1", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--budget", "0.2", "--cooldowns", "off"}, cancelled, 0, "llmretry proxy on"},
+		{[]string{"proxy", "--upstream", "http://127.0.0.1:1", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--budget", "off"}, cancelled, 0, "llmretry proxy on"},
 		{[]string{"mock", "--faults", "explode"}, nil, 2, "unknown fault"},
 		{[]string{"mock", "--listen", "127.0.0.1:0", "--faults", "503,ok"}, cancelled, 0, "mock provider listening"},
 		{[]string{"demo", "--requests", "0"}, nil, 2, "at least 1"},
@@ -122,7 +122,7 @@ func TestRedisDialFailuresGoToTheProxysLogger(t *testing.T) {
 	defer dead.Close()
 	for _, level := range []string{"info", "debug"} {
 		var stdout, stderr bytes.Buffer
-		args := []string{"proxy", "--upstream", "http://127.0.0.1:1", "--listen", "127.0.0.1:0", "--redis", "redis://127.0.0.1:1/0", "--log-level", level}
+		args := []string{"proxy", "--upstream", "http://127.0.0.1:1", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--redis", "redis://127.0.0.1:1/0", "--log-level", level}
 		if code := run(cancelled, args, &stdout, &stderr); code != 0 {
 			t.Fatalf("exit %d: %s", code, stderr.String())
 		}

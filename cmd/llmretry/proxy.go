@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"net/url"
 	"strconv"
 	"time"
@@ -20,7 +21,8 @@ import (
 
 func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("llmretry proxy", flag.ContinueOnError)
-	listen := fs.String("listen", "127.0.0.1:8787", "address to listen on (HTTP/1.1 and h2c)")
+	listen := fs.String("listen", "127.0.0.1:8787", "address to listen on (HTTP/1.1 and h2c); every path is the upstream's")
+	adminListen := fs.String("admin-listen", "127.0.0.1:8786", "address for the proxy's own /healthz and /metrics (empty: none)")
 	upstream := fs.String("upstream", "", "the API to forward to, e.g. https://api.openai.com (required)")
 	d := llmretry.DefaultPolicy()
 	maxAttempts := fs.Int("max-attempts", d.MaxAttempts, "attempts per request, the first included")
@@ -38,7 +40,7 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	budgetFlag := fs.String("budget", "on", "the retry budget: on, off, or on with a ratio such as 0.2 (the share of requests that failing retries may add)")
 	cooldownsFlag := fs.String("cooldowns", "on", "cooldowns, which hold requests for a key and model that got a 429 with a wait: on or off")
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "Usage: llmretry proxy --upstream URL [flags]\n\nA retrying reverse proxy: point any client at it, e.g.\n  OPENAI_BASE_URL=http://127.0.0.1:8787/v1\n\nIt also serves /healthz and /metrics (Prometheus text).\n\n")
+		fmt.Fprintf(fs.Output(), "Usage: llmretry proxy --upstream URL [flags]\n\nA retrying reverse proxy: point any client at it, e.g.\n  OPENAI_BASE_URL=http://127.0.0.1:8787/v1\n\nIts own /healthz and /metrics (Prometheus text) are on --admin-listen.\n\n")
 		fs.PrintDefaults()
 	}
 	if err := parse(fs, args, stdout, stderr); err != nil {
@@ -83,6 +85,11 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err := checkListen(fs, stderr, *listen); err != nil {
 		return err
 	}
+	if *adminListen != "" {
+		if err := checkListen(fs, stderr, *adminListen); err != nil {
+			return err
+		}
+	}
 	if *redisURL != "" {
 		ropts, err := redis.ParseURL(*redisURL)
 		if err != nil {
@@ -117,6 +124,17 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	ln, err := net.Listen("tcp", *listen)
 	if err != nil {
 		return err
+	}
+	if *adminListen != "" {
+		aln, err := net.Listen("tcp", *adminListen)
+		if err != nil {
+			ln.Close()
+			return fmt.Errorf("admin listener: %w", err)
+		}
+		admin := &http.Server{Handler: p.Admin(), ReadHeaderTimeout: 10 * time.Second}
+		go func() { _ = admin.Serve(aln) }()
+		defer admin.Close()
+		fmt.Fprintf(stdout, "llmretry proxy admin (/healthz, /metrics) on http://%s\n", aln.Addr())
 	}
 	srv := proxy.NewServer(p)
 	fmt.Fprintf(stdout, "llmretry proxy on http://%s -> %s\n", ln.Addr(), u.Redacted())

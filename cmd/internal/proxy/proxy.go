@@ -59,7 +59,7 @@ type Proxy struct {
 	cfg     Config
 	rp      *httputil.ReverseProxy
 	metrics *Metrics
-	mux     *http.ServeMux
+	admin   *http.ServeMux
 }
 
 // New returns a Proxy for cfg.
@@ -88,7 +88,7 @@ func New(cfg Config) (*Proxy, error) {
 		t.DisableCompression = true
 		base = t
 	}
-	p := &Proxy{cfg: cfg, metrics: newMetrics(), mux: http.NewServeMux()}
+	p := &Proxy{cfg: cfg, metrics: newMetrics(), admin: http.NewServeMux()}
 	p.metrics.upstream = cfg.Upstream.Host
 	var budget llmretry.Budget = llmretry.NewRatioBudget(llmretry.BudgetConfig{Ratio: cfg.BudgetRatio})
 	switch {
@@ -143,22 +143,29 @@ func New(cfg Config) (*Proxy, error) {
 			return nil
 		},
 	}
-	p.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+	p.admin.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		_, _ = io.WriteString(w, "ok\n")
 	})
-	p.mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, r *http.Request) {
+	p.admin.HandleFunc("GET /metrics", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
 		_, _ = p.metrics.WriteTo(w)
 	})
-	p.mux.HandleFunc("/", p.forward)
 	return p, nil
 }
+
+// Admin is the proxy's own endpoints, /healthz and /metrics, to serve on a
+// listener of their own: on the proxy's listener every path, theirs too,
+// belongs to the upstream.
+func (p *Proxy) Admin() http.Handler { return p.admin }
 
 // Metrics returns the proxy's counters.
 func (p *Proxy) Metrics() *Metrics { return p.metrics }
 
-func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) { p.mux.ServeHTTP(w, r) }
+// ServeHTTP forwards every request upstream, its path byte for byte: no
+// ServeMux here, which would answer "//v1/models" or "/v1/./models" with a
+// redirect of its own.
+func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) { p.forward(w, r) }
 
 // forward holds the request body (so that a retry can send it again),
 // refusing one above MaxBody before anything goes upstream.

@@ -272,10 +272,12 @@ func TestH2CClient(t *testing.T) {
 	}
 }
 
-func TestHealthzAndMetrics(t *testing.T) {
-	base, _, _ := start(t, http.NotFoundHandler())
+func TestHealthzAndMetricsOnTheAdminHandler(t *testing.T) {
+	_, p, _ := start(t, http.NotFoundHandler())
+	admin := httptest.NewServer(p.Admin())
+	defer admin.Close()
 	for path, want := range map[string]string{"/healthz": "ok\n", "/metrics": "# TYPE llmretry_attempts_total counter"} {
-		resp, err := client(t).Get(base + path)
+		resp, err := client(t).Get(admin.URL + path)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -283,6 +285,40 @@ func TestHealthzAndMetrics(t *testing.T) {
 		resp.Body.Close()
 		if resp.StatusCode != 200 || !strings.Contains(string(b), want) {
 			t.Fatalf("%s: %d %q", path, resp.StatusCode, b)
+		}
+	}
+}
+
+// The proxy's ServeMux answered "/v1//chat/completions", "//v1/models",
+// "/v1/./models", "/v1/x/../models" and "/v1/models/." with a 307 of its
+// own, and kept /metrics and /healthz from the upstream. Every path now
+// goes upstream byte for byte; the proxy's own endpoints are on the admin
+// listener.
+func TestPathsPassUnchanged(t *testing.T) {
+	seen := make(chan string, 1)
+	base, _, _ := start(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		seen <- r.RequestURI
+		_, _ = io.WriteString(w, "{}")
+	}))
+	addr := strings.TrimPrefix(base, "http://")
+	for _, target := range []string{"/v1//chat/completions", "//v1/models", "/v1/./models", "/v1/x/../models",
+		"/v1/models/.", "/metrics", "/healthz", "/v1/models?limit=2&after=a%2Fb", "/v1/files/file%2Dabc/content"} {
+		conn, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _ = io.WriteString(conn, "GET "+target+" HTTP/1.1\r\nHost: "+addr+"\r\nConnection: close\r\n\r\n")
+		resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+		conn.Close()
+		if err != nil {
+			t.Fatalf("%s: %v", target, err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			t.Fatalf("%s: status %d, want the upstream's 200", target, resp.StatusCode)
+		}
+		if got := <-seen; got != target {
+			t.Fatalf("sent %q, the upstream got %q", target, got)
 		}
 	}
 }

@@ -3,6 +3,7 @@ package proxy
 import (
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"regexp"
 	"strconv"
 	"strings"
@@ -10,15 +11,13 @@ import (
 	"testing"
 )
 
-// metric reads one sample of /metrics: name{labels} value.
-func metric(t *testing.T, base, sample string) float64 {
+// metric reads one sample of the admin handler's /metrics: name{labels}
+// value.
+func metric(t *testing.T, p *Proxy, sample string) float64 {
 	t.Helper()
-	resp, err := client(t).Get(base + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
+	rec := httptest.NewRecorder()
+	p.Admin().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/metrics", nil))
+	b := rec.Body.Bytes()
 	m := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(sample) + ` (\S+)$`).FindSubmatch(b)
 	if m == nil {
 		t.Fatalf("no %s in:\n%s", sample, b)
@@ -48,7 +47,7 @@ func TestBudgetCanBeTurnedOffAndItsRefusalsAreCounted(t *testing.T) {
 			resp.Body.Close()
 		}
 		host := p.cfg.Upstream.Host
-		refused := metric(t, base, `llmretry_budget_refused_total{upstream="`+host+`"}`)
+		refused := metric(t, p, `llmretry_budget_refused_total{upstream="`+host+`"}`)
 		if off {
 			if hits.Load() != 90 || refused != 0 {
 				t.Fatalf("budget off: %d attempts, %v refused; want 90 and 0", hits.Load(), refused)
@@ -59,7 +58,7 @@ func TestBudgetCanBeTurnedOffAndItsRefusalsAreCounted(t *testing.T) {
 		if hits.Load() != 40 || refused != 25 {
 			t.Fatalf("budget on: %d attempts, %v refused; want 40 and 25", hits.Load(), refused)
 		}
-		if metric(t, base, "llmretry_budget_requests") != 30 || metric(t, base, "llmretry_budget_retries") != 10 {
+		if metric(t, p, "llmretry_budget_requests") != 30 || metric(t, p, "llmretry_budget_retries") != 10 {
 			t.Fatal("budget gauges do not match")
 		}
 	}
@@ -93,8 +92,8 @@ func TestCooldownsCanBeTurnedOffAndTheirHoldsAreCounted(t *testing.T) {
 			resp.Body.Close()
 		}
 		host := p.cfg.Upstream.Host
-		held := metric(t, base, `llmretry_cooldown_held_total{upstream="`+host+`"}`)
-		secs := metric(t, base, `llmretry_cooldown_held_seconds_total{upstream="`+host+`"}`)
+		held := metric(t, p, `llmretry_cooldown_held_total{upstream="`+host+`"}`)
+		secs := metric(t, p, `llmretry_cooldown_held_seconds_total{upstream="`+host+`"}`)
 		if off && (held != 0 || secs != 0) {
 			t.Fatalf("cooldowns off: held %v for %vs", held, secs)
 		}
