@@ -30,6 +30,10 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	maxDelay := fs.Duration("max-delay", d.MaxDelay, "cap on the backoff")
 	maxRetryAfter := fs.Duration("max-retry-after", d.MaxRetryAfter, "longest server-requested wait honoured; longer returns the response at once")
 	maxBody := fs.Int64("max-body", proxy.DefaultMaxBody, "largest request body in bytes; larger gets 413 without contacting the upstream")
+	bodyTimeout := fs.Duration("body-timeout", proxy.DefaultBodyTimeout, "time a client has to send its request body, plus 1s per 256 KiB it declares; later gets 408")
+	maxHeld := fs.Int64("max-held", proxy.DefaultMaxHeld, "bytes of request bodies held at once, across requests; past it a request gets 503 with Retry-After")
+	upstreamTimeout := fs.Duration("upstream-timeout", proxy.DefaultUpstreamTimeout, "longest wait for an attempt's response headers (a model may think for minutes)")
+	maxUpstreamHeader := fs.Int64("max-upstream-header", proxy.DefaultMaxUpstreamHeader, "largest upstream response header block in bytes; larger is a 502")
 	idle := fs.Duration("idle-timeout", 5*time.Minute, "end a response stream that sends nothing for this long (0: never)")
 	firstEvent := fs.Duration("first-event-timeout", 0, "retry a stream that sends no first event within this long (0: off)")
 	grace := fs.Duration("grace", 30*time.Second, "on SIGTERM, how long in-flight requests and streams get to finish")
@@ -53,7 +57,7 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		return usageErr(fs, stderr, "--upstream %q: want an http or https URL", *upstream)
 	}
-	if *maxAttempts < 1 || *baseDelay <= 0 || *maxDelay <= 0 || *maxRetryAfter <= 0 || *maxBody <= 0 || *idle < 0 || *firstEvent < 0 || *grace < 0 {
+	if *maxAttempts < 1 || *baseDelay <= 0 || *maxDelay <= 0 || *maxRetryAfter <= 0 || *maxBody <= 0 || *bodyTimeout <= 0 || *maxHeld <= 0 || *upstreamTimeout <= 0 || *maxUpstreamHeader <= 0 || *idle < 0 || *firstEvent < 0 || *grace < 0 {
 		return usageErr(fs, stderr, "attempts, delays and sizes must be positive")
 	}
 	budgetOff, ratio, ok := parseBudgetFlag(*budgetFlag)
@@ -80,6 +84,7 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		Upstream: u,
 		Policy:   llmretry.Policy{MaxAttempts: *maxAttempts, BaseDelay: *baseDelay, MaxDelay: *maxDelay, MaxRetryAfter: *maxRetryAfter},
 		MaxBody:  *maxBody, IdleTimeout: *idle, Logger: logger, Options: opts,
+		BodyTimeout: *bodyTimeout, MaxHeld: *maxHeld, UpstreamTimeout: *upstreamTimeout, MaxUpstreamHeader: *maxUpstreamHeader,
 		BudgetOff: budgetOff, BudgetRatio: ratio, CooldownsOff: cooldownsOff,
 	}
 	if err := checkListen(fs, stderr, *listen); err != nil {

@@ -33,6 +33,7 @@ type Metrics struct {
 	held        int64
 	heldSeconds float64
 	budget      func() llmretry.BudgetCounts
+	heldBodies  func() int64 // bytes of request bodies held now
 }
 
 func newMetrics() *Metrics {
@@ -128,6 +129,10 @@ func (m *Metrics) WriteTo(w io.Writer) (int64, error) {
 	family("llmretry_cooldown_held_seconds_total", "Seconds requests were held by cooldowns, by upstream host.", "counter")
 	fmt.Fprintf(&b, "llmretry_cooldown_held_seconds_total{upstream=%q} %g\n", m.upstream, m.heldSeconds)
 	m.mu.Unlock()
+	if m.heldBodies != nil {
+		family("llmretry_request_body_held_bytes", "Bytes of request bodies the proxy holds now, so that a retry can resend them.", "gauge")
+		fmt.Fprintf(&b, "llmretry_request_body_held_bytes %d\n", m.heldBodies())
+	}
 	if m.budget != nil {
 		c := m.budget()
 		for _, g := range []struct {

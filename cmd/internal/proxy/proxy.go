@@ -11,10 +11,13 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httputil"
 	"net/url"
+	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/llmretry/llmretry"
@@ -33,6 +36,19 @@ type Config struct {
 	MaxBody int64
 	// IdleTimeout ends a response stream that sends nothing for this long.
 	IdleTimeout time.Duration
+	// BodyTimeout bounds how long a client may take to send its request
+	// body: BodyTimeout, plus a second for every 256 KiB it declares. A
+	// body that is not in by then gets 408. Default 30 s.
+	BodyTimeout time.Duration
+	// MaxHeld caps the bytes of request bodies held at once, across
+	// requests; past it a request gets 503 with Retry-After. Default 256 MiB.
+	MaxHeld int64
+	// UpstreamTimeout bounds the wait for an attempt's response headers
+	// (a model may think for minutes before its first byte). Default 10 min.
+	UpstreamTimeout time.Duration
+	// MaxUpstreamHeader caps an upstream response's header block; a larger
+	// one is a 502 that says so. Default 256 KiB.
+	MaxUpstreamHeader int64
 	// Logger gets retries and give-ups; never a header value or a query.
 	Logger *slog.Logger
 	// Base is the transport under the retries (http.DefaultTransport's
@@ -51,8 +67,18 @@ type Config struct {
 	Options []llmretry.Option
 }
 
-// DefaultMaxBody is the default request body limit.
-const DefaultMaxBody = 32 << 20
+// Defaults of Config.
+const (
+	DefaultMaxBody           = 32 << 20
+	DefaultBodyTimeout       = 30 * time.Second
+	DefaultMaxHeld           = 256 << 20
+	DefaultUpstreamTimeout   = 10 * time.Minute
+	DefaultMaxUpstreamHeader = 256 << 10
+)
+
+// bodyRate is the least rate a declared body is given time for, on top of
+// BodyTimeout: a second for each 256 KiB.
+const bodyRate = 256 << 10
 
 // Proxy is an http.Handler.
 type Proxy struct {
@@ -60,6 +86,7 @@ type Proxy struct {
 	rp      *httputil.ReverseProxy
 	metrics *Metrics
 	admin   *http.ServeMux
+	held    atomic.Int64 // bytes of request bodies held now
 }
 
 // New returns a Proxy for cfg.
@@ -72,6 +99,18 @@ func New(cfg Config) (*Proxy, error) {
 	}
 	if cfg.MaxBody <= 0 {
 		cfg.MaxBody = DefaultMaxBody
+	}
+	if cfg.BodyTimeout <= 0 {
+		cfg.BodyTimeout = DefaultBodyTimeout
+	}
+	if cfg.MaxHeld <= 0 {
+		cfg.MaxHeld = DefaultMaxHeld
+	}
+	if cfg.UpstreamTimeout <= 0 {
+		cfg.UpstreamTimeout = DefaultUpstreamTimeout
+	}
+	if cfg.MaxUpstreamHeader <= 0 {
+		cfg.MaxUpstreamHeader = DefaultMaxUpstreamHeader
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
@@ -86,10 +125,13 @@ func New(cfg Config) (*Proxy, error) {
 		// Left on, net/http would ask for gzip when the client did not and
 		// unzip the reply: a header the client never sent, and CPU spent.
 		t.DisableCompression = true
+		t.ResponseHeaderTimeout = cfg.UpstreamTimeout
+		t.MaxResponseHeaderBytes = cfg.MaxUpstreamHeader
 		base = t
 	}
 	p := &Proxy{cfg: cfg, metrics: newMetrics(), admin: http.NewServeMux()}
 	p.metrics.upstream = cfg.Upstream.Host
+	p.metrics.heldBodies = p.HeldBytes
 	var budget llmretry.Budget = llmretry.NewRatioBudget(llmretry.BudgetConfig{Ratio: cfg.BudgetRatio})
 	switch {
 	case cfg.BudgetOff:
@@ -167,25 +209,26 @@ func (p *Proxy) Metrics() *Metrics { return p.metrics }
 // redirect of its own.
 func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) { p.forward(w, r) }
 
-// forward holds the request body (so that a retry can send it again),
-// refusing one above MaxBody before anything goes upstream.
+// forward holds the request body (so that a retry can send it again) and
+// sends the request on. A body above MaxBody is refused before anything
+// goes upstream; one that does not arrive in time gets 408; one that would
+// take the bodies held past MaxHeld gets 503.
 func (p *Proxy) forward(w http.ResponseWriter, r *http.Request) {
 	if r.ContentLength > p.cfg.MaxBody {
 		p.tooLarge(w)
 		return
 	}
 	if r.Body != nil && r.Body != http.NoBody {
-		buf := bodyBuffers.Get().(*bytes.Buffer)
-		defer putBodyBuffer(buf)
-		if _, err := buf.ReadFrom(io.LimitReader(r.Body, p.cfg.MaxBody+1)); err != nil {
-			p.writeError(w, http.StatusBadRequest, "reading the request body: "+err.Error())
+		body, reserved, code, msg := p.hold(w, r)
+		defer p.held.Add(-reserved)
+		if code != 0 {
+			p.metrics.request(code)
+			if code == http.StatusServiceUnavailable {
+				w.Header().Set("Retry-After", "1")
+			}
+			p.writeError(w, code, msg)
 			return
 		}
-		if int64(buf.Len()) > p.cfg.MaxBody {
-			p.tooLarge(w)
-			return
-		}
-		body := buf.Bytes()
 		r.Body = io.NopCloser(bytes.NewReader(body))
 		r.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
 		r.ContentLength = int64(len(body))
@@ -194,16 +237,80 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request) {
 	p.rp.ServeHTTP(w, r) // the held body is not used after this returns
 }
 
-// bodyBuffers holds request bodies between requests; one that grew past
-// 64 KiB is left to the garbage collector rather than kept.
-var bodyBuffers = sync.Pool{New: func() any { return new(bytes.Buffer) }}
-
-func putBodyBuffer(b *bytes.Buffer) {
-	if b.Cap() <= 64<<10 {
-		b.Reset()
-		bodyBuffers.Put(b)
+// hold reads r's body within its time bound into memory of its own size
+// (a declared length is allocated once; a chunked body grows), counted
+// against MaxHeld. reserved is what it counted, to give back when the
+// request is done. A code other than 0 is the answer instead.
+func (p *Proxy) hold(w http.ResponseWriter, r *http.Request) (body []byte, reserved int64, code int, msg string) {
+	declared := r.ContentLength
+	allowed := p.cfg.BodyTimeout + time.Duration(max(declared, 0)/bodyRate)*time.Second
+	deadline := time.Now().Add(allowed)
+	rc := http.NewResponseController(w)
+	_ = rc.SetReadDeadline(deadline)
+	defer func() {
+		if code == 0 {
+			_ = rc.SetReadDeadline(time.Time{})
+			return
+		}
+		// Left in force, so that net/http's discard of the unread body
+		// (to keep the connection) fails at once rather than waiting on a
+		// client that sends nothing; the connection closes after the reply.
+		w.Header().Set("Connection", "close")
+	}()
+	reserve := func(n int64) bool {
+		if p.held.Add(n) > p.cfg.MaxHeld {
+			p.held.Add(-n)
+			return false
+		}
+		reserved += n
+		return true
+	}
+	busy := func() (int, string) {
+		return http.StatusServiceUnavailable, fmt.Sprintf("the proxy is holding its limit of %d bytes of request bodies; retry shortly", p.cfg.MaxHeld)
+	}
+	var err error
+	if declared >= 0 {
+		if !reserve(declared) {
+			c, m := busy()
+			return nil, reserved, c, m
+		}
+		body = make([]byte, declared)
+		_, err = io.ReadFull(r.Body, body)
+	} else { // chunked: grow, reserving as it grows
+		var buf bytes.Buffer
+		chunk := make([]byte, 32<<10)
+		for {
+			n, rerr := r.Body.Read(chunk)
+			if int64(buf.Len()+n) > p.cfg.MaxBody {
+				return nil, reserved, http.StatusRequestEntityTooLarge, fmt.Sprintf("request body larger than %d bytes", p.cfg.MaxBody)
+			}
+			if n > 0 && !reserve(int64(n)) {
+				c, m := busy()
+				return nil, reserved, c, m
+			}
+			buf.Write(chunk[:n])
+			if rerr != nil {
+				if rerr != io.EOF {
+					err = rerr
+				}
+				break
+			}
+		}
+		body = buf.Bytes()
+	}
+	var ne net.Error
+	switch {
+	case err == nil:
+		return body, reserved, 0, ""
+	case errors.Is(err, os.ErrDeadlineExceeded) || errors.As(err, &ne) && ne.Timeout():
+		return nil, reserved, http.StatusRequestTimeout, fmt.Sprintf("request body not received within %v", allowed)
+	default:
+		return nil, reserved, http.StatusBadRequest, "reading the request body: " + err.Error()
 	}
 }
+
+// HeldBytes is how many bytes of request bodies the proxy holds now.
+func (p *Proxy) HeldBytes() int64 { return p.held.Load() }
 
 // copyBuffers lends ReverseProxy its 32 KiB copy buffers.
 type copyBuffers struct{}
@@ -225,7 +332,7 @@ func (p *Proxy) fail(w http.ResponseWriter, r *http.Request, err error) {
 	switch {
 	case r.Context().Err() != nil:
 		code = 499 // the client went away; nobody reads this
-	case errors.As(err, &e) && (e.Reason == llmretry.ReasonDeadline):
+	case errors.As(err, &e) && (e.Reason == llmretry.ReasonDeadline || e.Timeout()):
 		code = http.StatusGatewayTimeout
 	}
 	p.metrics.request(code)
