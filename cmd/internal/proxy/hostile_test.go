@@ -32,7 +32,7 @@ func TestSlowRequestBodyIsCut(t *testing.T) {
 	base, _, _ := start(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { hits++ }),
 		func(c *Config) { c.BodyTimeout = 100 * time.Millisecond })
 	conn := rawPost(t, base, "Content-Length: 1000\r\n", `{"mo`) // then nothing more
-	_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))      // a guard: the proxy answers long before
+	_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))   // a guard: the proxy answers long before
 	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
 	if err != nil {
 		t.Fatal(err)
