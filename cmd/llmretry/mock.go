@@ -40,5 +40,5 @@ func runMock(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	srv := &http.Server{Handler: mockllm.New(script, *seed), ReadHeaderTimeout: 10 * time.Second}
 	fmt.Fprintf(stdout, "mock provider listening on http://%s (faults: %q)\n", ln.Addr(), *faults)
-	return proxy.Serve(ctx, srv, func() error { return srv.Serve(ln) }, 5*time.Second)
+	return proxy.Serve(ctx, srv, func() error { return srv.Serve(ln) }, 5*time.Second, nil)
 }

@@ -143,7 +143,7 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	srv := proxy.NewServer(p)
 	fmt.Fprintf(stdout, "llmretry proxy on http://%s -> %s\n", ln.Addr(), u.Redacted())
-	return proxy.Serve(ctx, srv, func() error { return srv.Serve(ln) }, *grace)
+	return proxy.Serve(ctx, srv, func() error { return srv.Serve(ln) }, *grace, logger)
 }
 
 // parseBudgetFlag reads --budget: on, off, or a ratio in (0, 1].

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -28,8 +29,8 @@ func rawPost(t *testing.T, base, headers, body string) net.Conn {
 // buffer of up to 32 MiB for as long as it liked. The body must now arrive
 // within its bound, or the client gets 408 and a reason.
 func TestSlowRequestBodyIsCut(t *testing.T) {
-	hits := 0
-	base, _, _ := start(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { hits++ }),
+	var hits atomic.Int32
+	base, _, _ := start(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { hits.Add(1) }),
 		func(c *Config) { c.BodyTimeout = 100 * time.Millisecond })
 	conn := rawPost(t, base, "Content-Length: 1000\r\n", `{"mo`) // then nothing more
 	_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))   // a guard: the proxy answers long before
@@ -39,8 +40,8 @@ func TestSlowRequestBodyIsCut(t *testing.T) {
 	}
 	b, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	if resp.StatusCode != http.StatusRequestTimeout || !strings.Contains(string(b), "request body not received within") || hits != 0 {
-		t.Fatalf("status %d, body %s, upstream hits %d", resp.StatusCode, b, hits)
+	if resp.StatusCode != http.StatusRequestTimeout || !strings.Contains(string(b), "request body not received within") || hits.Load() != 0 {
+		t.Fatalf("status %d, body %s, upstream hits %d", resp.StatusCode, b, hits.Load())
 	}
 }
 

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log"
 	"log/slog"
 	"net"
 	"net/http"
@@ -115,6 +116,7 @@ func New(cfg Config) (*Proxy, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
+	cfg.Logger = slog.New(requestIDHandler{cfg.Logger.Handler()})
 	base := cfg.Base
 	if base == nil {
 		t := http.DefaultTransport.(*http.Transport).Clone()
@@ -179,9 +181,14 @@ func New(cfg Config) (*Proxy, error) {
 		FlushInterval: 0,
 		BufferPool:    copyBuffers{},
 		ErrorHandler:  p.fail,
-		ErrorLog:      slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelWarn),
+		ErrorLog:      log.New(copyErrorFilter{errorLogWriter(cfg.Logger)}, "", 0),
 		ModifyResponse: func(resp *http.Response) error {
 			p.metrics.request(resp.StatusCode)
+			info := requestOf(resp.Request.Context())
+			stamp(resp.Header, info)
+			if info != nil && resp.StatusCode != http.StatusSwitchingProtocols && resp.Body != nil && resp.Body != http.NoBody {
+				resp.Body = &streamBody{ReadCloser: resp.Body, ctx: resp.Request.Context(), logger: cfg.Logger, info: info}
+			}
 			return nil
 		},
 	}
@@ -214,7 +221,12 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) { p.forward(w,
 // goes upstream; one that does not arrive in time gets 408; one that would
 // take the bodies held past MaxHeld gets 503.
 func (p *Proxy) forward(w http.ResponseWriter, r *http.Request) {
+	// The upstream's answers are stamped in ModifyResponse; the proxy's
+	// own, here. (Stamping w's headers up front would not do: ReverseProxy
+	// appends the upstream's values to them.)
+	r, info := withRequest(r)
 	if r.ContentLength > p.cfg.MaxBody {
+		stamp(w.Header(), info)
 		p.tooLarge(w)
 		return
 	}
@@ -222,6 +234,7 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request) {
 		body, reserved, code, msg := p.hold(w, r)
 		defer p.held.Add(-reserved)
 		if code != 0 {
+			stamp(w.Header(), info)
 			p.metrics.request(code)
 			if code == http.StatusServiceUnavailable {
 				w.Header().Set("Retry-After", "1")
@@ -336,6 +349,7 @@ func (p *Proxy) fail(w http.ResponseWriter, r *http.Request, err error) {
 		code = http.StatusGatewayTimeout
 	}
 	p.metrics.request(code)
+	stamp(w.Header(), requestOf(r.Context()))
 	p.writeError(w, code, err.Error())
 }
 
@@ -356,13 +370,20 @@ type countAttempts struct {
 
 func (c countAttempts) RoundTrip(r *http.Request) (*http.Response, error) {
 	c.metrics.attempts.Add(1)
+	if info := requestOf(r.Context()); info != nil {
+		info.attempts.Add(1)
+	}
 	return c.base.RoundTrip(r)
 }
 
 // Serve runs srv on its listener until ctx is done, then drains: the
 // listener closes at once (new connections are refused) and in-flight
-// requests, streams included, get grace to finish before being cut.
-func Serve(ctx context.Context, srv *http.Server, serve func() error, grace time.Duration) error {
+// requests, streams included, get grace to finish before being cut. It logs
+// that the drain began, and how it ended.
+func Serve(ctx context.Context, srv *http.Server, serve func() error, grace time.Duration, logger *slog.Logger) error {
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
 	errc := make(chan error, 1)
 	go func() { errc <- serve() }()
 	select {
@@ -370,12 +391,17 @@ func Serve(ctx context.Context, srv *http.Server, serve func() error, grace time
 		return err
 	case <-ctx.Done():
 	}
+	start := time.Now()
+	logger.Info("llmretry: draining: new connections refused, in-flight requests may finish", "grace", grace)
 	sctx, cancel := context.WithTimeout(context.Background(), grace)
 	defer cancel()
 	err := srv.Shutdown(sctx)
 	if errors.Is(err, context.DeadlineExceeded) {
 		_ = srv.Close()
 		err = fmt.Errorf("in-flight requests still running after the %v grace period were cut", grace)
+		logger.Warn("llmretry: drain ended: grace passed, the requests still running were cut", "grace", grace)
+	} else {
+		logger.Info("llmretry: drain ended: every in-flight request finished", "took", time.Since(start).Round(time.Millisecond))
 	}
 	if serr := <-errc; serr != nil && !errors.Is(serr, http.ErrServerClosed) {
 		return serr
@@ -392,4 +418,10 @@ func NewServer(h http.Handler) *http.Server {
 	srv.Protocols.SetHTTP1(true)
 	srv.Protocols.SetUnencryptedHTTP2(true)
 	return srv
+}
+
+// errorLogWriter is where ReverseProxy's own log lines go: the proxy's
+// logger, at Warn.
+func errorLogWriter(l *slog.Logger) io.Writer {
+	return slog.NewLogLogger(l.Handler(), slog.LevelWarn).Writer()
 }

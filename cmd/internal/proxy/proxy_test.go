@@ -359,7 +359,9 @@ func TestServeDrains(t *testing.T) {
 	srv := NewServer(h)
 	ctx, stop := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- Serve(ctx, srv, func() error { return srv.Serve(ln) }, 30*time.Second) }()
+	var logs bytes.Buffer
+	logger := slog.New(slog.NewTextHandler(&syncWriter{w: &logs}, nil))
+	go func() { done <- Serve(ctx, srv, func() error { return srv.Serve(ln) }, 30*time.Second, logger) }()
 
 	c := client(t)
 	resp, err := c.Get("http://" + ln.Addr().String() + "/")
@@ -389,6 +391,10 @@ func TestServeDrains(t *testing.T) {
 	}
 	if err := <-done; err != nil {
 		t.Fatal(err)
+	}
+	// SIGTERM says that the drain began, and how it ended.
+	if !strings.Contains(logs.String(), "draining: new connections refused") || !strings.Contains(logs.String(), "drain ended: every in-flight request finished") {
+		t.Fatalf("drain logs:\n%s", logs.String())
 	}
 }
 

@@ -1,0 +1,108 @@
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"io"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"sync"
+	"sync/atomic"
+)
+
+// Response headers the proxy adds: which request this was (the same id is
+// on every log line about it), and how many attempts went upstream.
+const (
+	RequestIDHeader = "X-Llmretry-Request-Id"
+	AttemptsHeader  = "X-Llmretry-Attempts"
+)
+
+// requestInfo is what the proxy knows of one request, in its context.
+type requestInfo struct {
+	id       string
+	attempts atomic.Int32
+	broke    sync.Once // the mid-stream break is logged once
+}
+
+type requestKey struct{}
+
+// withRequest gives r a new id and an attempt count.
+func withRequest(r *http.Request) (*http.Request, *requestInfo) {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	info := &requestInfo{id: hex.EncodeToString(b[:])}
+	return r.WithContext(context.WithValue(r.Context(), requestKey{}, info)), info
+}
+
+func requestOf(ctx context.Context) *requestInfo {
+	info, _ := ctx.Value(requestKey{}).(*requestInfo)
+	return info
+}
+
+// stamp puts the request's id and attempt count on a response's headers.
+func stamp(h http.Header, info *requestInfo) {
+	if info == nil {
+		return
+	}
+	h.Set(RequestIDHeader, info.id)
+	h.Set(AttemptsHeader, strconv.Itoa(int(info.attempts.Load())))
+}
+
+// requestIDHandler adds the request's id to every log line made with its
+// context: llmretry's retries and give-ups, and the proxy's own.
+type requestIDHandler struct{ slog.Handler }
+
+func (h requestIDHandler) Handle(ctx context.Context, rec slog.Record) error {
+	if info := requestOf(ctx); info != nil {
+		rec.AddAttrs(slog.String("request_id", info.id))
+	}
+	return h.Handler.Handle(ctx, rec)
+}
+
+func (h requestIDHandler) WithAttrs(as []slog.Attr) slog.Handler {
+	return requestIDHandler{h.Handler.WithAttrs(as)}
+}
+
+func (h requestIDHandler) WithGroup(name string) slog.Handler {
+	return requestIDHandler{h.Handler.WithGroup(name)}
+}
+
+// streamBody reports, once and with the request's id, a response body that
+// broke mid-reply (the client got what came before; nothing is retried).
+type streamBody struct {
+	io.ReadCloser
+	ctx    context.Context
+	logger *slog.Logger
+	info   *requestInfo
+}
+
+func (b *streamBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if err != nil && err != io.EOF {
+		b.info.broke.Do(func() {
+			if b.ctx.Err() != nil { // the client went away: not the upstream's doing
+				b.logger.InfoContext(b.ctx, "llmretry proxy: client left mid-reply", "error", err.Error())
+				return
+			}
+			b.logger.WarnContext(b.ctx, "llmretry proxy: upstream reply broke mid-stream; the client got what came before, nothing is resent", "error", err.Error())
+		})
+	}
+	return n, err
+}
+
+// copyErrorFilter drops ReverseProxy's own unlabelled line about a broken
+// body copy, which streamBody has already logged with the request's id, and
+// passes every other line on.
+type copyErrorFilter struct{ w io.Writer }
+
+var copyErrorLine = []byte("ReverseProxy read error during body copy")
+
+func (f copyErrorFilter) Write(p []byte) (int, error) {
+	if bytes.Contains(p, copyErrorLine) {
+		return len(p), nil
+	}
+	return f.w.Write(p)
+}
