@@ -17,6 +17,7 @@ import (
 	"net/http/httputil"
 	"net/url"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -131,9 +132,7 @@ func New(cfg Config) (*Proxy, error) {
 		t.MaxResponseHeaderBytes = cfg.MaxUpstreamHeader
 		base = t
 	}
-	p := &Proxy{cfg: cfg, metrics: newMetrics(), admin: http.NewServeMux()}
-	p.metrics.upstream = cfg.Upstream.Host
-	p.metrics.heldBodies = p.HeldBytes
+	p := &Proxy{cfg: cfg, admin: http.NewServeMux()}
 	var budget llmretry.Budget = llmretry.NewRatioBudget(llmretry.BudgetConfig{Ratio: cfg.BudgetRatio})
 	switch {
 	case cfg.BudgetOff:
@@ -141,9 +140,11 @@ func New(cfg Config) (*Proxy, error) {
 	case cfg.Budget != nil:
 		budget = cfg.Budget
 	}
+	var counts func() llmretry.BudgetCounts
 	if c, ok := budget.(interface{ Counts() llmretry.BudgetCounts }); ok {
-		p.metrics.budget = c.Counts
+		counts = c.Counts
 	}
+	p.metrics = newMetrics(cfg.Upstream.Host, counts, p.HeldBytes)
 	opts := []llmretry.Option{
 		llmretry.WithPolicy(cfg.Policy),
 		llmretry.WithLogger(cfg.Logger),
@@ -186,8 +187,12 @@ func New(cfg Config) (*Proxy, error) {
 			p.metrics.request(resp.StatusCode)
 			info := requestOf(resp.Request.Context())
 			stamp(resp.Header, info)
+			if info != nil {
+				p.metrics.responded(info.start)
+			}
 			if info != nil && resp.StatusCode != http.StatusSwitchingProtocols && resp.Body != nil && resp.Body != http.NoBody {
-				resp.Body = &streamBody{ReadCloser: resp.Body, ctx: resp.Request.Context(), logger: cfg.Logger, info: info}
+				resp.Body = &streamBody{ReadCloser: resp.Body, ctx: resp.Request.Context(), logger: cfg.Logger, info: info,
+					stream: strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream"), metrics: p.metrics}
 			}
 			return nil
 		},
@@ -196,10 +201,7 @@ func New(cfg Config) (*Proxy, error) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		_, _ = io.WriteString(w, "ok\n")
 	})
-	p.admin.HandleFunc("GET /metrics", func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-		_, _ = p.metrics.WriteTo(w)
-	})
+	p.admin.Handle("GET /metrics", p.metrics.Handler())
 	return p, nil
 }
 
@@ -369,7 +371,7 @@ type countAttempts struct {
 }
 
 func (c countAttempts) RoundTrip(r *http.Request) (*http.Response, error) {
-	c.metrics.attempts.Add(1)
+	c.metrics.attempt()
 	if info := requestOf(r.Context()); info != nil {
 		info.attempts.Add(1)
 	}

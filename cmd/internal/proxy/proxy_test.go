@@ -133,12 +133,11 @@ func TestRetriesThroughTheProxyWithoutLeakingCredentials(t *testing.T) {
 	if !strings.Contains(logs.String(), "retrying") || strings.Contains(logs.String(), "SECRET") {
 		t.Fatalf("logs: %s", logs.String())
 	}
-	var metrics bytes.Buffer
-	_, _ = p.Metrics().WriteTo(&metrics)
+	metrics := scrape(t, p.Metrics())
 	for _, want := range []string{`llmretry_attempts_total 3`, `llmretry_retries_total{cause="status_503"} 1`,
 		`llmretry_retries_total{cause="transport_error"} 1`, `llmretry_requests_total{code="200"} 1`} {
-		if !strings.Contains(metrics.String(), want) {
-			t.Fatalf("metrics lack %q:\n%s", want, metrics.String())
+		if !strings.Contains(metrics, want) {
+			t.Fatalf("metrics lack %q:\n%s", want, metrics)
 		}
 	}
 }
@@ -493,18 +492,67 @@ func TestAcceptEncodingIsTheClients(t *testing.T) {
 }
 
 func TestRequestsAreCountedByCode(t *testing.T) {
-	m := newMetrics()
+	m := newMetrics("api.test", nil, nil)
 	for _, code := range []int{200, 413, 200, 999, 1000, -1} {
 		m.request(code)
 	}
-	var b bytes.Buffer
-	_, _ = m.WriteTo(&b)
+	got := scrape(t, m)
 	want := `llmretry_requests_total{code="0"} 2
 llmretry_requests_total{code="200"} 2
 llmretry_requests_total{code="413"} 1
 llmretry_requests_total{code="999"} 1
 `
-	if !strings.Contains(b.String(), want) {
-		t.Fatalf("metrics:\n%s\nwant the lines:\n%s", b.String(), want)
+	if !strings.Contains(got, want) {
+		t.Fatalf("metrics:\n%s\nwant the lines:\n%s", got, want)
+	}
+}
+
+// scrape reads the metrics as Prometheus would.
+func scrape(t *testing.T, m *Metrics) string {
+	t.Helper()
+	rec := httptest.NewRecorder()
+	m.Handler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/metrics", nil))
+	if rec.Code != 200 {
+		t.Fatalf("/metrics: %d", rec.Code)
+	}
+	return rec.Body.String()
+}
+
+// The metrics operators expect: latency histograms for the response
+// headers, a stream's first bytes and the waits by source, and the Go and
+// process collectors; no label holds a path or a key.
+func TestMetricsOperatorsExpect(t *testing.T) {
+	var hits atomic.Int32
+	base, p, _ := start(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if hits.Add(1) == 1 {
+			w.Header().Set("Retry-After-Ms", "10")
+			w.WriteHeader(http.StatusServiceUnavailable)
+			return
+		}
+		w.Header().Set("Content-Type", "text/event-stream")
+		_, _ = io.WriteString(w, "data: {\"delta\":\"hi\"}\n\ndata: [DONE]\n\n")
+	}))
+	req, _ := http.NewRequest(http.MethodPost, base+"/v1/projects/secret-project/chat?key=SECRET", strings.NewReader(`{"stream":true}`))
+	req.Header.Set("Authorization", "Bearer sk-SECRET")
+	resp, err := client(t).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	got := scrape(t, p.Metrics())
+	for _, want := range []string{
+		"llmretry_response_header_seconds_count 1", "llmretry_first_event_seconds_count 1",
+		`llmretry_wait_seconds_count{source="retry-after-ms"} 1`, `llmretry_wait_seconds_bucket{source="retry-after-ms",le="0.025"} 1`,
+		"go_goroutines ", "process_resident_memory_bytes ", "llmretry_attempts_total 2",
+	} {
+		if !strings.Contains(got, want) {
+			t.Errorf("metrics lack %q", want)
+		}
+	}
+	for _, leak := range []string{"SECRET", "secret-project", "/v1/"} {
+		if strings.Contains(got, leak) {
+			t.Errorf("metrics hold %q", leak)
+		}
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // Response headers the proxy adds: which request this was (the same id is
@@ -23,6 +24,7 @@ const (
 // requestInfo is what the proxy knows of one request, in its context.
 type requestInfo struct {
 	id       string
+	start    time.Time
 	attempts atomic.Int32
 	broke    sync.Once // the mid-stream break is logged once
 }
@@ -33,7 +35,7 @@ type requestKey struct{}
 func withRequest(r *http.Request) (*http.Request, *requestInfo) {
 	var b [8]byte
 	_, _ = rand.Read(b[:])
-	info := &requestInfo{id: hex.EncodeToString(b[:])}
+	info := &requestInfo{id: hex.EncodeToString(b[:]), start: time.Now()}
 	return r.WithContext(context.WithValue(r.Context(), requestKey{}, info)), info
 }
 
@@ -74,13 +76,19 @@ func (h requestIDHandler) WithGroup(name string) slog.Handler {
 // broke mid-reply (the client got what came before; nothing is retried).
 type streamBody struct {
 	io.ReadCloser
-	ctx    context.Context
-	logger *slog.Logger
-	info   *requestInfo
+	ctx     context.Context
+	logger  *slog.Logger
+	info    *requestInfo
+	stream  bool // a text/event-stream: its first bytes are timed
+	metrics *Metrics
 }
 
 func (b *streamBody) Read(p []byte) (int, error) {
 	n, err := b.ReadCloser.Read(p)
+	if b.stream && n > 0 {
+		b.stream = false
+		b.metrics.firstEvent(b.info.start)
+	}
 	if err != nil && err != io.EOF {
 		b.info.broke.Do(func() {
 			if b.ctx.Err() != nil { // the client went away: not the upstream's doing
