@@ -27,15 +27,15 @@ import (
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 // start runs a proxy in front of upstream and returns its URL.
-func start(t *testing.T, upstream http.Handler, mutate ...func(*Config)) (string, *Proxy, *bytes.Buffer) {
+func start(t *testing.T, upstream http.Handler, mutate ...func(*Config)) (string, *Proxy, *logBuffer) {
 	t.Helper()
 	up := httptest.NewServer(upstream)
 	t.Cleanup(up.Close)
 	u, _ := url.Parse(up.URL)
-	var logs bytes.Buffer
+	logs := &logBuffer{}
 	base := &http.Transport{}
 	t.Cleanup(base.CloseIdleConnections)
-	cfg := Config{Upstream: u, Base: base, Logger: slog.New(slog.NewTextHandler(&syncWriter{w: &logs}, nil)),
+	cfg := Config{Upstream: u, Base: base, Logger: slog.New(slog.NewTextHandler(logs, nil)),
 		Options: []llmretry.Option{llmretry.WithClock(llmretrytest.NewClock(time.Now()))}}
 	for _, m := range mutate {
 		m(&cfg)
@@ -48,18 +48,26 @@ func start(t *testing.T, upstream http.Handler, mutate ...func(*Config)) (string
 	srv.Config = NewServer(p)
 	srv.Start()
 	t.Cleanup(srv.Close)
-	return srv.URL, p, &logs
+	return srv.URL, p, logs
 }
 
-type syncWriter struct {
-	mu sync.Mutex
-	w  io.Writer
+// logBuffer is a log's text, written by the proxy's goroutines and read by
+// the test's, under one lock.
+type logBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
 }
 
-func (s *syncWriter) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.w.Write(p)
+func (l *logBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.Write(p)
+}
+
+func (l *logBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.String()
 }
 
 func client(t *testing.T) *http.Client {
@@ -358,8 +366,8 @@ func TestServeDrains(t *testing.T) {
 	srv := NewServer(h)
 	ctx, stop := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	var logs bytes.Buffer
-	logger := slog.New(slog.NewTextHandler(&syncWriter{w: &logs}, nil))
+	logs := &logBuffer{}
+	logger := slog.New(slog.NewTextHandler(logs, nil))
 	go func() { done <- Serve(ctx, srv, func() error { return srv.Serve(ln) }, 30*time.Second, logger) }()
 
 	c := client(t)
