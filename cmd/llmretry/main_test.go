@@ -32,8 +32,8 @@ func TestExitStatus(t *testing.T) {
 		{[]string{"proxy", "--upstream", "http://127.0.0.1:1", "--listen", "nohost"}, nil, 2, `--listen "nohost": want HOST:PORT`},
 		{[]string{"mock", "--listen", "nohost"}, nil, 2, `--listen "nohost": want HOST:PORT`},
 		{[]string{"proxy", "--upstream", "http://127.0.0.1:1", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"}, cancelled, 0, "llmretry proxy on"},
-		{[]string{"proxy", "--upstream", "http://127.0.0.1:1", "--redis", "mysql://x"}, nil, 2, `got scheme "mysql"`},
-		{[]string{"proxy", "--upstream", "http://127.0.0.1:1", "--redis", "notredis"}, nil, 2, `--redis "notredis": want redis://HOST:PORT/DB`},
+		{[]string{"proxy", "--upstream", "http://127.0.0.1:1", "--redis", "mysql://x"}, nil, 2, `it has scheme "mysql"`},
+		{[]string{"proxy", "--upstream", "http://127.0.0.1:1", "--redis", "notredis"}, nil, 2, `--redis "notredis": want redis://HOST:PORT/DB (or rediss:// for TLS); it has no scheme`},
 		// Redis down never stops the proxy.
 		{[]string{"proxy", "--upstream", "http://127.0.0.1:1", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--redis", "redis://127.0.0.1:1/0"}, cancelled, 0, "llmretry proxy on"},
 		{[]string{"proxy", "--upstream", "http://127.0.0.1:1", "--budget", "lots"}, nil, 2, "--budget \"lots\": want on, off or a ratio"},

@@ -98,11 +98,11 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if *redisURL != "" {
 		ropts, err := redis.ParseURL(*redisURL)
 		if err != nil {
-			scheme := ""
-			if ru, perr := url.Parse(*redisURL); perr == nil {
-				scheme = ru.Scheme
+			got := "no scheme"
+			if ru, perr := url.Parse(*redisURL); perr == nil && ru.Scheme != "" {
+				got = "scheme " + strconv.Quote(ru.Scheme)
 			}
-			return usageErr(fs, stderr, "--redis %q: want redis://HOST:PORT/DB (or rediss:// for TLS); got scheme %q", *redisURL, scheme)
+			return usageErr(fs, stderr, "--redis %q: want redis://HOST:PORT/DB (or rediss:// for TLS); it has %s", *redisURL, got)
 		}
 		name := *redisName
 		if name == "" {
