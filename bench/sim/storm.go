@@ -34,8 +34,16 @@ var stormPolicies = []stormPolicy{
 	{"old budget", func() []llmretry.Option {
 		return []llmretry.Option{llmretry.WithBudget(&oldBudget{}), llmretry.WithCooldowns(&hostKeyCooldowns{llmretry.NewLocalCooldowns()})}
 	}},
+	{"gRPC throttle (10, 0.1)", func() []llmretry.Option { return peer(newGRPCThrottle()) }},
+	{"AWS standard quota (500/5/+1)", func() []llmretry.Option { return peer(newAWSQuota()) }},
+	{"Finagle RetryBudget (20%, 10/s)", func() []llmretry.Option { return peer(&finagleBudget{}) }},
+	{"SRE adaptive throttle (K=2)", func() []llmretry.Option { return peer(newSREThrottle()) }},
 	{"new budget", func() []llmretry.Option { return nil }},
 }
+
+// peer runs a peer's throttle with the current cooldowns, so that the
+// columns differ only in the budget.
+func peer(b llmretry.Budget) []llmretry.Option { return []llmretry.Option{llmretry.WithBudget(b)} }
 
 // oldBudget is the budget as it was before: retries within max(10, 10% of
 // requests) over 10 s, whether they worked or not.

@@ -39,7 +39,7 @@ func TestStormTable(t *testing.T) {
 		}
 	}
 
-	const none, old, neu = 0, 1, 2
+	const none, old, neu = 0, 1, 6
 	row := func(name string) []result {
 		for i, sc := range ss {
 			if sc.name == name {
