@@ -39,7 +39,7 @@ fi
 mock=18181 proxy=18180 ngx=18182 plain=18183
 GOMAXPROCS=$procs $load "$tmp/llmretry" mock --listen 127.0.0.1:$mock --faults "$faults" >/dev/null &
 pid_direct=$!
-GOMAXPROCS=$procs $proxied "$tmp/llmretry" proxy --listen 127.0.0.1:$proxy --upstream http://127.0.0.1:$mock --quiet >/dev/null &
+GOMAXPROCS=$procs $proxied "$tmp/llmretry" proxy --listen 127.0.0.1:$proxy --admin-listen 127.0.0.1:18184 --upstream http://127.0.0.1:$mock --quiet >/dev/null &
 pid_llmretry=$!
 GOMAXPROCS=$procs $proxied "$tmp/plainproxy" 127.0.0.1:$plain http://127.0.0.1:$mock 2>/dev/null &
 pid_plain=$!

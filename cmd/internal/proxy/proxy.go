@@ -190,9 +190,11 @@ func New(cfg Config) (*Proxy, error) {
 			if info != nil {
 				p.metrics.responded(info.start)
 			}
-			if info != nil && resp.StatusCode != http.StatusSwitchingProtocols && resp.Body != nil && resp.Body != http.NoBody {
+			sse := strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream")
+			if info != nil && (sse || resp.ContentLength < 0) && resp.StatusCode != http.StatusSwitchingProtocols &&
+				resp.Body != nil && resp.Body != http.NoBody {
 				resp.Body = &streamBody{ReadCloser: resp.Body, ctx: resp.Request.Context(), logger: cfg.Logger, info: info,
-					stream: strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream"), metrics: p.metrics}
+					stream: sse, metrics: p.metrics}
 			}
 			return nil
 		},

@@ -3,10 +3,11 @@ package proxy
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
+	"encoding/binary"
 	"encoding/hex"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"net/http"
 	"strconv"
 	"sync"
@@ -31,10 +32,11 @@ type requestInfo struct {
 
 type requestKey struct{}
 
-// withRequest gives r a new id and an attempt count.
+// withRequest gives r a new id and an attempt count. The id needs to be
+// unique, not secret: math/rand/v2's generator costs no system call.
 func withRequest(r *http.Request) (*http.Request, *requestInfo) {
 	var b [8]byte
-	_, _ = rand.Read(b[:])
+	binary.LittleEndian.PutUint64(b[:], rand.Uint64())
 	info := &requestInfo{id: hex.EncodeToString(b[:]), start: time.Now()}
 	return r.WithContext(context.WithValue(r.Context(), requestKey{}, info)), info
 }
@@ -72,8 +74,10 @@ func (h requestIDHandler) WithGroup(name string) slog.Handler {
 	return requestIDHandler{h.Handler.WithGroup(name)}
 }
 
-// streamBody reports, once and with the request's id, a response body that
-// broke mid-reply (the client got what came before; nothing is retried).
+// streamBody reports, once and with the request's id, a streamed response
+// body that broke mid-reply (the client got what came before; nothing is
+// retried). Only bodies that stream are wrapped: a JSON reply of known
+// length goes through untouched, on the hot path.
 type streamBody struct {
 	io.ReadCloser
 	ctx     context.Context
