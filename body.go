@@ -72,6 +72,9 @@ func (b *heldBody) Read(p []byte) (int, error) {
 	if len(b.held) > 0 {
 		n := copy(p, b.held)
 		b.held = b.held[n:]
+		if len(b.held) == 0 {
+			b.held = nil // let the peek's buffer go: the stream may run for minutes
+		}
 		return n, nil
 	}
 	return b.rc.Read(p)

@@ -329,13 +329,18 @@ func (p *Proxy) hold(w http.ResponseWriter, r *http.Request) (body []byte, reser
 // HeldBytes is how many bytes of request bodies the proxy holds now.
 func (p *Proxy) HeldBytes() int64 { return p.held.Load() }
 
-// copyBuffers lends ReverseProxy its 32 KiB copy buffers.
+// copyBuffers lends ReverseProxy its copy buffers. A stream keeps its
+// buffer for as long as it runs, and a chat stream's events are small, so
+// the buffers are 8 KiB: at 32 KiB they were most of what an open stream
+// cost (bench/streams, BENCHMARKS.md).
 type copyBuffers struct{}
 
-var copyBufferPool = sync.Pool{New: func() any { return new([32 << 10]byte) }}
+const copyBufferSize = 8 << 10
 
-func (copyBuffers) Get() []byte  { return copyBufferPool.Get().(*[32 << 10]byte)[:] }
-func (copyBuffers) Put(b []byte) { copyBufferPool.Put((*[32 << 10]byte)(b)) }
+var copyBufferPool = sync.Pool{New: func() any { return new([copyBufferSize]byte) }}
+
+func (copyBuffers) Get() []byte  { return copyBufferPool.Get().(*[copyBufferSize]byte)[:] }
+func (copyBuffers) Put(b []byte) { copyBufferPool.Put((*[copyBufferSize]byte)(b)) }
 
 func (p *Proxy) tooLarge(w http.ResponseWriter) {
 	p.metrics.request(http.StatusRequestEntityTooLarge)
