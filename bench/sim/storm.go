@@ -48,14 +48,13 @@ func peer(b llmretry.Budget) []llmretry.Option { return []llmretry.Option{llmret
 // oldBudget is the budget as it was before: retries within max(10, 10% of
 // requests) over 10 s, whether they worked or not.
 type oldBudget struct {
-	mu    sync.Mutex
-	times []time.Time // of requests
-	rets  []time.Time // of retries
+	mu        sync.Mutex
+	reqs, ret stamps
 }
 
 func (b *oldBudget) OnRequest() {
 	b.mu.Lock()
-	b.times = append(b.times, time.Now())
+	b.reqs.add(time.Now())
 	b.mu.Unlock()
 }
 
@@ -63,14 +62,10 @@ func (b *oldBudget) AllowRetry() bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	since := time.Now().Add(-10 * time.Second)
-	count := func(ts []time.Time) int {
-		i, _ := slices.BinarySearchFunc(ts, since, func(a, b time.Time) int { return a.Compare(b) })
-		return len(ts) - i
-	}
-	if float64(count(b.rets)+1) > max(10, 0.1*float64(count(b.times))) {
+	if float64(b.ret.count(since)+1) > max(10, 0.1*float64(b.reqs.count(since))) {
 		return false
 	}
-	b.rets = append(b.rets, time.Now())
+	b.ret.add(time.Now())
 	return true
 }
 

@@ -3,7 +3,6 @@ package proxy
 import (
 	"io"
 	"net/http"
-	"net/http/httptest"
 	"regexp"
 	"strconv"
 	"strings"
@@ -11,18 +10,15 @@ import (
 	"testing"
 )
 
-// metric reads one sample of the admin handler's /metrics: name{labels}
-// value.
+// metric reads one sample of the metrics: name{labels} value.
 func metric(t *testing.T, p *Proxy, sample string) float64 {
 	t.Helper()
-	rec := httptest.NewRecorder()
-	p.Admin().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/metrics", nil))
-	b := rec.Body.Bytes()
-	m := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(sample) + ` (\S+)$`).FindSubmatch(b)
+	got := scrape(t, p.Metrics())
+	m := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(sample) + ` (\S+)$`).FindStringSubmatch(got)
 	if m == nil {
-		t.Fatalf("no %s in:\n%s", sample, b)
+		t.Fatalf("no %s in:\n%s", sample, got)
 	}
-	v, err := strconv.ParseFloat(string(m[1]), 64)
+	v, err := strconv.ParseFloat(m[1], 64)
 	if err != nil {
 		t.Fatal(err)
 	}
