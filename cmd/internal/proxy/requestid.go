@@ -74,10 +74,9 @@ func (h requestIDHandler) WithGroup(name string) slog.Handler {
 	return requestIDHandler{h.Handler.WithGroup(name)}
 }
 
-// streamBody reports, once and with the request's id, a streamed response
-// body that broke mid-reply (the client got what came before; nothing is
-// retried). Only bodies that stream are wrapped: a JSON reply of known
-// length goes through untouched, on the hot path.
+// streamBody reports, once and with the request's id, a response body that
+// broke mid-reply (the client got what came before; nothing is retried),
+// and times a stream's first bytes.
 type streamBody struct {
 	io.ReadCloser
 	ctx     context.Context

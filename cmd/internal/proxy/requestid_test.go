@@ -68,3 +68,29 @@ func TestMidStreamBreakIsLoggedOnceWithTheRequestID(t *testing.T) {
 		t.Fatalf("ReverseProxy's unlabelled line is still logged:\n%s", logs.String())
 	}
 }
+
+// A JSON reply that breaks before its declared length is logged too, with
+// the request's id: ReverseProxy's own line for it is dropped, so nothing
+// else reports it.
+func TestBrokenJSONReplyIsLoggedWithTheRequestID(t *testing.T) {
+	base, _, logs := start(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("Content-Length", "1000")
+		_, _ = io.WriteString(w, `{"choices":[`)
+		http.NewResponseController(w).Flush()
+		panic(http.ErrAbortHandler)
+	}))
+	// The headers of a reply that is not streamed are not flushed before
+	// the abort, so the client may see the connection end without them.
+	resp, err := client(t).Post(base+"/v1/chat/completions", "application/json", strings.NewReader(`{}`))
+	if err == nil {
+		_, _ = io.ReadAll(resp.Body)
+		resp.Body.Close()
+	}
+	if n := strings.Count(logs.String(), "broke mid-stream"); n != 1 || !regexp.MustCompile(`request_id=[0-9a-f]{16}`).MatchString(logs.String()) {
+		t.Fatalf("%d lines for the broken reply (want 1, with a request_id):\n%s", n, logs.String())
+	}
+	if strings.Contains(logs.String(), "ReverseProxy read error") {
+		t.Fatalf("ReverseProxy's unlabelled line is logged:\n%s", logs.String())
+	}
+}
