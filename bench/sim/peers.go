@@ -92,32 +92,6 @@ func (s *stamps) count(since time.Time) int {
 	return len(s.ts)
 }
 
-// finagleBudget is Finagle's RetryBudget: over a 10 s ttl, retries may be
-// 20% of requests plus a reserve of 10 retries a second.
-type finagleBudget struct {
-	mu        sync.Mutex
-	reqs, ret stamps
-}
-
-func (f *finagleBudget) OnRequest() {
-	f.mu.Lock()
-	f.reqs.add(time.Now())
-	f.mu.Unlock()
-}
-
-func (f *finagleBudget) AllowRetry() bool {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	since := time.Now().Add(-10 * time.Second)
-	if float64(f.ret.count(since)+1) > 100+0.2*float64(f.reqs.count(since)) {
-		return false
-	}
-	f.ret.add(time.Now())
-	return true
-}
-
-func (f *finagleBudget) OnAttempt(llmretry.AttemptResult) {}
-
 // sreThrottle is the SRE book's client-side adaptive throttling, applied to
 // retries: over the last 2 minutes, with requests the attempts sent and
 // accepts those that succeeded, a retry is dropped with probability

@@ -32,11 +32,11 @@ var stormPolicies = []stormPolicy{
 		return []llmretry.Option{llmretry.WithBudget(nil), llmretry.WithCooldowns(nil)}
 	}},
 	{"old budget", func() []llmretry.Option {
-		return []llmretry.Option{llmretry.WithBudget(&oldBudget{}), llmretry.WithCooldowns(&hostKeyCooldowns{llmretry.NewLocalCooldowns()})}
+		return []llmretry.Option{llmretry.WithBudget(&windowBudget{ratio: 0.1, reserve: 10}), llmretry.WithCooldowns(&hostKeyCooldowns{llmretry.NewLocalCooldowns()})}
 	}},
 	{"gRPC throttle (10, 0.1)", func() []llmretry.Option { return peer(newGRPCThrottle()) }},
 	{"AWS standard quota (500/5/+1)", func() []llmretry.Option { return peer(newAWSQuota()) }},
-	{"Finagle RetryBudget (20%, 10/s)", func() []llmretry.Option { return peer(&finagleBudget{}) }},
+	{"Finagle RetryBudget (20%, 10/s)", func() []llmretry.Option { return peer(&windowBudget{ratio: 0.2, reserve: 100, additive: true}) }},
 	{"SRE adaptive throttle (K=2)", func() []llmretry.Option { return peer(newSREThrottle()) }},
 	{"new budget", func() []llmretry.Option { return nil }},
 }
@@ -45,31 +45,40 @@ var stormPolicies = []stormPolicy{
 // columns differ only in the budget.
 func peer(b llmretry.Budget) []llmretry.Option { return []llmretry.Option{llmretry.WithBudget(b)} }
 
-// oldBudget is the budget as it was before: retries within max(10, 10% of
-// requests) over 10 s, whether they worked or not.
-type oldBudget struct {
-	mu        sync.Mutex
-	reqs, ret stamps
+// windowBudget allows a retry while retries over the last 10 s stay within
+// max(reserve, ratio x requests), or with additive, reserve + ratio x
+// requests, whether they worked or not: llmretry's old budget (0.1, 10) and
+// Finagle's RetryBudget (0.2, plus 10 retries a second in reserve).
+type windowBudget struct {
+	ratio, reserve float64
+	additive       bool
+	mu             sync.Mutex
+	reqs, ret      stamps
 }
 
-func (b *oldBudget) OnRequest() {
+func (b *windowBudget) OnRequest() {
 	b.mu.Lock()
 	b.reqs.add(time.Now())
 	b.mu.Unlock()
 }
 
-func (b *oldBudget) AllowRetry() bool {
+func (b *windowBudget) AllowRetry() bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	since := time.Now().Add(-10 * time.Second)
-	if float64(b.ret.count(since)+1) > max(10, 0.1*float64(b.reqs.count(since))) {
+	share := b.ratio * float64(b.reqs.count(since))
+	limit := max(b.reserve, share)
+	if b.additive {
+		limit = b.reserve + share
+	}
+	if float64(b.ret.count(since)+1) > limit {
 		return false
 	}
 	b.ret.add(time.Now())
 	return true
 }
 
-func (b *oldBudget) OnAttempt(llmretry.AttemptResult) {}
+func (b *windowBudget) OnAttempt(llmretry.AttemptResult) {}
 
 // hostKeyCooldowns scopes cooldowns as they were: by host and key, whatever
 // the model. (What started one is the Transport's, and now only a 429 does;
