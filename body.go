@@ -33,7 +33,7 @@ func discard(resp *http.Response, clock Clock) {
 		return
 	}
 	body := resp.Body
-	if hb, ok := body.(*heldBody); ok && hb.stalled {
+	if hb, ok := body.(*heldBody); ok && hb.peekErr == errBodyStalled {
 		_ = body.Close()
 		return
 	}
@@ -50,14 +50,12 @@ type heldBody struct {
 	held   []byte
 	rc     io.ReadCloser
 	closed atomic.Bool
-	// stalled: the peek ran out of time with the body still open, so the
-	// connection is not worth draining.
-	stalled bool
 	// What the peek that made this body found, so that every rule asking
 	// again gets the same answer without reading again: peekErr for a peek
-	// at an error body; for a peek at a stream's first event, eventPeeked,
-	// and broken when the stream broke or ended before it (the body is
-	// then closed).
+	// at an error body (errBodyStalled: it ran out of time with the body
+	// still open, so the connection is not worth draining); for a peek at a
+	// stream's first event, eventPeeked, and broken when the stream broke or
+	// ended before it (the body is then closed).
 	peekErr     error
 	eventPeeked bool
 	broken      error
@@ -121,7 +119,7 @@ func peekBody(resp *http.Response, limit int, clock Clock, within time.Duration)
 			break
 		}
 	}
-	resp.Body = &heldBody{held: buf, rc: body, stalled: err == errBodyStalled, peekErr: err}
+	resp.Body = &heldBody{held: buf, rc: body, peekErr: err}
 	return buf, err
 }
 

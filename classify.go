@@ -104,7 +104,7 @@ func TransportErrors(a Attempt) Decision {
 	}
 	cause, ok := transportCause(a.Err)
 	if !ok {
-		return Decision{Action: Stop, Failure: FailureTransport, Cause: firstNonEmpty(cause, "transport error")}
+		return Decision{Action: Stop, Failure: FailureTransport} // decide names the cause
 	}
 	return Decision{Action: Retry, Failure: FailureTransport, Cause: cause}
 }

@@ -82,15 +82,15 @@ func (a Attempt) FirstEvent() (ev Event, ok bool, err error) {
 // broke before it. Any other first event delivers the stream. It passes on
 // everything that is not a 2xx event stream.
 func StreamFirstEvent(a Attempt) Decision {
+	if a.Response == nil || !isEventStream(a.Response) || !hasBody(a.Response) {
+		return Decision{}
+	}
 	ev, ok, err := a.FirstEvent()
 	switch {
 	case err != nil:
 		return Decision{Action: Retry, Failure: FailureStream, Cause: streamCause(err)}
 	case !ok:
-		if a.Response != nil && isEventStream(a.Response) && hasBody(a.Response) {
-			return Decision{Action: Deliver} // the hold passed: handed over as it is
-		}
-		return Decision{}
+		return Decision{Action: Deliver} // the hold passed, or the event outgrew the limit: handed over as it is
 	}
 	return classifyFirstEvent(sseEvent{name: ev.Name, data: ev.Data})
 }

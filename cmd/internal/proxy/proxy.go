@@ -54,7 +54,8 @@ type Config struct {
 	// Logger gets retries and give-ups; never a header value or a query.
 	Logger *slog.Logger
 	// Base is the transport under the retries (http.DefaultTransport's
-	// settings if nil).
+	// settings if nil). UpstreamTimeout and MaxUpstreamHeader are set on
+	// the proxy's own transport only: a Base given here keeps its own.
 	Base http.RoundTripper
 	// Budget and Cooldowns replace the proxy's own in-process ones, to
 	// share them across a fleet of proxies (redisstate.State is both).
@@ -182,7 +183,8 @@ func New(cfg Config) (*Proxy, error) {
 		FlushInterval: 0,
 		BufferPool:    copyBuffers{},
 		ErrorHandler:  p.fail,
-		ErrorLog:      log.New(copyErrorFilter{errorLogWriter(cfg.Logger)}, "", 0),
+		// ReverseProxy's own lines go to the proxy's logger, at Warn.
+		ErrorLog: log.New(copyErrorFilter{slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelWarn).Writer()}, "", 0),
 		ModifyResponse: func(resp *http.Response) error {
 			p.metrics.request(resp.StatusCode)
 			info := requestOf(resp.Request.Context())
@@ -429,10 +431,4 @@ func NewServer(h http.Handler) *http.Server {
 	srv.Protocols.SetHTTP1(true)
 	srv.Protocols.SetUnencryptedHTTP2(true)
 	return srv
-}
-
-// errorLogWriter is where ReverseProxy's own log lines go: the proxy's
-// logger, at Warn.
-func errorLogWriter(l *slog.Logger) io.Writer {
-	return slog.NewLogLogger(l.Handler(), slog.LevelWarn).Writer()
 }
