@@ -73,7 +73,7 @@ func TestInMemoryBodySentUntracked(t *testing.T) {
 		{&failingBody{n: 1, err: io.EOF}, true},
 	} {
 		req, _ := http.NewRequest(http.MethodPost, "http://api.test/", tc.body)
-		r, tracked, err := tr.attemptRequest(req, 1, "")
+		r, tracked, err := tr.attemptRequest(req, 1, "", nil)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -176,7 +176,11 @@ func (s *limitStreaks) succeeded(req *http.Request) {
 	if s.size.Load() == 0 {
 		return
 	}
-	up := upstreamOf(req)
+	s.clear(upstreamOf(req))
+}
+
+// clear ends up's run of 429s.
+func (s *limitStreaks) clear(up Upstream) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	delete(s.n, up)

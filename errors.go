@@ -34,6 +34,10 @@ const (
 	ReasonInvalidRequest
 	// ReasonBudget: the retry budget was spent, so the retry was skipped.
 	ReasonBudget
+	// ReasonUnavailable: a failover Transport had nowhere to send the
+	// request: no target serves its model, or every key of those that do
+	// is out. Nothing was sent.
+	ReasonUnavailable
 )
 
 var reasonNames = map[Reason]string{
@@ -45,6 +49,7 @@ var reasonNames = map[Reason]string{
 	ReasonBodyNotReplayable: "request body not replayable",
 	ReasonInvalidRequest:    "invalid request",
 	ReasonBudget:            "retry budget spent",
+	ReasonUnavailable:       "no target or key available",
 }
 
 func (r Reason) String() string {
@@ -72,6 +77,9 @@ type Error struct {
 	// Wait is the wait that was refused, for ReasonDeadline and
 	// ReasonRetryAfterTooLong.
 	Wait time.Duration
+	// Target is the failover target of the last attempt (or, when nothing
+	// was sent, of the wait); empty without failover.
+	Target string
 	// Err is the last underlying error.
 	Err error
 }

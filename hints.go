@@ -29,6 +29,9 @@ const (
 	// SourceCooldown: the rest of a wait another request to the same
 	// upstream was told to observe.
 	SourceCooldown
+	// SourceFailover: no wait; the next attempt goes at once to another key
+	// or target (see NewFailoverTransport).
+	SourceFailover
 )
 
 var sourceNames = [...]string{
@@ -40,6 +43,7 @@ var sourceNames = [...]string{
 	SourceMessage:        "error-message",
 	SourceRateLimitReset: "ratelimit-reset",
 	SourceCooldown:       "cooldown",
+	SourceFailover:       "failover",
 }
 
 func (s WaitSource) String() string {

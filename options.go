@@ -16,6 +16,7 @@ type config struct {
 	logger            *slog.Logger
 	onRetry           func(RetryEvent)
 	onStop            func(StopEvent)
+	onHealth          func(HealthEvent)
 	clock             Clock
 	rand              func() float64
 	attemptHeader     string
@@ -193,6 +194,12 @@ type RetryEvent struct {
 	// Wait is the wait about to start, and Source where it came from.
 	Wait   time.Duration
 	Source WaitSource
+	// Target and Key name where the failed attempt went, and NextTarget
+	// and NextKey where the next one goes, for a failover Transport (see
+	// NewFailoverTransport); a move to another key or target has no Wait.
+	// Keys are named by their IDs. All are empty without failover.
+	Target, Key         string
+	NextTarget, NextKey string
 }
 
 // StopEvent describes a request that ended on a failure without (further)
@@ -210,4 +217,7 @@ type StopEvent struct {
 	// Wait is the refused wait, for ReasonDeadline and
 	// ReasonRetryAfterTooLong.
 	Wait time.Duration
+	// Target and Key name where the last attempt went, for a failover
+	// Transport; empty without failover.
+	Target, Key string
 }

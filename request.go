@@ -93,8 +93,9 @@ func replayable(req *http.Request) bool {
 // attemptRequest returns the request to send as attempt number attempt
 // (1-based), and the tracker of its body when that body is one whose reads
 // can fail. The caller's request is never modified: when a header must be
-// set or a body made or tracked, a shallow copy is sent instead.
-func (t *Transport) attemptRequest(req *http.Request, attempt int, idemKey string) (*http.Request, *trackedBody, error) {
+// set, a body made or tracked, or (with failover, j) the request aimed at a
+// target, a shallow copy is sent instead.
+func (t *Transport) attemptRequest(req *http.Request, attempt int, idemKey string, j *journey) (*http.Request, *trackedBody, error) {
 	needHeaders := t.cfg.attemptHeader != "" || idemKey != ""
 	body := req.Body
 	if attempt > 1 && body != nil && body != http.NoBody {
@@ -103,28 +104,39 @@ func (t *Transport) attemptRequest(req *http.Request, attempt int, idemKey strin
 			return nil, nil, fmt.Errorf("GetBody for attempt %d: %w", attempt, err)
 		}
 	}
+	var r *http.Request
+	if j != nil {
+		r = new(http.Request)
+		*r = *req
+		var err error
+		if body, err = t.pool.aim(r, body, j); err != nil {
+			return nil, nil, err
+		}
+	}
 	var tracked *trackedBody
 	if body != nil && body != http.NoBody && !inMemoryBody(body) {
 		tracked = &trackedBody{rc: body}
 		body = tracked
 	}
-	if body == req.Body && !needHeaders {
-		return req, nil, nil
+	if r == nil {
+		if body == req.Body && !needHeaders {
+			return req, nil, nil
+		}
+		r = new(http.Request)
+		*r = *req
+		if needHeaders {
+			r.Header = req.Header.Clone()
+			if r.Header == nil {
+				r.Header = make(http.Header)
+			}
+		}
 	}
-	r := new(http.Request)
-	*r = *req
 	r.Body = body
-	if needHeaders {
-		r.Header = req.Header.Clone()
-		if r.Header == nil {
-			r.Header = make(http.Header)
-		}
-		if t.cfg.attemptHeader != "" {
-			r.Header.Set(t.cfg.attemptHeader, strconv.Itoa(attempt))
-		}
-		if idemKey != "" {
-			r.Header.Set(t.cfg.idempotencyHeader, idemKey)
-		}
+	if t.cfg.attemptHeader != "" {
+		r.Header.Set(t.cfg.attemptHeader, strconv.Itoa(attempt))
+	}
+	if idemKey != "" {
+		r.Header.Set(t.cfg.idempotencyHeader, idemKey)
 	}
 	return r, tracked, nil
 }

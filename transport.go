@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"strings"
 	"sync/atomic"
 	"time"
 )
@@ -25,6 +26,9 @@ type Transport struct {
 	inflight atomic.Int64
 	// streaks counts 429s in a row per upstream, for cooldowns.
 	streaks limitStreaks
+	// pool is the failover targets, for a Transport made by
+	// NewFailoverTransport; nil otherwise.
+	pool *pool
 }
 
 // NewTransport returns a Transport that sends each attempt through base
@@ -81,86 +85,150 @@ func Do(ctx context.Context, client *http.Client, req *http.Request, p Policy) (
 // sendFunc sends one attempt.
 type sendFunc func(*http.Request) (*http.Response, error)
 
-// do is the attempt loop that RoundTrip and Do share.
+// do is the attempt loop that RoundTrip and Do share: send, decide, then
+// hand over, or wait (or, with failover, move) and send again.
 func (t *Transport) do(req *http.Request, send sendFunc) (*http.Response, error) {
 	if err := validateRequest(req); err != nil {
-		if req != nil && req.Body != nil {
-			_ = req.Body.Close()
-		}
-		return nil, t.giveUp(req, nil, 0, verdict{reason: ReasonInvalidRequest}, err)
+		closeBody(req)
+		return nil, t.giveUp(req, nil, 0, verdict{reason: ReasonInvalidRequest}, err, nil)
 	}
 	ctx := req.Context()
 	canReplay := replayable(req)
 	idemKey := t.idempotencyKey(req)
-	if err := t.awaitCooldown(req); err != nil {
-		if req.Body != nil {
-			_ = req.Body.Close()
+	var j *journey // where a failover Transport sends each attempt; nil without
+	if t.pool != nil {
+		var err error
+		if j, err = t.startJourney(req); err != nil {
+			closeBody(req)
+			return nil, err
 		}
-		return nil, err
-	}
-	if t.cfg.budget != nil {
-		t.cfg.budget.OnRequest()
+	} else {
+		if err := t.awaitCooldown(req); err != nil {
+			closeBody(req)
+			return nil, err
+		}
+		if t.cfg.budget != nil {
+			t.cfg.budget.OnRequest()
+		}
 	}
 
 	for attempt := 1; ; attempt++ {
-		r, tracked, err := t.attemptRequest(req, attempt, idemKey)
+		r, tracked, err := t.attemptRequest(req, attempt, idemKey, j)
 		if err != nil {
-			return nil, t.giveUp(req, nil, attempt-1, verdict{reason: ReasonBodyNotReplayable}, err)
+			return nil, t.giveUp(req, nil, attempt-1, verdict{reason: ReasonBodyNotReplayable}, err, j)
 		}
-		load := t.inflight.Add(1)
+		budget, inflight := t.budgetAt(j)
+		load := inflight.Add(1)
 		resp, err := send(r)
-		t.inflight.Add(-1)
+		inflight.Add(-1)
+		retry := attempt > 1 // a retry in the eyes of the budget: of this target, with failover
+		if j != nil {
+			j.onTarget++
+			retry = j.onTarget > 1
+		}
 		if err != nil {
 			resp = nil // a RoundTripper returns no response with an error
 			err = scrubError(err)
 			if ctx.Err() != nil {
-				return nil, t.giveUp(req, nil, attempt, verdict{reason: ReasonContextDone}, contextError(ctx, err))
+				t.released(j)
+				return nil, t.giveUp(req, nil, attempt, verdict{reason: ReasonContextDone}, contextError(ctx, err), j)
 			}
 			if bodyErr := tracked.readErr(); bodyErr != nil {
 				// The caller's own body failed: theirs to report, never retried.
+				t.released(j)
 				v := verdict{failure: FailureTransport, cause: "request body read failed", reason: ReasonNotRetryable}
-				return nil, t.giveUp(req, nil, attempt, v, fmt.Errorf("%w: %w", errRequestBody, scrubError(bodyErr)))
+				return nil, t.giveUp(req, nil, attempt, v, fmt.Errorf("%w: %w", errRequestBody, scrubError(bodyErr)), j)
 			}
 		}
 		v := t.decide(Attempt{Request: r, Response: resp, Err: err, Number: attempt, Now: t.cfg.clock.Now(), t: t})
-		if t.cfg.budget != nil {
-			t.cfg.budget.OnAttempt(AttemptResult{Retry: attempt > 1, Failed: v.retry, Load: int(load)})
+		if budget != nil {
+			budget.OnAttempt(AttemptResult{Retry: retry, Failed: v.retry, Load: int(load)})
 		}
 		if resp != nil {
 			if broken := brokenStream(resp); broken != nil {
 				resp, err = nil, broken // closed: it broke before the caller could have it
 				if ctx.Err() != nil {
-					return nil, t.giveUp(req, nil, attempt, verdict{reason: ReasonContextDone}, contextError(ctx, err))
+					t.released(j)
+					return nil, t.giveUp(req, nil, attempt, verdict{reason: ReasonContextDone}, contextError(ctx, err), j)
 				}
 				if !v.retry {
 					v = verdict{failure: FailureStream, cause: streamCause(broken), reason: ReasonNotRetryable}
 				}
 			}
 		}
-		if !v.retry {
+		moveOn := v.retry
+		if j != nil {
+			t.record(req, j, resp, v)
+			fault, _ := keyFault(resp, v)
+			moveOn = moveOn || fault
+		}
+		if !moveOn {
 			if v.reason == 0 { // success, or a response that is not a failure
-				t.streaks.succeeded(req)
-				return t.handOver(resp), nil
+				if j == nil {
+					t.streaks.succeeded(req)
+				}
+				return t.handOver(resp, j), nil
 			}
-			return t.handOver(resp), t.giveUp(req, resp, attempt, v, err)
+			return t.handOver(resp, j), t.giveUp(req, resp, attempt, v, err, j)
 		}
 
-		if v.waitOK && resp != nil && resp.StatusCode == http.StatusTooManyRequests {
-			t.rateLimited(req, resp, v.wait)
-		}
-		wait, src, stop := t.nextWait(ctx, attempt, canReplay, v)
-		if stop != 0 {
-			v.reason = stop
-			if stop == ReasonDeadline || stop == ReasonRetryAfterTooLong {
-				v.wait = wait
+		from := placement{}
+		var wait time.Duration
+		var src WaitSource
+		var stop Reason
+		moved := false
+		if j == nil {
+			if v.waitOK && resp != nil && resp.StatusCode == http.StatusTooManyRequests {
+				t.rateLimited(req, resp, v.wait)
 			}
-			return t.handOver(resp), t.giveUp(req, resp, attempt, v, err)
+			wait, src, stop = t.nextWait(ctx, attempt, canReplay, v, t.cfg.budget)
+		} else {
+			from = j.at
+			wait, src, stop, moved = t.failoverNext(ctx, j, attempt, canReplay, v)
 		}
-		t.retrying(req, resp, attempt, v, err, wait, src)
+		if stop != 0 {
+			if v.retry { // a key fault keeps its own reason
+				v.reason = stop
+				if stop == ReasonDeadline || stop == ReasonRetryAfterTooLong {
+					v.wait = wait
+				}
+			}
+			return t.handOver(resp, j), t.giveUp(req, resp, attempt, v, err, j)
+		}
+		if moved {
+			src = SourceFailover
+		}
+		t.retrying(req, resp, attempt, v, err, wait, src, j, from)
 		discard(resp, t.cfg.clock)
 		if err := sleep(ctx, t.cfg.clock, wait); err != nil {
-			return nil, t.giveUp(req, nil, attempt, verdict{reason: ReasonContextDone}, err)
+			return nil, t.giveUp(req, nil, attempt, verdict{reason: ReasonContextDone}, err, j)
 		}
+	}
+}
+
+// closeBody closes the caller's request body, when nothing will send it.
+func closeBody(req *http.Request) {
+	if req != nil && req.Body != nil {
+		_ = req.Body.Close()
+	}
+}
+
+// budgetAt is the budget an attempt counts in, and the in-flight count
+// that is its load: the Transport's, or with failover the target's.
+func (t *Transport) budgetAt(j *journey) (Budget, *atomic.Int64) {
+	if j == nil {
+		return t.cfg.budget, &t.inflight
+	}
+	ts := t.pool.targets[j.at.target]
+	return ts.budget, &ts.inflight
+}
+
+// released gives back a probe of a target that ended on neither a success
+// nor a failure of the target.
+func (t *Transport) released(j *journey) {
+	if j != nil && j.at.probe {
+		t.pool.targets[j.at.target].released()
+		j.at.probe = false
 	}
 }
 
@@ -173,10 +241,20 @@ func hasBody(resp *http.Response) bool {
 }
 
 // handOver prepares a response for the caller: from here on it is theirs,
-// and nothing is sent again for it.
-func (t *Transport) handOver(resp *http.Response) *http.Response {
-	if resp != nil && t.cfg.idleTimeout > 0 && isBodyToRead(resp) {
+// and nothing is sent again for it. With failover, it names the target
+// that sent it.
+func (t *Transport) handOver(resp *http.Response, j *journey) *http.Response {
+	if resp == nil {
+		return nil
+	}
+	if t.cfg.idleTimeout > 0 && isBodyToRead(resp) {
 		resp.Body = newIdleBody(resp.Body, t.cfg.idleTimeout, t.cfg.clock)
+	}
+	if j != nil {
+		if resp.Header == nil {
+			resp.Header = make(http.Header)
+		}
+		resp.Header.Set(TargetHeader, t.pool.targets[j.at.target].Name)
 	}
 	return resp
 }
@@ -195,7 +273,7 @@ func isBodyToRead(resp *http.Response) bool {
 
 // nextWait decides whether a retryable failure after attempt is retried,
 // and after how long. stop is non-zero when it is not.
-func (t *Transport) nextWait(ctx context.Context, attempt int, canReplay bool, v verdict) (wait time.Duration, src WaitSource, stop Reason) {
+func (t *Transport) nextWait(ctx context.Context, attempt int, canReplay bool, v verdict, budget Budget) (wait time.Duration, src WaitSource, stop Reason) {
 	p := t.cfg.policy
 	if attempt >= p.MaxAttempts {
 		return 0, 0, ReasonExhausted
@@ -214,7 +292,7 @@ func (t *Transport) nextWait(ctx context.Context, attempt int, canReplay bool, v
 	if passesDeadline(ctx, t.cfg.clock.Now(), wait) {
 		return wait, src, ReasonDeadline
 	}
-	if t.cfg.budget != nil && !t.cfg.budget.AllowRetry() {
+	if budget != nil && !budget.AllowRetry() {
 		return wait, src, ReasonBudget
 	}
 	return wait, src, 0
@@ -241,15 +319,22 @@ func (t *Transport) awaitCooldown(req *http.Request) error {
 	if wait <= 0 {
 		return nil
 	}
+	return t.hold(req, wait)
+}
+
+// hold waits out a cooldown of wait before a request's first attempt,
+// spread so that the requests it holds are not released at once. It fails
+// at once when the wait would outlast the request's deadline.
+func (t *Transport) hold(req *http.Request, wait time.Duration) error {
 	wait += cooldownSpread(wait, t.cfg.rand())
 	ctx := req.Context()
 	v := verdict{cause: "cooldown", reason: ReasonDeadline, wait: wait}
-	if passesDeadline(ctx, now, wait) {
-		return t.giveUp(req, nil, 0, v, errCooldown)
+	if passesDeadline(ctx, t.cfg.clock.Now(), wait) {
+		return t.giveUp(req, nil, 0, v, errCooldown, nil)
 	}
-	t.retrying(req, nil, 0, v, nil, wait, SourceCooldown)
+	t.retrying(req, nil, 0, v, nil, wait, SourceCooldown, nil, placement{})
 	if err := sleep(ctx, t.cfg.clock, wait); err != nil {
-		return t.giveUp(req, nil, 0, verdict{cause: "cooldown", reason: ReasonContextDone}, err)
+		return t.giveUp(req, nil, 0, verdict{cause: "cooldown", reason: ReasonContextDone}, err, nil)
 	}
 	return nil
 }
@@ -288,8 +373,9 @@ func contextError(ctx context.Context, err error) error {
 	return fmt.Errorf("%w: %w", ctx.Err(), err)
 }
 
-// retrying reports a retry to the observers.
-func (t *Transport) retrying(req *http.Request, resp *http.Response, attempt int, v verdict, err error, wait time.Duration, src WaitSource) {
+// retrying reports a retry to the observers. With failover, j says where
+// the next attempt goes and from where the failed one went.
+func (t *Transport) retrying(req *http.Request, resp *http.Response, attempt int, v verdict, err error, wait time.Duration, src WaitSource, j *journey, from placement) {
 	if t.cfg.onRetry == nil && t.cfg.logger == nil {
 		return
 	}
@@ -300,27 +386,38 @@ func (t *Transport) retrying(req *http.Request, resp *http.Response, attempt int
 	if resp != nil {
 		ev.StatusCode = resp.StatusCode
 	}
+	if j != nil {
+		ev.Target, ev.Key = t.pool.names(from)
+		ev.NextTarget, ev.NextKey = t.pool.names(j.at)
+	}
 	if t.cfg.onRetry != nil {
 		t.cfg.onRetry(ev)
 	}
 	if t.cfg.logger != nil {
-		t.cfg.logger.LogAttrs(req.Context(), slog.LevelInfo, "llmretry: retrying",
-			slog.String("method", ev.Method), slog.String("url", ev.URL),
+		attrs := []slog.Attr{slog.String("method", ev.Method), slog.String("url", ev.URL),
 			slog.Int("attempt", attempt), slog.String("cause", ev.Cause),
-			slog.Duration("wait", wait), slog.String("source", src.String()))
+			slog.Duration("wait", wait), slog.String("source", src.String())}
+		if j != nil {
+			attrs = append(attrs, slog.String("target", ev.Target), slog.String("key", ev.Key),
+				slog.String("next_target", ev.NextTarget), slog.String("next_key", ev.NextKey))
+		}
+		t.cfg.logger.LogAttrs(req.Context(), slog.LevelInfo, "llmretry: retrying", attrs...)
 	}
 }
 
 // giveUp reports a request that ends on a failure and returns the error
 // for the caller: nil when a response is in hand (the response is the
-// answer), an *Error otherwise.
-func (t *Transport) giveUp(req *http.Request, resp *http.Response, attempts int, v verdict, err error) error {
+// answer), an *Error otherwise. j, with failover, names the last target.
+func (t *Transport) giveUp(req *http.Request, resp *http.Response, attempts int, v verdict, err error, j *journey) error {
 	ev := StopEvent{Attempts: attempts, Err: err, Failure: v.failure, Cause: v.cause, Reason: v.reason, Wait: v.wait}
 	if req != nil {
 		ev.Method, ev.URL = req.Method, redactURL(req.URL)
 	}
 	if resp != nil {
 		ev.StatusCode = resp.StatusCode
+	}
+	if j != nil {
+		ev.Target, ev.Key = t.pool.names(j.at)
 	}
 	if t.cfg.onStop != nil {
 		t.cfg.onStop(ev)
@@ -336,13 +433,32 @@ func (t *Transport) giveUp(req *http.Request, resp *http.Response, attempts int,
 		if v.reason == ReasonNotRetryable || v.reason == ReasonInvalidRequest {
 			level = slog.LevelInfo
 		}
-		t.cfg.logger.LogAttrs(ctx, level, "llmretry: giving up",
-			slog.String("method", ev.Method), slog.String("url", ev.URL),
+		attrs := []slog.Attr{slog.String("method", ev.Method), slog.String("url", ev.URL),
 			slog.Int("attempts", attempts), slog.String("reason", v.reason.String()),
-			slog.String("cause", ev.Cause), slog.Int("status", ev.StatusCode))
+			slog.String("cause", ev.Cause), slog.Int("status", ev.StatusCode)}
+		if j != nil {
+			attrs = append(attrs, slog.String("target", ev.Target), slog.String("key", ev.Key))
+		}
+		t.cfg.logger.LogAttrs(ctx, level, "llmretry: giving up", attrs...)
 	}
 	if resp != nil {
 		return nil
 	}
-	return &Error{Method: ev.Method, URL: ev.URL, Attempts: attempts, Reason: v.reason, Wait: v.wait, Err: err}
+	return &Error{Method: ev.Method, URL: ev.URL, Attempts: attempts, Reason: v.reason, Wait: v.wait, Target: ev.Target, Err: err}
 }
+
+// String names the Transport and, with failover, its targets, without
+// walking its state (its keys among it) as fmt would.
+func (t *Transport) String() string {
+	if t.pool == nil {
+		return "llmretry.Transport"
+	}
+	names := make([]string, len(t.pool.targets))
+	for i, ts := range t.pool.targets {
+		names[i] = ts.Name
+	}
+	return "llmretry.Transport{targets: " + strings.Join(names, ", ") + "}"
+}
+
+// GoString is String, for %#v.
+func (t *Transport) GoString() string { return t.String() }
