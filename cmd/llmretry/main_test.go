@@ -25,7 +25,7 @@ func TestExitStatus(t *testing.T) {
 		{[]string{"demo", "--help"}, nil, 0, "-concurrency"},
 		{[]string{"proxy", "--help"}, nil, 0, "-max-retry-after"},
 		{[]string{"mock", "--help"}, nil, 0, "-faults"},
-		{[]string{"proxy"}, nil, 2, "--upstream is required"},
+		{[]string{"proxy"}, nil, 2, "--upstream or --config is required"},
 		{[]string{"proxy", "--upstream", "ftp://example.com"}, nil, 2, "want an http or https URL"},
 		{[]string{"proxy", "--upstream", "http://127.0.0.1:1", "--max-attempts", "0"}, nil, 2, "must be positive"},
 		{[]string{"proxy", "--upstream", "http://127.0.0.1:1", "--listen", "256.0.0.1:1"}, nil, 1, "listen"},

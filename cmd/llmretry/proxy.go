@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"flag"
 	"fmt"
@@ -10,6 +11,7 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -23,7 +25,8 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs := flag.NewFlagSet("llmretry proxy", flag.ContinueOnError)
 	listen := fs.String("listen", "127.0.0.1:8787", "address to listen on (HTTP/1.1 and h2c); every path is the upstream's")
 	adminListen := fs.String("admin-listen", "127.0.0.1:8786", "address for the proxy's own /healthz and /metrics (empty: none)")
-	upstream := fs.String("upstream", "", "the API to forward to, e.g. https://api.openai.com (required)")
+	upstream := fs.String("upstream", "", "the API to forward to, e.g. https://api.openai.com (this or --config)")
+	configFile := fs.String("config", "", "a YAML file of routes, failover targets, keys (from env or files) and client tokens (this or --upstream)")
 	d := llmretry.DefaultPolicy()
 	maxAttempts := fs.Int("max-attempts", d.MaxAttempts, "attempts per request, the first included")
 	baseDelay := fs.Duration("base-delay", d.BaseDelay, "backoff before the first retry; doubles per retry")
@@ -44,18 +47,34 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	budgetFlag := fs.String("budget", "on", "the retry budget: on, off, or on with a ratio such as 0.2 (the share of requests that failing retries may add)")
 	cooldownsFlag := fs.String("cooldowns", "on", "cooldowns, which hold requests for a key and model that got a 429 with a wait: on or off")
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "Usage: llmretry proxy --upstream URL [flags]\n\nA retrying reverse proxy: point any client at it, e.g.\n  OPENAI_BASE_URL=http://127.0.0.1:8787/v1\n\nIts own /healthz and /metrics (Prometheus text) are on --admin-listen.\n\n")
+		fmt.Fprintf(fs.Output(), "Usage: llmretry proxy --upstream URL [flags]\n       llmretry proxy --config FILE [flags]\n\nA retrying reverse proxy: point any client at it, e.g.\n  OPENAI_BASE_URL=http://127.0.0.1:8787/v1\nWith --config, each route's prefix stands for its first target's base URL:\n  OPENAI_BASE_URL=http://127.0.0.1:8787/openai\n\nIts own /healthz and /metrics (Prometheus text) are on --admin-listen.\n\n")
 		fs.PrintDefaults()
 	}
 	if err := parse(fs, args, stdout, stderr); err != nil {
 		return err
 	}
-	if *upstream == "" {
-		return usageErr(fs, stderr, "--upstream is required")
-	}
-	u, err := url.Parse(*upstream)
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return usageErr(fs, stderr, "--upstream %q: want an http or https URL", *upstream)
+	var u *url.URL
+	var fc *proxy.FileConfig
+	switch {
+	case *upstream != "" && *configFile != "":
+		return usageErr(fs, stderr, "give --upstream or --config, not both")
+	case *configFile != "":
+		var err error
+		if fc, err = proxy.LoadConfig(*configFile, nil); err != nil {
+			fmt.Fprintf(stderr, "llmretry proxy: %v\n", err)
+			return errUsage
+		}
+		if fc.HoldsKeys() && len(fc.Clients) == 0 && !loopback(*listen) {
+			return usageErr(fs, stderr, "%s holds keys but names no clients: anyone who reaches --listen %s could spend them. Add clients (tokens) to the config, or listen on loopback", *configFile, *listen)
+		}
+	case *upstream == "":
+		return usageErr(fs, stderr, "--upstream or --config is required")
+	default:
+		var err error
+		u, err = url.Parse(*upstream)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return usageErr(fs, stderr, "--upstream %q: want an http or https URL", *upstream)
+		}
 	}
 	if *maxAttempts < 1 || *baseDelay <= 0 || *maxDelay <= 0 || *maxRetryAfter <= 0 || *maxBody <= 0 || *bodyTimeout <= 0 || *maxHeld <= 0 || *upstreamTimeout <= 0 || *maxUpstreamHeader <= 0 || *idle < 0 || *firstEvent < 0 || *grace < 0 {
 		return usageErr(fs, stderr, "attempts, delays and sizes must be positive")
@@ -95,6 +114,13 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			return err
 		}
 	}
+	var states []*redisstate.State
+	defer func() {
+		for _, st := range states {
+			st.Close()
+		}
+	}()
+	var newState func(name string) (*redisstate.State, error)
 	if *redisURL != "" {
 		ropts, err := redis.ParseURL(*redisURL)
 		if err != nil {
@@ -104,27 +130,66 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			}
 			return usageErr(fs, stderr, "--redis %q: want redis://HOST:PORT/DB (or rediss:// for TLS); it has %s", *redisURL, got)
 		}
-		name := *redisName
-		if name == "" {
-			name = u.Host
-		}
 		routeRedisLogs(logger)
 		rc := redis.NewClient(ropts)
 		defer rc.Close()
 		// A Redis that is down never stops the proxy: it goes on with local
 		// state and says so in the log.
-		st, err := redisstate.New(redisstate.Config{Client: rc, Name: name, Logger: slog.New(slog.NewTextHandler(stderr, nil)),
-			Budget: llmretry.BudgetConfig{Ratio: ratio}})
-		if err != nil {
-			return err
+		newState = func(name string) (*redisstate.State, error) {
+			st, err := redisstate.New(redisstate.Config{Client: rc, Name: name, Logger: slog.New(slog.NewTextHandler(stderr, nil)),
+				Budget: llmretry.BudgetConfig{Ratio: ratio}})
+			if err != nil {
+				return nil, err
+			}
+			st.Start()
+			states = append(states, st)
+			return st, nil
 		}
-		st.Start()
-		defer st.Close()
-		cfg.Budget, cfg.Cooldowns = st, st
 	}
-	p, err := proxy.New(cfg)
-	if err != nil {
-		return usageErr(fs, stderr, "%v", err)
+	var handler http.Handler
+	var admin http.Handler
+	var target string
+	if fc != nil {
+		if newState != nil {
+			// One fleet state for the cooldowns of every route (keys and
+			// targets resting), and one budget per target.
+			st, err := newState(cmp.Or(*redisName, "proxy"))
+			if err != nil {
+				return err
+			}
+			cfg.Cooldowns = st
+			for ri := range fc.Routes {
+				for ti := range fc.Routes[ri].Failover.Targets {
+					if budgetOff {
+						break
+					}
+					tg := &fc.Routes[ri].Failover.Targets[ti]
+					b, err := newState(cmp.Or(*redisName, "proxy") + fc.Routes[ri].Prefix + "/" + tg.Name)
+					if err != nil {
+						return err
+					}
+					tg.Budget = b
+				}
+			}
+		}
+		rt, err := proxy.NewRouter(fc, cfg)
+		if err != nil {
+			return usageErr(fs, stderr, "%v", err)
+		}
+		handler, admin, target = rt, rt.Admin(), "the routes of "+*configFile+": "+strings.Join(rt.Prefixes(), ", ")
+	} else {
+		if newState != nil {
+			st, err := newState(cmp.Or(*redisName, u.Host))
+			if err != nil {
+				return err
+			}
+			cfg.Budget, cfg.Cooldowns = st, st
+		}
+		p, err := proxy.New(cfg)
+		if err != nil {
+			return usageErr(fs, stderr, "%v", err)
+		}
+		handler, admin, target = p, p.Admin(), u.Redacted()
 	}
 	ln, err := net.Listen("tcp", *listen)
 	if err != nil {
@@ -136,14 +201,27 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			ln.Close()
 			return fmt.Errorf("admin listener: %w", err)
 		}
-		admin := &http.Server{Handler: p.Admin(), ReadHeaderTimeout: 10 * time.Second}
+		admin := &http.Server{Handler: admin, ReadHeaderTimeout: 10 * time.Second}
 		go func() { _ = admin.Serve(aln) }()
 		defer admin.Close()
 		fmt.Fprintf(stdout, "llmretry proxy admin (/healthz, /metrics) on http://%s\n", aln.Addr())
 	}
-	srv := proxy.NewServer(p)
-	fmt.Fprintf(stdout, "llmretry proxy on http://%s -> %s\n", ln.Addr(), u.Redacted())
+	srv := proxy.NewServer(handler)
+	fmt.Fprintf(stdout, "llmretry proxy on http://%s -> %s\n", ln.Addr(), target)
 	return proxy.Serve(ctx, srv, func() error { return srv.Serve(ln) }, *grace, logger)
+}
+
+// loopback reports whether addr (HOST:PORT) listens on loopback only.
+func loopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 // parseBudgetFlag reads --budget: on, off, or a ratio in (0, 1].

@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -17,8 +18,9 @@ import (
 
 // Metrics is what the proxy did, for /metrics, through Prometheus's client
 // library. Label values come from small fixed sets (status codes, wait
-// sources, stop reasons, failure kinds, the one upstream's host), never from
-// request data such as paths or keys.
+// sources, stop reasons, failure kinds, upstream hosts, and the target and
+// key names of the config file), never from request data such as paths,
+// and never a key's value. The routes of a config file share one Metrics.
 type Metrics struct {
 	reg *prometheus.Registry
 	// requests counts answers by status code, without a lock: every request
@@ -29,11 +31,15 @@ type Metrics struct {
 	retries        *prometheus.CounterVec // by cause
 	waits          *prometheus.HistogramVec
 	stops          *prometheus.CounterVec // by reason
-	refused        prometheus.Counter
-	held           prometheus.Counter
-	heldSeconds    prometheus.Counter
+	refused        *prometheus.CounterVec // by upstream
+	held           *prometheus.CounterVec // by upstream
+	heldSeconds    *prometheus.CounterVec // by upstream
 	headerLatency  prometheus.Histogram
 	firstEventWait prometheus.Histogram
+	served         *prometheus.CounterVec // by target
+	failovers      *prometheus.CounterVec // by from and to target
+	health         *prometheus.CounterVec // by target, key and change
+	budgets        *budgetCollector
 }
 
 // latencyBuckets run from a few milliseconds (a proxy's own cost) to ten
@@ -41,46 +47,93 @@ type Metrics struct {
 var latencyBuckets = []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600}
 
 // newMetrics registers the proxy's metrics, and the Go and process
-// collectors, for upstream (its host is the storm-control label's one
-// value). budget and heldBodies, if set, are read at each scrape.
-func newMetrics(upstream string, budget func() llmretry.BudgetCounts, heldBodies func() int64) *Metrics {
-	m := &Metrics{reg: prometheus.NewRegistry()}
-	up := prometheus.Labels{"upstream": upstream}
+// collectors. heldBodies, if set, is read at each scrape; retry budgets are
+// added with addBudget.
+func newMetrics(heldBodies func() int64) *Metrics {
+	m := &Metrics{reg: prometheus.NewRegistry(), budgets: &budgetCollector{}}
+	up := []string{"upstream"}
 	m.attempts = prometheus.NewCounter(prometheus.CounterOpts{Name: "llmretry_attempts_total", Help: "Attempts sent upstream, first attempts and retries."})
 	m.retries = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "llmretry_retries_total", Help: "Retries, by what caused them."}, []string{"cause"})
 	m.waits = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "llmretry_wait_seconds", Help: "Waits before an attempt, by where the wait came from.", Buckets: latencyBuckets}, []string{"source"})
 	m.stops = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "llmretry_stops_total", Help: "Requests that ended on a failure without further retries, by reason."}, []string{"reason"})
-	m.refused = prometheus.NewCounter(prometheus.CounterOpts{Name: "llmretry_budget_refused_total", Help: "Retries the retry budget refused, by upstream host.", ConstLabels: up})
-	m.held = prometheus.NewCounter(prometheus.CounterOpts{Name: "llmretry_cooldown_held_total", Help: "Requests a cooldown held before their first attempt, by upstream host.", ConstLabels: up})
-	m.heldSeconds = prometheus.NewCounter(prometheus.CounterOpts{Name: "llmretry_cooldown_held_seconds_total", Help: "Seconds requests were held by cooldowns, by upstream host.", ConstLabels: up})
+	m.refused = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "llmretry_budget_refused_total", Help: "Retries the retry budget refused, by upstream host (or failover target)."}, up)
+	m.held = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "llmretry_cooldown_held_total", Help: "Requests a cooldown held before their first attempt, by upstream host."}, up)
+	m.heldSeconds = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "llmretry_cooldown_held_seconds_total", Help: "Seconds requests were held by cooldowns, by upstream host."}, up)
 	m.headerLatency = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "llmretry_response_header_seconds", Help: "From a request's arrival to its response headers, retries and waits included.", Buckets: latencyBuckets})
 	m.firstEventWait = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "llmretry_first_event_seconds", Help: "From a streamed request's arrival to the first bytes of its stream reaching the client.", Buckets: latencyBuckets})
+	m.served = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "llmretry_target_responses_total", Help: "Responses handed over, by the failover target that sent them."}, []string{"target"})
+	m.failovers = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "llmretry_failovers_total", Help: "Requests moved at once to another key or target, by the target they left and the one they went to."}, []string{"from", "to"})
+	m.health = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "llmretry_health_changes_total", Help: "Keys resting or taken out, targets ejected or restored, by target, key id and change."}, []string{"target", "key", "change"})
 	m.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		m.attempts, m.retries, m.waits, m.stops, m.refused, m.held, m.heldSeconds, m.headerLatency, m.firstEventWait,
-		requestsCollector{m})
+		m.served, m.failovers, m.health, requestsCollector{m}, m.budgets)
 	if heldBodies != nil {
 		m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "llmretry_request_body_held_bytes",
 			Help: "Bytes of request bodies the proxy holds now, so that a retry can resend them."}, func() float64 { return float64(heldBodies()) }))
 	}
-	if budget != nil {
-		for _, g := range []struct {
-			name, help string
-			v          func(llmretry.BudgetCounts) float64
-		}{
-			{"llmretry_budget_requests", "First attempts counted in the retry budget's window.", func(c llmretry.BudgetCounts) float64 { return float64(c.Requests) }},
-			{"llmretry_budget_retries", "Retries granted in the retry budget's window.", func(c llmretry.BudgetCounts) float64 { return float64(c.Retries) }},
-			{"llmretry_budget_retries_ok", "Retries in the window that worked, each paying for one that failed.", func(c llmretry.BudgetCounts) float64 { return float64(c.RetriesOK) }},
-			{"llmretry_budget_load_driven", "1 while failures rise with the proxy's own load, and successes stop paying for failed retries.", func(c llmretry.BudgetCounts) float64 {
-				if c.LoadDriven() {
-					return 1
-				}
-				return 0
-			}},
-		} {
-			m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: g.name, Help: g.help}, func() float64 { return g.v(budget()) }))
+	return m
+}
+
+// addUpstream shows upstream's storm-control counters from zero.
+func (m *Metrics) addUpstream(upstream string) {
+	m.refused.WithLabelValues(upstream)
+	m.held.WithLabelValues(upstream)
+	m.heldSeconds.WithLabelValues(upstream)
+}
+
+// addBudget shows a retry budget's window under the upstream label.
+func (m *Metrics) addBudget(upstream string, counts func() llmretry.BudgetCounts) {
+	m.budgets.mu.Lock()
+	defer m.budgets.mu.Unlock()
+	m.budgets.sources = append(m.budgets.sources, budgetSource{upstream, counts})
+}
+
+// budgetCollector reads the retry budgets at each scrape.
+type budgetCollector struct {
+	mu      sync.Mutex
+	sources []budgetSource
+}
+
+type budgetSource struct {
+	upstream string
+	counts   func() llmretry.BudgetCounts
+}
+
+var budgetGauges = []struct {
+	desc *prometheus.Desc
+	v    func(llmretry.BudgetCounts) float64
+}{
+	{prometheus.NewDesc("llmretry_budget_requests", "First attempts counted in the retry budget's window.", []string{"upstream"}, nil),
+		func(c llmretry.BudgetCounts) float64 { return float64(c.Requests) }},
+	{prometheus.NewDesc("llmretry_budget_retries", "Retries granted in the retry budget's window.", []string{"upstream"}, nil),
+		func(c llmretry.BudgetCounts) float64 { return float64(c.Retries) }},
+	{prometheus.NewDesc("llmretry_budget_retries_ok", "Retries in the window that worked, each paying for one that failed.", []string{"upstream"}, nil),
+		func(c llmretry.BudgetCounts) float64 { return float64(c.RetriesOK) }},
+	{prometheus.NewDesc("llmretry_budget_load_driven", "1 while failures rise with the proxy's own load, and successes stop paying for failed retries.", []string{"upstream"}, nil),
+		func(c llmretry.BudgetCounts) float64 {
+			if c.LoadDriven() {
+				return 1
+			}
+			return 0
+		}},
+}
+
+func (b *budgetCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, g := range budgetGauges {
+		ch <- g.desc
+	}
+}
+
+func (b *budgetCollector) Collect(ch chan<- prometheus.Metric) {
+	b.mu.Lock()
+	sources := append([]budgetSource(nil), b.sources...)
+	b.mu.Unlock()
+	for _, s := range sources {
+		c := s.counts()
+		for _, g := range budgetGauges {
+			ch <- prometheus.MustNewConstMetric(g.desc, prometheus.GaugeValue, g.v(c), s.upstream)
 		}
 	}
-	return m
 }
 
 // Handler serves the metrics in Prometheus's text format.
@@ -97,22 +150,32 @@ func (m *Metrics) request(code int) {
 
 func (m *Metrics) attempt() { m.attempts.Inc() }
 
-func (m *Metrics) onRetry(e llmretry.RetryEvent) {
+// onRetry counts a retry, or a move, of a request to upstream (the host,
+// or with failover the target the failed attempt went to).
+func (m *Metrics) onRetry(e llmretry.RetryEvent, upstream string) {
 	if e.Attempt > 0 {
 		m.retries.WithLabelValues(causeLabel(e)).Inc()
 	}
+	if e.Source == llmretry.SourceFailover {
+		m.failovers.WithLabelValues(e.Target, e.NextTarget).Inc()
+		return
+	}
 	m.waits.WithLabelValues(e.Source.String()).Observe(e.Wait.Seconds())
 	if e.Source == llmretry.SourceCooldown {
-		m.held.Inc()
-		m.heldSeconds.Add(e.Wait.Seconds())
+		m.held.WithLabelValues(upstream).Inc()
+		m.heldSeconds.WithLabelValues(upstream).Add(e.Wait.Seconds())
 	}
 }
 
-func (m *Metrics) onStop(e llmretry.StopEvent) {
+func (m *Metrics) onStop(e llmretry.StopEvent, upstream string) {
 	m.stops.WithLabelValues(reasonLabel(e.Reason)).Inc()
 	if e.Reason == llmretry.ReasonBudget {
-		m.refused.Inc()
+		m.refused.WithLabelValues(upstream).Inc()
 	}
+}
+
+func (m *Metrics) onHealth(e llmretry.HealthEvent) {
+	m.health.WithLabelValues(e.Target, e.Key, strings.NewReplacer(" ", "_", ":", "").Replace(e.Health.String())).Inc()
 }
 
 // responded records a request's time to its response headers.

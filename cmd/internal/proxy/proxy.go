@@ -5,6 +5,7 @@ package proxy
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -68,6 +69,12 @@ type Config struct {
 	CooldownsOff bool
 	// Options are further Transport options.
 	Options []llmretry.Option
+	// Failover, when set, sends requests to its targets (see
+	// llmretry.NewFailoverTransport) and Upstream is left out: the first
+	// target's base URL takes its place. Budget and BudgetRatio then apply
+	// to each target that has no budget of its own; Cooldowns are shared
+	// by all, so that a fleet knows which keys and targets rest.
+	Failover *llmretry.Failover
 }
 
 // Defaults of Config.
@@ -89,11 +96,32 @@ type Proxy struct {
 	rp      *httputil.ReverseProxy
 	metrics *Metrics
 	admin   *http.ServeMux
-	held    atomic.Int64 // bytes of request bodies held now
+	held    *atomic.Int64 // bytes of request bodies held now
+	label   string        // the upstream, in metrics
+}
+
+// shared is what the routes of one config file share: their metrics and
+// the bytes of request bodies held.
+type shared struct {
+	metrics *Metrics
+	held    *atomic.Int64
 }
 
 // New returns a Proxy for cfg.
 func New(cfg Config) (*Proxy, error) {
+	held := new(atomic.Int64)
+	return newProxy(cfg, &shared{metrics: newMetrics(held.Load), held: held})
+}
+
+// newProxy returns a Proxy for cfg that counts in sh.
+func newProxy(cfg Config, sh *shared) (*Proxy, error) {
+	if cfg.Failover != nil && len(cfg.Failover.Targets) > 0 {
+		u, err := url.Parse(cfg.Failover.Targets[0].BaseURL)
+		if err != nil {
+			return nil, fmt.Errorf("target %q: %w", cfg.Failover.Targets[0].Name, err)
+		}
+		cfg.Upstream = u
+	}
 	if cfg.Upstream == nil || cfg.Upstream.Scheme == "" || cfg.Upstream.Host == "" {
 		return nil, errors.New("upstream must be an absolute URL such as https://api.openai.com")
 	}
@@ -133,25 +161,27 @@ func New(cfg Config) (*Proxy, error) {
 		t.MaxResponseHeaderBytes = cfg.MaxUpstreamHeader
 		base = t
 	}
-	p := &Proxy{cfg: cfg, admin: http.NewServeMux()}
-	var budget llmretry.Budget = llmretry.NewRatioBudget(llmretry.BudgetConfig{Ratio: cfg.BudgetRatio})
-	switch {
-	case cfg.BudgetOff:
-		budget = nil
-	case cfg.Budget != nil:
-		budget = cfg.Budget
+	p := &Proxy{cfg: cfg, admin: http.NewServeMux(), metrics: sh.metrics, held: sh.held, label: cfg.Upstream.Host}
+	budgetFor := func() llmretry.Budget {
+		switch {
+		case cfg.BudgetOff:
+			return nil
+		case cfg.Budget != nil:
+			return cfg.Budget
+		}
+		return llmretry.NewRatioBudget(llmretry.BudgetConfig{Ratio: cfg.BudgetRatio})
 	}
-	var counts func() llmretry.BudgetCounts
-	if c, ok := budget.(interface{ Counts() llmretry.BudgetCounts }); ok {
-		counts = c.Counts
+	addBudget := func(label string, b llmretry.Budget) {
+		if c, ok := b.(interface{ Counts() llmretry.BudgetCounts }); ok {
+			p.metrics.addBudget(label, c.Counts)
+		}
 	}
-	p.metrics = newMetrics(cfg.Upstream.Host, counts, p.HeldBytes)
 	opts := []llmretry.Option{
 		llmretry.WithPolicy(cfg.Policy),
 		llmretry.WithLogger(cfg.Logger),
-		llmretry.WithBudget(budget),
-		llmretry.WithOnRetry(p.metrics.onRetry),
-		llmretry.WithOnStop(p.metrics.onStop),
+		llmretry.WithOnRetry(p.onRetry),
+		llmretry.WithOnStop(p.onStop),
+		llmretry.WithOnHealth(p.metrics.onHealth),
 	}
 	switch {
 	case cfg.CooldownsOff:
@@ -162,8 +192,33 @@ func New(cfg Config) (*Proxy, error) {
 	if cfg.IdleTimeout > 0 {
 		opts = append(opts, llmretry.WithIdleTimeout(cfg.IdleTimeout))
 	}
-	opts = append(opts, cfg.Options...)
-	transport := llmretry.NewTransport(countAttempts{base, p.metrics}, opts...)
+	var transport *llmretry.Transport
+	if cfg.Failover != nil {
+		f := *cfg.Failover
+		f.Targets = append([]llmretry.Target(nil), f.Targets...)
+		for i := range f.Targets {
+			if f.Targets[i].Budget == nil {
+				f.Targets[i].Budget = budgetFor()
+			}
+			addBudget(f.Targets[i].Name, f.Targets[i].Budget)
+			p.metrics.addUpstream(f.Targets[i].Name)
+		}
+		if cfg.BudgetOff {
+			opts = append(opts, llmretry.WithBudget(nil))
+		}
+		opts = append(opts, cfg.Options...)
+		var err error
+		if transport, err = llmretry.NewFailoverTransport(countAttempts{base, p.metrics}, f, opts...); err != nil {
+			return nil, err
+		}
+	} else {
+		budget := budgetFor()
+		addBudget(p.label, budget)
+		p.metrics.addUpstream(p.label)
+		opts = append(opts, llmretry.WithBudget(budget))
+		opts = append(opts, cfg.Options...)
+		transport = llmretry.NewTransport(countAttempts{base, p.metrics}, opts...)
+	}
 
 	p.rp = &httputil.ReverseProxy{
 		Rewrite: func(r *httputil.ProxyRequest) {
@@ -187,6 +242,9 @@ func New(cfg Config) (*Proxy, error) {
 		ErrorLog: log.New(copyErrorFilter{slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelWarn).Writer()}, "", 0),
 		ModifyResponse: func(resp *http.Response) error {
 			p.metrics.request(resp.StatusCode)
+			if target := resp.Header.Get(llmretry.TargetHeader); target != "" {
+				p.metrics.served.WithLabelValues(target).Inc()
+			}
 			info := requestOf(resp.Request.Context())
 			stamp(resp.Header, info)
 			if info != nil {
@@ -333,6 +391,11 @@ func (p *Proxy) hold(w http.ResponseWriter, r *http.Request) (body []byte, reser
 // HeldBytes is how many bytes of request bodies the proxy holds now.
 func (p *Proxy) HeldBytes() int64 { return p.held.Load() }
 
+// onRetry and onStop count in the metrics under the request's upstream:
+// the host, or with failover the target.
+func (p *Proxy) onRetry(e llmretry.RetryEvent) { p.metrics.onRetry(e, cmp.Or(e.Target, p.label)) }
+func (p *Proxy) onStop(e llmretry.StopEvent)   { p.metrics.onStop(e, cmp.Or(e.Target, p.label)) }
+
 // copyBuffers lends ReverseProxy its copy buffers. A stream keeps its
 // buffer for as long as it runs, and a chat stream's events are small, so
 // the buffers are 8 KiB: at 32 KiB they were most of what an open stream
@@ -368,10 +431,15 @@ func (p *Proxy) fail(w http.ResponseWriter, r *http.Request, err error) {
 
 // writeError answers in the OpenAI error shape that most clients parse.
 func (p *Proxy) writeError(w http.ResponseWriter, code int, msg string) {
+	writeErrorAs(w, code, "llmretry_proxy_error", msg)
+}
+
+// writeErrorAs answers code with an error of type typ, in the OpenAI shape.
+func writeErrorAs(w http.ResponseWriter, code int, typ, msg string) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(code)
 	_ = json.NewEncoder(w).Encode(map[string]any{"error": map[string]any{
-		"message": msg, "type": "llmretry_proxy_error", "code": code,
+		"message": msg, "type": typ, "code": code,
 	}})
 }
 

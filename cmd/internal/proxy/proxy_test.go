@@ -500,7 +500,7 @@ func TestAcceptEncodingIsTheClients(t *testing.T) {
 }
 
 func TestRequestsAreCountedByCode(t *testing.T) {
-	m := newMetrics("api.test", nil, nil)
+	m := newMetrics(nil)
 	for _, code := range []int{200, 413, 200, 999, 1000, -1} {
 		m.request(code)
 	}

@@ -13,12 +13,18 @@ import (
 // metric reads one sample of the metrics: name{labels} value.
 func metric(t *testing.T, p *Proxy, sample string) float64 {
 	t.Helper()
-	got := scrape(t, p.Metrics())
-	m := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(sample) + ` (\S+)$`).FindStringSubmatch(got)
-	if m == nil {
+	return metricOf(t, p.Metrics(), sample)
+}
+
+// metricOf reads one sample of m.
+func metricOf(t *testing.T, m *Metrics, sample string) float64 {
+	t.Helper()
+	got := scrape(t, m)
+	found := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(sample) + ` (\S+)$`).FindStringSubmatch(got)
+	if found == nil {
 		t.Fatalf("no %s in:\n%s", sample, got)
 	}
-	v, err := strconv.ParseFloat(m[1], 64)
+	v, err := strconv.ParseFloat(found[1], 64)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -54,7 +60,7 @@ func TestBudgetCanBeTurnedOffAndItsRefusalsAreCounted(t *testing.T) {
 		if hits.Load() != 40 || refused != 25 {
 			t.Fatalf("budget on: %d attempts, %v refused; want 40 and 25", hits.Load(), refused)
 		}
-		if metric(t, p, "llmretry_budget_requests") != 30 || metric(t, p, "llmretry_budget_retries") != 10 {
+		if metric(t, p, `llmretry_budget_requests{upstream="`+host+`"}`) != 30 || metric(t, p, `llmretry_budget_retries{upstream="`+host+`"}`) != 10 {
 			t.Fatal("budget gauges do not match")
 		}
 	}

@@ -1,0 +1,438 @@
+package proxy
+
+import (
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"sort"
+	"strings"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+
+	"github.com/llmretry/llmretry"
+)
+
+// The proxy's config file: routes, each a chain of failover targets with
+// their keys, and the tokens clients authenticate with. It is YAML, read
+// through yaml.v3's node tree so that every error names its line. Secrets
+// are never written in it: keys and tokens name an environment variable or
+// a file to read them from.
+
+// FileConfig is a config file, read and checked, secrets loaded.
+type FileConfig struct {
+	Clients []Client
+	Routes  []Route
+}
+
+// Client is one client allowed in, by its token.
+type Client struct {
+	ID    string
+	token string
+}
+
+// Route sends the requests under Prefix to a chain of targets.
+type Route struct {
+	// Prefix is the path the route answers under ("/openai"); it stands
+	// for the first target's base URL: "/openai/chat/completions" goes to
+	// BASE/chat/completions.
+	Prefix   string
+	Failover llmretry.Failover
+}
+
+// HoldsKeys reports whether any target of c has keys: the proxy then
+// spends them for whoever reaches it, and must know its clients.
+func (c *FileConfig) HoldsKeys() bool {
+	for _, r := range c.Routes {
+		for _, t := range r.Failover.Targets {
+			if len(t.Keys) > 0 {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// ConfigError is a mistake in a config file, with the line it is on.
+type ConfigError struct {
+	File string
+	Line int
+	Msg  string
+}
+
+func (e *ConfigError) Error() string {
+	if e.Line > 0 {
+		return fmt.Sprintf("%s:%d: %s", e.File, e.Line, e.Msg)
+	}
+	return e.File + ": " + e.Msg
+}
+
+// LoadConfig reads and checks the config file at path. getenv looks up
+// environment variables (os.Getenv if nil); key and token files are read
+// relative to the working directory.
+func LoadConfig(path string, getenv func(string) string) (*FileConfig, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	return ParseConfig(path, data, getenv)
+}
+
+// ParseConfig reads a config file's contents; name is used in errors.
+func ParseConfig(name string, data []byte, getenv func(string) string) (*FileConfig, error) {
+	if getenv == nil {
+		getenv = os.Getenv
+	}
+	r := &reader{file: name, getenv: getenv}
+	var root yaml.Node
+	if err := yaml.Unmarshal(data, &root); err != nil {
+		return nil, r.yamlErr(err)
+	}
+	if len(root.Content) == 0 {
+		return nil, &ConfigError{File: name, Msg: "the file is empty: it needs routes"}
+	}
+	cfg := &FileConfig{}
+	err := r.mapping(root.Content[0], "the config", map[string]func(*yaml.Node) error{
+		"clients": func(n *yaml.Node) error {
+			return r.list(n, "clients", func(item *yaml.Node) error {
+				c, err := r.client(item)
+				cfg.Clients = append(cfg.Clients, c)
+				return err
+			})
+		},
+		"routes": func(n *yaml.Node) error {
+			return r.list(n, "routes", func(item *yaml.Node) error {
+				rt, err := r.route(item)
+				if err != nil {
+					return err
+				}
+				for _, other := range cfg.Routes {
+					if other.Prefix == rt.Prefix {
+						return r.errf(item, "two routes have the prefix %q", rt.Prefix)
+					}
+				}
+				cfg.Routes = append(cfg.Routes, rt)
+				return nil
+			})
+		},
+	}, "routes")
+	if err != nil {
+		return nil, err
+	}
+	ids := map[string]bool{}
+	for _, c := range cfg.Clients {
+		if ids[c.ID] {
+			return nil, &ConfigError{File: name, Msg: fmt.Sprintf("two clients have the id %q", c.ID)}
+		}
+		ids[c.ID] = true
+	}
+	if len(cfg.Routes) == 0 {
+		return nil, &ConfigError{File: name, Line: root.Content[0].Line, Msg: "routes: at least one route is needed"}
+	}
+	return cfg, nil
+}
+
+// reader reads one file's nodes.
+type reader struct {
+	file   string
+	getenv func(string) string
+}
+
+func (r *reader) errf(n *yaml.Node, format string, args ...any) error {
+	return &ConfigError{File: r.file, Line: n.Line, Msg: fmt.Sprintf(format, args...)}
+}
+
+// yamlErr turns yaml.v3's errors ("yaml: line 3: ...") into ConfigErrors.
+func (r *reader) yamlErr(err error) error {
+	var te *yaml.TypeError
+	msg := err.Error()
+	if errors.As(err, &te) && len(te.Errors) > 0 {
+		msg = te.Errors[0]
+	}
+	msg = strings.TrimPrefix(msg, "yaml: ")
+	line := 0
+	if rest, ok := strings.CutPrefix(msg, "line "); ok {
+		if n, after, ok := strings.Cut(rest, ": "); ok {
+			if _, serr := fmt.Sscanf(n, "%d", &line); serr == nil {
+				msg = after
+			}
+		}
+	}
+	return &ConfigError{File: r.file, Line: line, Msg: msg}
+}
+
+// mapping reads a mapping node: each known field by its function, an
+// unknown one is an error, and the required ones must be there.
+func (r *reader) mapping(n *yaml.Node, what string, fields map[string]func(*yaml.Node) error, required ...string) error {
+	if n.Kind != yaml.MappingNode {
+		return r.errf(n, "%s must be a mapping of fields", what)
+	}
+	seen := map[string]bool{}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, v := n.Content[i], n.Content[i+1]
+		f, ok := fields[k.Value]
+		if !ok {
+			known := make([]string, 0, len(fields))
+			for name := range fields {
+				known = append(known, name)
+			}
+			sort.Strings(known)
+			return r.errf(k, "unknown field %q in %s (known: %s)", k.Value, what, strings.Join(known, ", "))
+		}
+		if seen[k.Value] {
+			return r.errf(k, "%s has %q twice", what, k.Value)
+		}
+		seen[k.Value] = true
+		if err := f(v); err != nil {
+			return err
+		}
+	}
+	for _, name := range required {
+		if !seen[name] {
+			return r.errf(n, "%s needs %q", what, name)
+		}
+	}
+	return nil
+}
+
+func (r *reader) list(n *yaml.Node, what string, each func(*yaml.Node) error) error {
+	if n.Kind != yaml.SequenceNode {
+		return r.errf(n, "%s must be a list", what)
+	}
+	for _, item := range n.Content {
+		if err := each(item); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// scalar decodes a scalar node into v, with the node's line on error.
+func (r *reader) scalar(n *yaml.Node, what string, v any) error {
+	if n.Kind != yaml.ScalarNode {
+		return r.errf(n, "%s must be a single value", what)
+	}
+	if err := n.Decode(v); err != nil {
+		return r.errf(n, "%s: %v", what, strings.TrimPrefix(r.yamlErr(err).(*ConfigError).Msg, "cannot unmarshal "))
+	}
+	return nil
+}
+
+func (r *reader) duration(n *yaml.Node, what string, d *time.Duration) error {
+	var s string
+	if err := r.scalar(n, what, &s); err != nil {
+		return err
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil || v <= 0 {
+		return r.errf(n, "%s %q: want a positive duration such as 5s or 1h", what, s)
+	}
+	*d = v
+	return nil
+}
+
+func (r *reader) positive(n *yaml.Node, what string, i *int) error {
+	if err := r.scalar(n, what, i); err != nil {
+		return err
+	}
+	if *i <= 0 {
+		return r.errf(n, "%s must be positive", what)
+	}
+	return nil
+}
+
+// secret reads a key or token from the environment variable or file a
+// node names. It never says what it read.
+func (r *reader) secret(n *yaml.Node, what string) (string, error) {
+	var env, file string
+	err := r.mapping(n, what, map[string]func(*yaml.Node) error{
+		"id":   func(*yaml.Node) error { return nil }, // read by the caller
+		"env":  func(v *yaml.Node) error { return r.scalar(v, what+" env", &env) },
+		"file": func(v *yaml.Node) error { return r.scalar(v, what+" file", &file) },
+		"value": func(v *yaml.Node) error {
+			return r.errf(v, "%s: secrets are never written in the config: use env or file", what)
+		},
+		"token": func(v *yaml.Node) error {
+			return r.errf(v, "%s: secrets are never written in the config: use env or file", what)
+		},
+	}, "id")
+	if err != nil {
+		return "", err
+	}
+	switch {
+	case env != "" && file != "":
+		return "", r.errf(n, "%s: give env or file, not both", what)
+	case env != "":
+		v := r.getenv(env)
+		if v == "" {
+			return "", r.errf(n, "%s: environment variable %s is not set", what, env)
+		}
+		return v, nil
+	case file != "":
+		b, err := os.ReadFile(file)
+		if err != nil {
+			return "", r.errf(n, "%s: %v", what, errors.Unwrap(err))
+		}
+		v := strings.TrimRight(string(b), "\r\n")
+		if strings.TrimSpace(v) == "" {
+			return "", r.errf(n, "%s: file %s is empty", what, file)
+		}
+		return v, nil
+	}
+	return "", r.errf(n, "%s: needs env (an environment variable) or file to read it from", what)
+}
+
+// id reads the id field of a key or client.
+func (r *reader) id(n *yaml.Node, what string) (string, error) {
+	if n.Kind != yaml.MappingNode {
+		return "", r.errf(n, "%s must be a mapping with id and env or file", what)
+	}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		if n.Content[i].Value == "id" {
+			var id string
+			if err := r.scalar(n.Content[i+1], what+" id", &id); err != nil {
+				return "", err
+			}
+			if id == "" || strings.ContainsAny(id, " \t\r\n\"=") {
+				return "", r.errf(n.Content[i+1], "%s id %q: want a short name without spaces or quotes", what, id)
+			}
+			return id, nil
+		}
+	}
+	return "", r.errf(n, "%s needs an id", what)
+}
+
+func (r *reader) client(n *yaml.Node) (Client, error) {
+	id, err := r.id(n, "client")
+	if err != nil {
+		return Client{}, err
+	}
+	tok, err := r.secret(n, fmt.Sprintf("client %q", id))
+	if err != nil {
+		return Client{}, err
+	}
+	if len(tok) < 16 {
+		return Client{}, r.errf(n, "client %q: its token is under 16 characters: too easy to guess", id)
+	}
+	return Client{ID: id, token: tok}, nil
+}
+
+func (r *reader) route(n *yaml.Node) (Route, error) {
+	var rt Route
+	f := &rt.Failover
+	err := r.mapping(n, "a route", map[string]func(*yaml.Node) error{
+		"prefix": func(v *yaml.Node) error {
+			if err := r.scalar(v, "prefix", &rt.Prefix); err != nil {
+				return err
+			}
+			if !strings.HasPrefix(rt.Prefix, "/") || strings.HasSuffix(rt.Prefix, "/") && rt.Prefix != "/" || strings.ContainsAny(rt.Prefix, "?#") {
+				return r.errf(v, "prefix %q: want a path such as /openai (a leading /, no trailing /)", rt.Prefix)
+			}
+			if rt.Prefix == "/" {
+				rt.Prefix = ""
+			}
+			return nil
+		},
+		"targets": func(v *yaml.Node) error {
+			return r.list(v, "targets", func(item *yaml.Node) error {
+				tg, err := r.target(item)
+				if err != nil {
+					return err
+				}
+				f.Targets = append(f.Targets, tg)
+				if _, err := llmretry.NewFailoverTransport(nil, llmretry.Failover{Targets: f.Targets}); err != nil {
+					return r.errf(item, "%s", strings.TrimPrefix(err.Error(), "failover: "))
+				}
+				return nil
+			})
+		},
+		"attempts_per_target": func(v *yaml.Node) error { return r.positive(v, "attempts_per_target", &f.AttemptsPerTarget) },
+		"failover_after":      func(v *yaml.Node) error { return r.duration(v, "failover_after", &f.Threshold) },
+		"quota_rest":          func(v *yaml.Node) error { return r.duration(v, "quota_rest", &f.QuotaRest) },
+		"eject_after":         func(v *yaml.Node) error { return r.positive(v, "eject_after", &f.Outliers.Failures) },
+		"ejection":            func(v *yaml.Node) error { return r.duration(v, "ejection", &f.Outliers.Ejection) },
+		"max_ejection":        func(v *yaml.Node) error { return r.duration(v, "max_ejection", &f.Outliers.MaxEjection) },
+	}, "prefix", "targets")
+	if err != nil {
+		return rt, err
+	}
+	if len(f.Targets) == 0 {
+		return rt, r.errf(n, "route %q has no targets", rt.Prefix)
+	}
+	return rt, nil
+}
+
+func (r *reader) target(n *yaml.Node) (llmretry.Target, error) {
+	var tg llmretry.Target
+	var family string
+	err := r.mapping(n, "a target", map[string]func(*yaml.Node) error{
+		"name":       func(v *yaml.Node) error { return r.scalar(v, "name", &tg.Name) },
+		"base_url":   func(v *yaml.Node) error { return r.scalar(v, "base_url", &tg.BaseURL) },
+		"api":        func(v *yaml.Node) error { return r.scalar(v, "api", &family) },
+		"key_header": func(v *yaml.Node) error { return r.scalar(v, "key_header", &tg.KeyHeader) },
+		"models": func(v *yaml.Node) error {
+			if v.Kind != yaml.MappingNode {
+				return r.errf(v, "models must map a requested model to this target's name for it")
+			}
+			tg.Models = map[string]string{}
+			for i := 0; i+1 < len(v.Content); i += 2 {
+				var from, to string
+				if err := r.scalar(v.Content[i], "a model", &from); err != nil {
+					return err
+				}
+				if err := r.scalar(v.Content[i+1], "model "+from, &to); err != nil {
+					return err
+				}
+				tg.Models[from] = to
+			}
+			return nil
+		},
+		"keys": func(v *yaml.Node) error {
+			return r.list(v, "keys", func(item *yaml.Node) error {
+				id, err := r.id(item, "a key")
+				if err != nil {
+					return err
+				}
+				s, err := r.secret(item, fmt.Sprintf("key %q", id))
+				if err != nil {
+					return err
+				}
+				tg.Keys = append(tg.Keys, llmretry.NewKey(id, s))
+				return nil
+			})
+		},
+	}, "name", "base_url")
+	if err != nil {
+		return tg, err
+	}
+	if family != "" {
+		f, ok := llmretry.ParseFamily(family)
+		if !ok {
+			return tg, r.errf(n, "target %q: api %q: want openai, anthropic or gemini", tg.Name, family)
+		}
+		tg.Family = f
+	}
+	if u, err := url.Parse(tg.BaseURL); err != nil || u.Scheme != "http" && u.Scheme != "https" || u.Host == "" {
+		return tg, r.errf(n, "target %q: base_url %q: want an http or https URL", tg.Name, tg.BaseURL)
+	}
+	return tg, nil
+}
+
+// routeFor returns the route whose prefix is the longest that path is
+// under, and the rest of the path; ok is false if none is.
+func routeFor[T any](prefixes []string, routes []T, escapedPath string) (T, string, bool) {
+	best := -1
+	for i, p := range prefixes {
+		if rest, ok := strings.CutPrefix(escapedPath, p); ok && (rest == "" || rest[0] == '/') {
+			if best < 0 || len(p) > len(prefixes[best]) {
+				best = i
+			}
+		}
+	}
+	var zero T
+	if best < 0 {
+		return zero, "", false
+	}
+	return routes[best], strings.TrimPrefix(escapedPath, prefixes[best]), true
+}

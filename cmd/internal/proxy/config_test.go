@@ -1,0 +1,133 @@
+package proxy
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func env(vars map[string]string) func(string) string {
+	return func(k string) string { return vars[k] }
+}
+
+const goodConfig = `# two routes
+clients:
+  - id: ci
+    env: CI_TOKEN
+routes:
+  - prefix: /openai
+    failover_after: 2s
+    attempts_per_target: 1
+    targets:
+      - name: openai
+        base_url: https://api.openai.com/v1
+        keys:
+          - id: a
+            env: OPENAI_A
+          - id: b
+            file: KEYFILE
+      - name: openrouter
+        base_url: https://openrouter.ai/api/v1
+        keys: [{id: or, env: OPENROUTER}]
+        models:
+          gpt-4o: openai/gpt-4o
+  - prefix: /anthropic
+    targets:
+      - name: anthropic
+        base_url: https://api.anthropic.com
+        keys: [{id: main, env: ANTHROPIC}]
+`
+
+func TestConfigReadsRoutesTargetsAndSecrets(t *testing.T) {
+	dir := t.TempDir()
+	keyFile := filepath.Join(dir, "b.key")
+	if err := os.WriteFile(keyFile, []byte("sk-from-file\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	text := strings.Replace(goodConfig, "KEYFILE", keyFile, 1)
+	fc, err := ParseConfig("llmretry.yaml", []byte(text), env(map[string]string{
+		"CI_TOKEN": "client-token-0123456789", "OPENAI_A": "sk-a", "OPENROUTER": "sk-or", "ANTHROPIC": "sk-ant",
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(fc.Routes) != 2 || fc.Routes[0].Prefix != "/openai" || len(fc.Routes[0].Failover.Targets) != 2 ||
+		fc.Routes[0].Failover.Threshold.String() != "2s" || fc.Routes[0].Failover.AttemptsPerTarget != 1 {
+		t.Fatalf("routes %+v", fc.Routes)
+	}
+	or := fc.Routes[0].Failover.Targets[1]
+	if or.Models["gpt-4o"] != "openai/gpt-4o" || or.Keys[0].ID != "or" {
+		t.Fatalf("openrouter target %+v", or)
+	}
+	if !fc.HoldsKeys() || len(fc.Clients) != 1 || fc.Clients[0].token != "client-token-0123456789" {
+		t.Fatalf("clients %+v", fc.Clients)
+	}
+	// The file's trailing newline is not part of the key: the proxy
+	// starts (a key with a newline would be refused).
+	if _, err := NewRouter(fc, Config{}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Every mistake names its line, and says what is wrong.
+func TestConfigErrorsNameTheirLine(t *testing.T) {
+	vars := env(map[string]string{"K": "sk-secret-value", "T": "client-token-0123456789"})
+	for _, c := range []struct {
+		name, text, want string
+	}{
+		{"syntax", "routes:\n  - prefix: /a\n    targets: []\n  bad\n", "c.yaml:4: could not find expected ':'"},
+		{"unknown field", "routes:\n  - prefix: /a\n    tragets: []\n", `c.yaml:3: unknown field "tragets" in a route`},
+		{"no routes", "clients: []\n", `c.yaml:1: the config needs "routes"`},
+		{"bad prefix", "routes:\n  - prefix: openai\n    targets: []\n", `c.yaml:2: prefix "openai"`},
+		{"no targets", "routes:\n  - prefix: /a\n    targets: []\n", `c.yaml:2: route "/a" has no targets`},
+		{"inline key", "routes:\n  - prefix: /a\n    targets:\n      - name: x\n        base_url: https://x\n        keys:\n          - id: k\n            value: sk-secret-value\n",
+			"c.yaml:8: key \"k\": secrets are never written in the config"},
+		{"unset env", "routes:\n  - prefix: /a\n    targets:\n      - name: x\n        base_url: https://x\n        keys:\n          - {id: k, env: NOPE}\n",
+			"c.yaml:7: key \"k\": environment variable NOPE is not set"},
+		{"missing file", "routes:\n  - prefix: /a\n    targets:\n      - name: x\n        base_url: https://x\n        keys:\n          - {id: k, file: /nonexistent/key}\n",
+			"c.yaml:7: key \"k\": no such file"},
+		{"bad duration", "routes:\n  - prefix: /a\n    failover_after: soon\n    targets: []\n", `c.yaml:3: failover_after "soon"`},
+		{"bad number", "routes:\n  - prefix: /a\n    attempts_per_target: two\n    targets: []\n", "c.yaml:3: attempts_per_target"},
+		{"bad url", "routes:\n  - prefix: /a\n    targets:\n      - {name: x, base_url: api.openai.com}\n", `c.yaml:4: target "x": base_url`},
+		{"bad api", "routes:\n  - prefix: /a\n    targets:\n      - {name: x, base_url: 'https://x', api: cohere}\n", `c.yaml:4: target "x": api "cohere"`},
+		{"short token", "clients:\n  - {id: ci, env: K}\nroutes:\n  - prefix: /a\n    targets:\n      - {name: x, base_url: 'https://x'}\n",
+			`c.yaml:2: client "ci": its token is under 16 characters`},
+		{"two prefixes", "routes:\n  - prefix: /a\n    targets: [{name: x, base_url: 'https://x'}]\n  - prefix: /a\n    targets: [{name: y, base_url: 'https://y'}]\n",
+			`c.yaml:4: two routes have the prefix "/a"`},
+		{"two names", "routes:\n  - prefix: /a\n    targets:\n      - {name: x, base_url: 'https://x'}\n      - {name: x, base_url: 'https://y'}\n",
+			`c.yaml:5: two targets are named "x"`},
+	} {
+		_, err := ParseConfig("c.yaml", []byte(c.text), vars)
+		var ce *ConfigError
+		if !errors.As(err, &ce) || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: got %v, want an error with %q", c.name, err, c.want)
+		}
+		if err != nil && strings.Contains(err.Error(), "sk-secret-value") {
+			t.Errorf("%s: the error shows a secret: %v", c.name, err)
+		}
+	}
+}
+
+// A chain that mixes API families is refused, and the error says why.
+func TestConfigRefusesAChainThatMixesAPIFamilies(t *testing.T) {
+	text := `routes:
+  - prefix: /chat
+    targets:
+      - name: openai
+        base_url: https://api.openai.com/v1
+      - name: claude
+        base_url: https://api.anthropic.com
+`
+	_, err := ParseConfig("c.yaml", []byte(text), nil)
+	if err == nil || !strings.Contains(err.Error(), "c.yaml:6:") || !strings.Contains(err.Error(), "does not translate") ||
+		!strings.Contains(err.Error(), `"claude" speaks anthropic`) {
+		t.Fatalf("got %v, want line 6 and why", err)
+	}
+	// The same model at another host speaking the Anthropic API is fine.
+	text = strings.Replace(text, "https://api.openai.com/v1", "https://anthropic-proxy.example\n        api: anthropic", 1)
+	if _, err := ParseConfig("c.yaml", []byte(text), nil); err != nil {
+		t.Fatal(err)
+	}
+}

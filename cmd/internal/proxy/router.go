@@ -1,0 +1,129 @@
+package proxy
+
+import (
+	"crypto/sha256"
+	"crypto/subtle"
+	"errors"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync/atomic"
+)
+
+// Router serves the routes of a config file: it lets in only the clients
+// it knows, when it knows any, and hands each request to the route whose
+// prefix its path is under, with the prefix taken off.
+type Router struct {
+	prefixes []string
+	routes   []*Proxy
+	clients  []clientToken
+	sh       *shared
+	admin    *http.ServeMux
+}
+
+// clientToken is a client's token, kept as its hash: compared in constant
+// time, and never printed.
+type clientToken struct {
+	id  string
+	sum [32]byte
+}
+
+// NewRouter builds the routes of fc. base holds the settings every route
+// shares (policy, bounds, logger, storm control); its Upstream and
+// Failover are ignored.
+func NewRouter(fc *FileConfig, base Config) (*Router, error) {
+	if fc == nil || len(fc.Routes) == 0 {
+		return nil, errors.New("no routes")
+	}
+	held := new(atomic.Int64)
+	rt := &Router{sh: &shared{metrics: newMetrics(held.Load), held: held}, admin: http.NewServeMux()}
+	for _, c := range fc.Clients {
+		rt.clients = append(rt.clients, clientToken{id: c.ID, sum: sha256.Sum256([]byte(c.token))})
+	}
+	for _, route := range fc.Routes {
+		cfg := base
+		cfg.Upstream = nil
+		f := route.Failover
+		cfg.Failover = &f
+		p, err := newProxy(cfg, rt.sh)
+		if err != nil {
+			return nil, err
+		}
+		rt.prefixes = append(rt.prefixes, route.Prefix)
+		rt.routes = append(rt.routes, p)
+	}
+	rt.admin.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		_, _ = io.WriteString(w, "ok\n")
+	})
+	rt.admin.Handle("GET /metrics", rt.sh.metrics.Handler())
+	return rt, nil
+}
+
+// Prefixes are the routes' prefixes, in the config's order.
+func (rt *Router) Prefixes() []string { return append([]string(nil), rt.prefixes...) }
+
+// Admin is the router's /healthz and /metrics, for a listener of their own.
+func (rt *Router) Admin() http.Handler { return rt.admin }
+
+// Metrics returns the counters of every route.
+func (rt *Router) Metrics() *Metrics { return rt.sh.metrics }
+
+// ServeHTTP checks the client's token, then forwards the request on its
+// route.
+func (rt *Router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if len(rt.clients) > 0 && !rt.known(r) {
+		rt.sh.metrics.request(http.StatusUnauthorized)
+		w.Header().Set("Www-Authenticate", `Bearer realm="llmretry"`)
+		writeErrorAs(w, http.StatusUnauthorized, "authentication_error",
+			"llmretry proxy: a client token is required: send the token the proxy's config gives you as the API key")
+		return
+	}
+	p, rest, ok := routeFor(rt.prefixes, rt.routes, r.URL.EscapedPath())
+	if !ok {
+		rt.sh.metrics.request(http.StatusNotFound)
+		writeErrorAs(w, http.StatusNotFound, "not_found_error",
+			"llmretry proxy: no route for this path; routes: "+strings.Join(rt.prefixes, ", "))
+		return
+	}
+	r2 := new(http.Request)
+	*r2 = *r
+	u := *r.URL
+	if rest == "" {
+		rest = "/"
+	}
+	u.RawPath = rest
+	u.Path = rest
+	if p, err := url.PathUnescape(rest); err == nil {
+		u.Path = p
+	}
+	r2.URL = &u
+	p.ServeHTTP(w, r2)
+}
+
+// known reports whether r carries the token of a known client, as an API
+// key in any of the places SDKs put one. Every token is compared, in
+// constant time, whether or not an earlier one matched.
+func (rt *Router) known(r *http.Request) bool {
+	var presented []string
+	if v, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer "); ok {
+		presented = append(presented, v)
+	}
+	for _, h := range []string{"X-Api-Key", "Api-Key", "X-Goog-Api-Key"} {
+		if v := r.Header.Get(h); v != "" {
+			presented = append(presented, v)
+		}
+	}
+	if v := r.URL.Query().Get("key"); v != "" {
+		presented = append(presented, v)
+	}
+	match := 0
+	for _, p := range presented {
+		sum := sha256.Sum256([]byte(p))
+		for _, c := range rt.clients {
+			match |= subtle.ConstantTimeCompare(sum[:], c.sum[:])
+		}
+	}
+	return match == 1
+}
