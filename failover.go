@@ -210,6 +210,9 @@ func (t *Transport) record(req *http.Request, j *journey, resp *http.Response, v
 	case v.retry && v.waitOK:
 		rest := min(v.wait, p.f.QuotaRest)
 		k.setAvoid(j.model, now, now.Add(rest))
+		if cd != nil { // the fleet avoids it too, without holding anyone for it
+			cd.Extend(ts.keyUp(k, avoidOnly+j.model), now, rest)
+		}
 		t.health(req, HealthEvent{Target: ts.Name, Key: k.id, Health: KeyResting, Until: now.Add(rest), Cause: v.cause})
 		// As with one upstream, the fleet is told (and requests are held
 		// when nothing else is free) only when the limit binds beyond this

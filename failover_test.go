@@ -516,7 +516,7 @@ func TestFailoverBudgetsArePerTarget(t *testing.T) {
 func TestFailoverSharedCooldownsMakeTwoTransportsAvoidARestingKey(t *testing.T) {
 	p := newProvider(t, func(key string) http.HandlerFunc {
 		if key == "sk-a" {
-			return status(429, `{}`, "Retry-After", "20", "X-Ratelimit-Remaining-Requests", "0")
+			return status(429, `{}`, "Retry-After", "20")
 		}
 		return status(200, okJSON)
 	})

@@ -59,6 +59,11 @@ type keyState struct {
 // key: a quota used up is the whole key's.
 const allModels = "*"
 
+// avoidOnly starts the Model of an Upstream whose cooldown says only that
+// the key was told to wait for that model: the fleet avoids it while
+// another key is free, but no request is held for it.
+const avoidOnly = "avoid:"
+
 // newPool makes the state of targets (checked by checkTargets).
 func newPool(f Failover, targets []Target, bases []*url.URL, shared Budget, sharedSet bool, budgetCfg BudgetConfig) *pool {
 	p := &pool{f: f, basePath: bases[0].EscapedPath()}
@@ -146,6 +151,9 @@ func (ts *targetState) keyStatus(k *keyState, model string, now time.Time, cd Co
 		}
 		if u := cd.Until(ts.keyUp(k, model)); u.After(now) {
 			return keyCooling, u
+		}
+		if u := cd.Until(ts.keyUp(k, avoidOnly+model)); u.After(avoid) {
+			avoid = u
 		}
 	}
 	if avoid.After(now) {

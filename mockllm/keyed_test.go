@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
 )
 
@@ -43,5 +44,35 @@ func TestKeyedDrawsIgnoreArrivalOrder(t *testing.T) {
 	}
 	if len(kinds) < 2 {
 		t.Fatalf("every draw the same kind: %v", kinds)
+	}
+}
+
+// A key with a script of its own plays it; other keys play the server's.
+func TestForKeyPlaysTheKeysOwnScript(t *testing.T) {
+	limited, err := ParseFaults("429:retry-after=20@100%")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(New(Script{}, 1).ForKey("sk-a", limited))
+	defer srv.Close()
+	for _, c := range []struct {
+		header, value string
+		want          int
+	}{
+		{"Authorization", "Bearer sk-a", 429},
+		{"X-Api-Key", "sk-a", 429},
+		{"Authorization", "Bearer sk-b", 200},
+		{"Authorization", "Bearer sk-a", 429},
+	} {
+		req, _ := http.NewRequest("POST", srv.URL+"/v1/chat/completions", strings.NewReader(`{"model":"m"}`))
+		req.Header.Set(c.header, c.value)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != c.want || c.want == 429 && resp.Header.Get("Retry-After") != "20" {
+			t.Fatalf("%s %s: status %d, want %d", c.header, c.value, resp.StatusCode, c.want)
+		}
 	}
 }

@@ -31,6 +31,15 @@ type Server struct {
 	hits   atomic.Int64
 	served [Slow + 1]atomic.Int64
 	byKey  map[string][]Fault // what each draw key was served, in order
+	// perKey are scripts for requests made with one API key.
+	perKey map[string]*keyScript
+}
+
+// keyScript is the script of one API key, and how far it has got.
+type keyScript struct {
+	script Script
+	n      int
+	hits   int
 }
 
 // DrawKeyHeader and AttemptHeader make a mix's draws independent of the
@@ -47,6 +56,44 @@ const (
 // New returns a Server playing script; seed fixes the draws of a mix.
 func New(script Script, seed uint64) *Server {
 	return &Server{script: script, seed: seed, rng: rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15)), byKey: map[string][]Fault{}}
+}
+
+// ForKey makes requests that carry apiKey (as "Authorization: Bearer",
+// x-api-key, api-key, x-goog-api-key or ?key=) play script instead of the
+// server's own, from its first step: so one mock can be a provider where
+// one key is rate-limited or refused and another is fine. Call it before
+// serving.
+func (s *Server) ForKey(apiKey string, script Script) *Server {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.perKey == nil {
+		s.perKey = map[string]*keyScript{}
+	}
+	s.perKey[apiKey] = &keyScript{script: script}
+	return s
+}
+
+// HitsFor is how many requests carried apiKey.
+func (s *Server) HitsFor(apiKey string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if ks := s.perKey[apiKey]; ks != nil {
+		return ks.hits
+	}
+	return 0
+}
+
+// apiKeyOf is the API key a request carries, wherever its SDK puts it.
+func apiKeyOf(r *http.Request) string {
+	if v, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer "); ok {
+		return v
+	}
+	for _, h := range []string{"X-Api-Key", "Api-Key", "X-Goog-Api-Key"} {
+		if v := r.Header.Get(h); v != "" {
+			return v
+		}
+	}
+	return r.URL.Query().Get("key")
 }
 
 // FaultsFor returns the Faults served so far to requests with draw key
@@ -73,6 +120,12 @@ func (s *Server) next(r *http.Request) Fault {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	draw := s.rng.Float64
+	if ks := s.perKey[apiKeyOf(r)]; ks != nil {
+		ks.hits++
+		f := ks.script.pick(ks.n, draw())
+		ks.n++
+		return f
+	}
 	key := r.Header.Get(DrawKeyHeader)
 	if key != "" {
 		x := keyedSeed(s.seed, key, r.Header.Get(AttemptHeader))

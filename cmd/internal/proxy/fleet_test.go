@@ -7,6 +7,7 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -83,5 +84,83 @@ func TestProxiesShareCooldownsThroughRedis(t *testing.T) {
 	}
 	if w := clockB.Waits(); len(w) != 1 || w[0] < 29*time.Second || w[0] > 31*time.Second {
 		t.Fatalf("b waited %v before its first attempt, want the rest of a's 30 s", w)
+	}
+}
+
+// Two proxies routing by config, sharing Redis: a key told to wait through
+// one is avoided by the other, which sends to a free key with no wait.
+func TestTwoRoutersSharingRedisBothAvoidARestingKey(t *testing.T) {
+	rs, err := redistest.Start()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rs.Stop()
+	var keys struct {
+		sync.Mutex
+		got []string
+	}
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		key := strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer ")
+		keys.Lock()
+		keys.got = append(keys.got, key)
+		keys.Unlock()
+		if key == "sk-a" {
+			w.Header().Set("Retry-After", "20")
+			w.WriteHeader(http.StatusTooManyRequests)
+			return
+		}
+		_, _ = io.WriteString(w, "{}")
+	}))
+	defer up.Close()
+	text := "routes:\n  - prefix: /openai\n    targets:\n      - name: openai\n        base_url: " + up.URL +
+		"\n        keys: [{id: a, env: A}, {id: b, env: B}]\n"
+	router := func() (string, *redisstate.State, *llmretrytest.Clock) {
+		fc, err := ParseConfig("fleet.yaml", []byte(text), env(map[string]string{"A": "sk-a", "B": "sk-b"}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		rc := redis.NewClient(&redis.Options{Addr: rs.Addr})
+		t.Cleanup(func() { _ = rc.Close() })
+		st, err := redisstate.New(redisstate.Config{Client: rc, Name: t.Name(), SyncInterval: time.Hour})
+		if err != nil {
+			t.Fatal(err)
+		}
+		base := &http.Transport{}
+		t.Cleanup(base.CloseIdleConnections)
+		clk := llmretrytest.NewClock(time.Now())
+		rt, err := NewRouter(fc, Config{Base: base, Cooldowns: st, Options: []llmretry.Option{llmretry.WithClock(clk)}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		srv := httptest.NewServer(rt)
+		t.Cleanup(srv.Close)
+		return srv.URL, st, clk
+	}
+	one, st1, _ := router()
+	two, st2, clk2 := router()
+	send := func(base string) *http.Response {
+		resp, err := client(t).Post(base+"/openai/chat/completions", "application/json", strings.NewReader(`{"model":"gpt-4o"}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp
+	}
+	if resp := send(one); resp.StatusCode != 200 {
+		t.Fatalf("through one: %d", resp.StatusCode)
+	}
+	for _, st := range []*redisstate.State{st1, st2} {
+		if err := st.Sync(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if resp := send(two); resp.StatusCode != 200 {
+		t.Fatalf("through two: %d", resp.StatusCode)
+	}
+	keys.Lock()
+	got := strings.Join(keys.got, " ")
+	keys.Unlock()
+	if got != "sk-a sk-b sk-b" || len(clk2.Waits()) != 0 {
+		t.Fatalf("keys sent %q, waits %v: want the second proxy to avoid a, with no wait", got, clk2.Waits())
 	}
 }
