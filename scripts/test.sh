@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The project's one test command, as the README gives it and .ci/run runs it.
-# It installs what the tests need (redis-server from Debian's packages),
-# then checks formatting, vets, lints and runs every module's tests under
+# It installs what the tests need (redis-server from Debian's packages,
+# Node's openai client from the npm registry), then checks formatting, vets, lints and runs every module's tests under
 # the race detector. The Redis tests start and stop their own redis-server.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,10 +14,13 @@ for m in "${modules[@]}"; do
 done
 
 # What the tests need from Debian: redis-server for the Redis tests, file
-# for the check that no binary is tracked.
+# for the check that no binary is tracked, Node.js and npm for the Node
+# openai client's test through the proxy.
 need=()
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v file >/dev/null 2>&1 || need+=(file)
+command -v node >/dev/null 2>&1 || need+=(nodejs)
+command -v npm >/dev/null 2>&1 || need+=(npm)
 if [ ${#need[@]} -gt 0 ]; then
 	echo "== installing ${need[*]} (Debian packages)"
 	sudo=""
@@ -25,6 +28,9 @@ if [ ${#need[@]} -gt 0 ]; then
 	$sudo apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
 fi
+
+echo "== npm ci (the Node openai client, at the version package-lock.json pins)"
+npm ci --prefix cmd/internal/proxy/testdata/node --no-audit --no-fund --loglevel=error
 
 echo "== no binaries tracked"
 # A compiled test binary was once committed (11 MB); build outputs belong in
