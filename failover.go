@@ -29,6 +29,8 @@ import (
 //     with one upstream, until it has had AttemptsPerTarget such failures,
 //     or the server asks for a wait above Threshold, or the target is
 //     ejected; then the request moves to the next target at once;
+//   - the request's last attempt goes to the next target, if there is one,
+//     rather than to the target that just failed;
 //   - the last target that can serve it keeps it, as one upstream would.
 //
 // Policy.MaxAttempts and the context's deadline bound the whole journey:
@@ -262,12 +264,15 @@ func (t *Transport) failoverNext(ctx context.Context, j *journey, attempt int, c
 		}
 	}
 	// This target again, after a wait, while it has attempts left and the
-	// wait is short.
+	// wait is short, unless the next attempt is the request's last and
+	// another target could take it.
 	var stayWait time.Duration
 	var staySrc WaitSource
 	var stayStop Reason
 	stayed := false
-	if v.retry && j.fails < p.f.AttemptsPerTarget && !ts.ejected(now, cd) && (!v.waitOK || v.wait <= p.f.Threshold) {
+	last := attempt+1 >= t.cfg.policy.MaxAttempts
+	if v.retry && j.fails < p.f.AttemptsPerTarget && !ts.ejected(now, cd) && (!v.waitOK || v.wait <= p.f.Threshold) &&
+		!(last && p.hasNext(j.model, j.at.target, now, cd)) {
 		stayed = true
 		stayWait, staySrc, stayStop = t.nextWait(ctx, attempt, canReplay, v, ts.budget)
 		if stayStop == 0 {

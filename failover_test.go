@@ -682,3 +682,26 @@ func TestRenameModelInJSON(t *testing.T) {
 		t.Errorf("a name was not escaped: %s", got)
 	}
 }
+
+// With one attempt left, a request goes to the next target rather than to
+// the one that just failed: the last attempt is the one most worth moving.
+func TestFailoverLastAttemptGoesToTheNextTarget(t *testing.T) {
+	primary := newProvider(t, func(key string) http.HandlerFunc {
+		if key == "sk-a" {
+			return status(429, `{}`, "Retry-After", "1")
+		}
+		return status(503, `{}`)
+	})
+	fallback := newProvider(t, always(status(200, okJSON)))
+	clk := newFakeClock()
+	_, c := failoverTransport(t, clk, Failover{Targets: []Target{
+		{Name: "primary", BaseURL: primary.URL, Keys: []Key{NewKey("a", "sk-a"), NewKey("b", "sk-b")}},
+		{Name: "fallback", BaseURL: fallback.URL},
+	}}, WithPolicy(Policy{MaxAttempts: 3}))
+	// a: 429, b at once: 503; the primary has attempts left, but the next
+	// attempt is the last: it goes to the fallback.
+	resp, _ := send(t, c, primary.URL, "m")
+	if resp.StatusCode != 200 || resp.Header.Get(TargetHeader) != "fallback" || len(primary.requests()) != 2 {
+		t.Fatalf("status %d from %q after %d primary attempts", resp.StatusCode, resp.Header.Get(TargetHeader), len(primary.requests()))
+	}
+}

@@ -342,6 +342,18 @@ func (p *pool) nextTarget(model string, after int, now time.Time, cd Cooldowns) 
 	return placement{}, false
 }
 
+// hasNext reports whether a target after the current one could take a
+// request for model now.
+func (p *pool) hasNext(model string, after int, now time.Time, cd Cooldowns) bool {
+	for ti := after + 1; ti < len(p.targets); ti++ {
+		ts := p.targets[ti]
+		if _, serves := ts.serves(model); serves && !ts.ejected(now, cd) && ts.freeKey(model, now, cd, -1) >= 0 {
+			return true
+		}
+	}
+	return false
+}
+
 // restOf takes the part of a request path after the first target's base
 // path: an SDK pointed at the first target sends its paths under it. A path
 // not under it is kept whole.

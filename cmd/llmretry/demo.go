@@ -19,12 +19,16 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	seed := fs.Uint64("seed", demo.DefaultSeed, "seed for the fault draws: each chat draws its faults from the seed and its own number, so a seed always tells the same story")
 	upstream := fs.String("upstream", "", "a real OpenAI-compatible API base URL, e.g. https://api.openai.com/v1; the key comes from $OPENAI_API_KEY")
 	model := fs.String("model", "gpt-4o-mini", "model to ask")
+	failover := fs.Bool("failover", false, "add a second, healthy mock provider and fail over to it: the summary says which target served what")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: llmretry demo [flags]\n\nSends concurrent streamed chats with the openai-go client through llmretry's Transport\nto an in-process mock provider that fails on purpose. No network or API key needed.\n\n")
 		fs.PrintDefaults()
 	}
 	if err := parse(fs, args, stdout, stderr); err != nil {
 		return err
+	}
+	if *failover && *upstream != "" {
+		return usageErr(fs, stderr, "--failover is shown with the mock providers; leave out --upstream")
 	}
 	if *requests < 1 || *conc < 1 {
 		return usageErr(fs, stderr, "--requests and --concurrency must be at least 1")
@@ -40,7 +44,7 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	_, err := demo.Run(ctx, demo.Config{
 		Requests: *requests, Concurrency: *conc, Faults: *faults, Seed: *seed,
-		Upstream: *upstream, APIKey: key, Model: *model, Terminal: isTerminal(stdout),
+		Upstream: *upstream, APIKey: key, Model: *model, Terminal: isTerminal(stdout), Failover: *failover,
 	}, stdout)
 	return err
 }

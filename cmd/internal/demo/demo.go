@@ -29,6 +29,10 @@ import (
 // looks like, compressed.
 const DefaultFaults = "503@8%,429:retry-after=1@5%,529@4%,reset@5%,sse-error@8%,quota@3%,drop=4@3%"
 
+// DefaultFailoverFaults is the primary's mix in a failover demo: a
+// provider having a worse hour than DefaultFaults.
+const DefaultFailoverFaults = "503@25%,429:retry-after=20@15%,529@5%,reset@8%,quota@2%,drop=4@3%"
+
 // DefaultSeed is the seed whose story, with DefaultFaults and 40 chats,
 // shows every case: 503, 429 with Retry-After, 529, a reset, an error as
 // the first stream event, a quota error and a stream cut mid-reply.
@@ -48,6 +52,10 @@ type Config struct {
 	// Terminal draws a progress bar; otherwise progress is plain lines.
 	Terminal bool
 	Policy   llmretry.Policy
+	// Failover starts a second mock provider, healthy, and sends the chats
+	// through a failover Transport: the faulty mock first, with two keys,
+	// then the healthy one, which knows the model by another name.
+	Failover bool
 }
 
 // Summary is what a run did.
@@ -63,6 +71,12 @@ type Summary struct {
 	Duplicated                  int            // streams whose text came twice: must stay 0
 	Held                        int            // chats a cooldown held before their first attempt
 	Elapsed                     time.Duration
+	// With Failover: the target that served each chat's reply, the moves to
+	// another key or target, and what happened to keys and targets.
+	ServedBy  map[string]int
+	Moves     map[string]int // "primary -> fallback", "primary key a -> key b"
+	Health    map[string]int // "primary key a: key out: quota"
+	failovers bool
 }
 
 // ErrDuplicated is returned when any stream's content arrived more than
@@ -76,7 +90,16 @@ func Run(ctx context.Context, cfg Config, out io.Writer) (*Summary, error) {
 	}
 	base, expected := cfg.Upstream, mockllm.ReplyText
 	var mock *mockllm.Server
+	fallbackBase := ""
+	if cfg.Failover && cfg.Upstream != "" {
+		return nil, errors.New("failover is shown with the mock providers only")
+	}
 	if base == "" {
+		if cfg.Failover && cfg.Faults == DefaultFaults {
+			// The primary is the one that fails: harder than the plain demo's
+			// mix, so that the fallback has work to do.
+			cfg.Faults = DefaultFailoverFaults
+		}
 		script, err := mockllm.ParseFaults(cfg.Faults)
 		if err != nil {
 			return nil, fmt.Errorf("faults: %w", err)
@@ -92,12 +115,24 @@ func Run(ctx context.Context, cfg Config, out io.Writer) (*Summary, error) {
 		base = "http://" + ln.Addr().String() + "/v1"
 		cfg.APIKey = "sk-demo-no-key-needed"
 		fmt.Fprintf(out, "mock provider on %s with faults %q\n", base, cfg.Faults)
+		if cfg.Failover {
+			fb, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				return nil, err
+			}
+			fsrv := &http.Server{Handler: mockllm.New(mockllm.Script{}, cfg.Seed)}
+			go func() { _ = fsrv.Serve(fb) }()
+			defer fsrv.Close()
+			fallbackBase = "http://" + fb.Addr().String() + "/v1"
+			fmt.Fprintf(out, "fallback mock provider on %s, healthy, serving %s as %s\n", fallbackBase, cfg.Model, fallbackModel)
+		}
 	} else {
 		expected = "" // a real model's reply cannot be known in advance
 		fmt.Fprintf(out, "upstream %s, model %s\n", base, cfg.Model)
 	}
 
-	s := &Summary{Requests: cfg.Requests, Retries: map[string]int{}, Waits: map[string]int{}, Stops: map[string]int{}}
+	s := &Summary{Requests: cfg.Requests, Retries: map[string]int{}, Waits: map[string]int{}, Stops: map[string]int{},
+		ServedBy: map[string]int{}, Moves: map[string]int{}, Health: map[string]int{}, failovers: cfg.Failover}
 	var mu sync.Mutex
 	attempts := &attemptCounter{byKey: map[string]int{}}
 	under := &http.Transport{MaxIdleConnsPerHost: cfg.Concurrency}
@@ -109,7 +144,7 @@ func Run(ctx context.Context, cfg Config, out io.Writer) (*Summary, error) {
 	// Each chat names itself to the mock (its number, and each attempt's),
 	// and jitter is fixed, so that the same seed tells the same story
 	// however the chats interleave.
-	tr := llmretry.NewTransport(countingTransport{under, attempts},
+	opts := []llmretry.Option{
 		llmretry.WithPolicy(cfg.Policy), llmretry.WithBudget(budget),
 		llmretry.WithAttemptHeader(mockllm.AttemptHeader), llmretry.WithRand(func() float64 { return 0.5 }),
 		llmretry.WithOnRetry(func(e llmretry.RetryEvent) {
@@ -117,6 +152,10 @@ func Run(ctx context.Context, cfg Config, out io.Writer) (*Summary, error) {
 			defer mu.Unlock()
 			if e.Attempt > 0 {
 				s.Retries[cause(e)]++
+			}
+			if e.Source == llmretry.SourceFailover {
+				s.Moves[move(e)]++
+				return
 			}
 			s.Waits[e.Source.String()]++
 			s.WaitTime += e.Wait
@@ -129,7 +168,31 @@ func Run(ctx context.Context, cfg Config, out io.Writer) (*Summary, error) {
 			defer mu.Unlock()
 			s.Stops[e.Reason.String()+" ("+e.Cause+")"]++
 		}),
-	)
+		llmretry.WithOnHealth(func(e llmretry.HealthEvent) {
+			mu.Lock()
+			defer mu.Unlock()
+			who := e.Target
+			if e.Key != "" {
+				who += " key " + e.Key
+			}
+			s.Health[who+": "+e.Health.String()]++
+		}),
+	}
+	var tr http.RoundTripper
+	if cfg.Failover {
+
+		ft, err := llmretry.NewFailoverTransport(countingTransport{under, attempts}, llmretry.Failover{Targets: []llmretry.Target{
+			{Name: "primary", BaseURL: base, Keys: []llmretry.Key{llmretry.NewKey("a", "sk-demo-a"), llmretry.NewKey("b", "sk-demo-b")}},
+			{Name: "fallback", BaseURL: fallbackBase, Keys: []llmretry.Key{llmretry.NewKey("f", "sk-demo-f")},
+				Models: map[string]string{cfg.Model: fallbackModel}},
+		}}, opts...)
+		if err != nil {
+			return nil, err
+		}
+		tr = ft
+	} else {
+		tr = llmretry.NewTransport(countingTransport{under, attempts}, opts...)
+	}
 	client := openai.NewClient(option.WithBaseURL(base+"/"), option.WithAPIKey(cfg.APIKey),
 		option.WithHTTPClient(&http.Client{Transport: tr}), option.WithMaxRetries(0))
 
@@ -158,6 +221,9 @@ func Run(ctx context.Context, cfg Config, out io.Writer) (*Summary, error) {
 					s.Succeeded++
 				default:
 					s.Failed++
+				}
+				if cfg.Failover && res.target != "" {
+					s.ServedBy[res.target]++
 				}
 				switch res.stream {
 				case streamIntact:
@@ -205,15 +271,17 @@ type result struct {
 	text     string
 	attempts int
 	faults   []mockllm.Fault // what the mock served each attempt (none for a real API)
+	target   string          // the failover target that sent the reply
 }
 
 // chat makes one streamed chat and checks what arrived. key names it to
 // the mock.
 func chat(ctx context.Context, client openai.Client, model, expected, key string) result {
+	var raw *http.Response
 	st := client.Chat.Completions.NewStreaming(ctx, openai.ChatCompletionNewParams{
 		Model:    model,
 		Messages: []openai.ChatCompletionMessageParamUnion{openai.UserMessage("Say hello in one sentence.")},
-	}, option.WithHeader(mockllm.DrawKeyHeader, key))
+	}, option.WithHeader(mockllm.DrawKeyHeader, key), option.WithResponseInto(&raw))
 	defer st.Close()
 	var b strings.Builder
 	events := 0
@@ -225,6 +293,9 @@ func chat(ctx context.Context, client openai.Client, model, expected, key string
 	}
 	text := b.String()
 	r := result{err: st.Err(), text: text}
+	if raw != nil {
+		r.target = raw.Header.Get(llmretry.TargetHeader)
+	}
 	switch {
 	case expected != "" && strings.Count(text, expected) > 1:
 		r.stream = streamDuplicated
@@ -234,6 +305,17 @@ func chat(ctx context.Context, client openai.Client, model, expected, key string
 		r.stream = streamIntact
 	}
 	return r
+}
+
+// fallbackModel is the name the demo's fallback gives the model.
+const fallbackModel = "fallback-model-mini"
+
+// move names a move to another key or target.
+func move(e llmretry.RetryEvent) string {
+	if e.Target == e.NextTarget {
+		return fmt.Sprintf("%s key %s -> key %s", e.Target, e.Key, e.NextKey)
+	}
+	return e.Target + " -> " + e.NextTarget
 }
 
 func cause(e llmretry.RetryEvent) string {
@@ -310,6 +392,17 @@ func (s *Summary) write(out io.Writer) {
 	}
 	for _, k := range slices.Sorted(maps.Keys(s.Stops)) {
 		row("stopped: "+k, s.Stops[k])
+	}
+	if s.failovers {
+		for _, k := range slices.Sorted(maps.Keys(s.ServedBy)) {
+			row("served by target "+k, s.ServedBy[k])
+		}
+		for _, k := range slices.Sorted(maps.Keys(s.Moves)) {
+			row("moved at once, no wait: "+k, s.Moves[k])
+		}
+		for _, k := range slices.Sorted(maps.Keys(s.Health)) {
+			row(k, s.Health[k])
+		}
 	}
 	row("streams intact, exactly once", s.StreamsIntact)
 	row("streams cut mid-reply, not replayed", s.StreamsCut)

@@ -178,3 +178,27 @@ func TestRequestLinesSayWhy(t *testing.T) {
 		t.Errorf("cut mid-word: %q", got)
 	}
 }
+
+// With two mock providers, the primary failing, the demo fails over and
+// the summary says which target served what.
+func TestFailoverDemoSaysWhichTargetServedWhat(t *testing.T) {
+	var out bytes.Buffer
+	s, err := Run(context.Background(), Config{Requests: 40, Concurrency: 4, Faults: DefaultFaults, Seed: DefaultSeed,
+		Model: "gpt-4o-mini", Policy: fast, Failover: true}, &out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := out.String()
+	served := s.ServedBy["primary"] + s.ServedBy["fallback"]
+	if s.ServedBy["primary"] == 0 || s.ServedBy["fallback"] == 0 || served < s.Succeeded || served > s.Requests || len(s.ServedBy) != 2 {
+		t.Fatalf("served by %v\n%s", s.ServedBy, text)
+	}
+	for _, want := range []string{"fallback mock provider", "served by target fallback", "served by target primary", "moved at once, no wait: primary -> fallback", "; served by fallback"} {
+		if !strings.Contains(text, want) {
+			t.Fatalf("the demo's output lacks %q:\n%s", want, text)
+		}
+	}
+	if s.Duplicated != 0 || s.StreamsIntact != s.Succeeded {
+		t.Fatalf("summary %+v", s)
+	}
+}

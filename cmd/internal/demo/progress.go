@@ -37,7 +37,11 @@ func (p *progress) done(n int, r result) {
 		p.failed++
 	}
 	if !p.terminal {
-		p.ready[n] = fmt.Sprintf("request %3d: %s\n", n, describe(r, p.maxAttempts))
+		line := describe(r, p.maxAttempts)
+		if r.target != "" {
+			line += "; served by " + r.target
+		}
+		p.ready[n] = fmt.Sprintf("request %3d: %s\n", n, line)
 		for line, ok := p.ready[p.next]; ok; line, ok = p.ready[p.next] {
 			_, _ = io.WriteString(p.out, line)
 			delete(p.ready, p.next)
