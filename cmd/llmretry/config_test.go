@@ -3,10 +3,16 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/llmretry/llmretry/cmd/internal/proxy"
+	"github.com/llmretry/llmretry/redisstate"
 )
 
 // The proxy that holds keys must know its clients: without client tokens
@@ -47,5 +53,44 @@ func TestProxyWithKeysAndNoClientsStartsOnlyOnLoopback(t *testing.T) {
 		if strings.Contains(all, "sk-test-key") || strings.Contains(all, "a-client-token") {
 			t.Errorf("%v: a secret was printed:\n%s", tc.args, all)
 		}
+	}
+}
+
+// With --redis, every route's cooldowns go through one fleet state, and
+// each target keeps its budget in a state of its own.
+func TestShareThroughRedisGivesEveryTargetItsOwnFleetBudget(t *testing.T) {
+	fc, err := proxy.ParseConfig("c.yaml", []byte(`routes:
+  - prefix: /openai
+    targets: [{name: a, base_url: 'https://a.example/v1'}, {name: b, base_url: 'https://b.example/v1'}]
+  - prefix: /anthropic
+    targets: [{name: c, base_url: 'https://api.anthropic.com'}]
+`), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1"})
+	defer rc.Close()
+	var names []string
+	newState := func(name string) (*redisstate.State, error) {
+		names = append(names, name)
+		return redisstate.New(redisstate.Config{Client: rc, Name: name})
+	}
+	cd, err := shareThroughRedis(fc, "fleet", false, newState)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "[fleet fleet/openai/a fleet/openai/b fleet/anthropic/c]"; fmt.Sprint(names) != want {
+		t.Fatalf("states %v, want %s", names, want)
+	}
+	for _, r := range fc.Routes {
+		for _, tg := range r.Failover.Targets {
+			if st, ok := tg.Budget.(*redisstate.State); !ok || any(st) == any(cd) {
+				t.Fatalf("target %s has no fleet budget of its own", tg.Name)
+			}
+		}
+	}
+	names = nil
+	if _, err := shareThroughRedis(fc, "fleet", true, newState); err != nil || len(names) != 1 {
+		t.Fatalf("budget off: states %v, %v; want the cooldowns' only", names, err)
 	}
 }

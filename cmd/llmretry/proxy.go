@@ -151,26 +151,11 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	var target string
 	if fc != nil {
 		if newState != nil {
-			// One fleet state for the cooldowns of every route (keys and
-			// targets resting), and one budget per target.
-			st, err := newState(cmp.Or(*redisName, "proxy"))
+			cd, err := shareThroughRedis(fc, cmp.Or(*redisName, "proxy"), budgetOff, newState)
 			if err != nil {
 				return err
 			}
-			cfg.Cooldowns = st
-			for ri := range fc.Routes {
-				for ti := range fc.Routes[ri].Failover.Targets {
-					if budgetOff {
-						break
-					}
-					tg := &fc.Routes[ri].Failover.Targets[ti]
-					b, err := newState(cmp.Or(*redisName, "proxy") + fc.Routes[ri].Prefix + "/" + tg.Name)
-					if err != nil {
-						return err
-					}
-					tg.Budget = b
-				}
-			}
+			cfg.Cooldowns = cd
 		}
 		rt, err := proxy.NewRouter(fc, cfg)
 		if err != nil {
@@ -209,6 +194,31 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	srv := proxy.NewServer(handler)
 	fmt.Fprintf(stdout, "llmretry proxy on http://%s -> %s\n", ln.Addr(), target)
 	return proxy.Serve(ctx, srv, func() error { return srv.Serve(ln) }, *grace, logger)
+}
+
+// shareThroughRedis puts the routes of fc on fleet states that newState
+// makes: one, named name, for the cooldowns of every route (the keys and
+// targets resting), and unless budgetOff one budget per target, named
+// name + the route's prefix + "/" + the target's name.
+func shareThroughRedis(fc *proxy.FileConfig, name string, budgetOff bool, newState func(string) (*redisstate.State, error)) (llmretry.Cooldowns, error) {
+	cd, err := newState(name)
+	if err != nil {
+		return nil, err
+	}
+	if budgetOff {
+		return cd, nil
+	}
+	for ri := range fc.Routes {
+		for ti := range fc.Routes[ri].Failover.Targets {
+			tg := &fc.Routes[ri].Failover.Targets[ti]
+			b, err := newState(name + fc.Routes[ri].Prefix + "/" + tg.Name)
+			if err != nil {
+				return nil, err
+			}
+			tg.Budget = b
+		}
+	}
+	return cd, nil
 }
 
 // loopback reports whether addr (HOST:PORT) listens on loopback only.

@@ -131,3 +131,34 @@ func TestConfigRefusesAChainThatMixesAPIFamilies(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// The README's config example is a config the proxy accepts.
+func TestReadmeConfigExampleIsValid(t *testing.T) {
+	readme, err := os.ReadFile(filepath.Join("..", "..", "..", "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, rest, ok := strings.Cut(string(readme), "```yaml\n")
+	if !ok {
+		t.Fatal("the README has no yaml block")
+	}
+	block, _, _ := strings.Cut(rest, "```")
+	spare := filepath.Join(t.TempDir(), "openai_spare")
+	if err := os.WriteFile(spare, []byte("sk-spare\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	block = strings.Replace(block, "/run/secrets/openai_spare", spare, 1)
+	fc, err := ParseConfig("README.md", []byte(block), env(map[string]string{
+		"LLMRETRY_TOKEN_BACKEND": "a-token-long-enough-to-pass", "OPENAI_KEY_MAIN": "sk-main",
+		"OPENROUTER_API_KEY": "sk-or", "ANTHROPIC_API_KEY": "sk-ant",
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(fc.Routes) != 2 || len(fc.Clients) != 1 || len(fc.Routes[0].Failover.Targets[0].Keys) != 2 {
+		t.Fatalf("config %+v", fc)
+	}
+	if _, err := NewRouter(fc, Config{}); err != nil {
+		t.Fatal(err)
+	}
+}
