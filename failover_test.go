@@ -13,6 +13,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -472,19 +473,37 @@ func TestFailoverProbeIsOneRequestAtATime(t *testing.T) {
 	if d := ts.failed(now, false, o); d != time.Second {
 		t.Fatalf("ejection %v", d)
 	}
+	if ok, _ := ts.admit(now, nil); ok {
+		t.Fatal("admitted while ejected")
+	}
 	later := now.Add(2 * time.Second)
-	if ts.ejected(later, nil) {
-		t.Fatal("still ejected after its time")
+	var admitted, probes atomic.Int32
+	var wg sync.WaitGroup
+	for range 16 { // at once: one becomes the probe, the rest wait their turn
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if ok, probe := ts.admit(later, nil); ok {
+				admitted.Add(1)
+				if probe {
+					probes.Add(1)
+				}
+			}
+		}()
 	}
-	if !ts.claimProbe(later) || ts.claimProbe(later) {
-		t.Fatal("two probes at once")
-	}
-	if !ts.ejected(later, nil) {
-		t.Fatal("others sent to a target whose probe is in flight")
+	wg.Wait()
+	if admitted.Load() != 1 || probes.Load() != 1 {
+		t.Fatalf("%d admitted, %d probes: want one probe and no one else", admitted.Load(), probes.Load())
 	}
 	ts.released()
-	if !ts.claimProbe(later) {
+	if ok, probe := ts.admit(later, nil); !ok || !probe {
 		t.Fatal("a probe given back cannot be claimed again")
+	}
+	if !ts.succeeded(true) {
+		t.Fatal("the probe's success did not restore the target")
+	}
+	if ok, probe := ts.admit(later, nil); !ok || probe {
+		t.Fatal("a restored target is not trusted")
 	}
 }
 

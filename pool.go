@@ -188,16 +188,26 @@ func (ts *targetState) ejected(now time.Time, cd Cooldowns) bool {
 	return cd != nil && cd.Active(now) && cd.Until(ts.up).After(now)
 }
 
-// claimProbe makes the caller the probe of a target on probation; it
-// reports whether it did.
-func (ts *targetState) claimProbe(now time.Time) bool {
+// admit decides, at once, whether a request may go to ts now: not while it
+// is ejected, and while it is on probation only as its one probe (probe is
+// then true, and the caller must end the probe). Two requests cannot both
+// become the probe.
+func (ts *targetState) admit(now time.Time, cd Cooldowns) (ok, probe bool) {
+	if cd != nil && cd.Active(now) && cd.Until(ts.up).After(now) {
+		return false, false
+	}
 	ts.mu.Lock()
 	defer ts.mu.Unlock()
-	if !ts.suspect || ts.probing || ts.until.After(now) {
-		return false
+	switch {
+	case ts.until.After(now):
+		return false, false
+	case !ts.suspect:
+		return true, false
+	case ts.probing:
+		return false, false
 	}
 	ts.probing = true
-	return true
+	return true, true
 }
 
 // succeeded records an attempt on ts that worked. It reports whether that
@@ -299,21 +309,26 @@ func (p *pool) choose(model string, from int, now time.Time, cd Cooldowns) (pl p
 		if _, serves := ts.serves(model); !serves {
 			continue
 		}
-		skip := ts.ejected(now, cd)
+		free := -1
 		for ki, k := range ts.keys {
 			b, until := ts.keyStatus(k, model, now, cd)
 			switch {
-			case b == keyFree && !skip:
-				return placement{target: ti, key: ki, probe: ts.claimProbe(now)}, 0, true
-			case b == keyFree:
-				if ejected.target < 0 {
-					ejected = placement{target: ti, key: ki}
-				}
+			case b == keyFree && free < 0:
+				free = ki
 			case b == keyAvoided && (avoided.target < 0 || until.Before(avoidEnd)):
 				avoided, avoidEnd = placement{target: ti, key: ki}, until
 			case b == keyCooling && (cooling.target < 0 || until.Before(coolEnd)):
 				cooling, coolEnd = placement{target: ti, key: ki}, until
 			}
+		}
+		if free < 0 {
+			continue
+		}
+		if ok, probe := ts.admit(now, cd); ok {
+			return placement{target: ti, key: free, probe: probe}, 0, true
+		}
+		if ejected.target < 0 {
+			ejected = placement{target: ti, key: free}
 		}
 	}
 	switch {
@@ -332,11 +347,15 @@ func (p *pool) choose(model string, from int, now time.Time, cd Cooldowns) (pl p
 func (p *pool) nextTarget(model string, after int, now time.Time, cd Cooldowns) (placement, bool) {
 	for ti := after + 1; ti < len(p.targets); ti++ {
 		ts := p.targets[ti]
-		if _, serves := ts.serves(model); !serves || ts.ejected(now, cd) {
+		if _, serves := ts.serves(model); !serves {
 			continue
 		}
-		if ki := ts.freeKey(model, now, cd, -1); ki >= 0 {
-			return placement{target: ti, key: ki, probe: ts.claimProbe(now)}, true
+		ki := ts.freeKey(model, now, cd, -1)
+		if ki < 0 {
+			continue
+		}
+		if ok, probe := ts.admit(now, cd); ok {
+			return placement{target: ti, key: ki, probe: probe}, true
 		}
 	}
 	return placement{}, false

@@ -115,6 +115,7 @@ func (t *Transport) do(req *http.Request, send sendFunc) (*http.Response, error)
 	for attempt := 1; ; attempt++ {
 		r, tracked, err := t.attemptRequest(req, attempt, idemKey, j)
 		if err != nil {
+			t.released(j)
 			return nil, t.giveUp(req, nil, attempt-1, verdict{reason: ReasonBodyNotReplayable}, err, j)
 		}
 		budget, inflight := t.budgetAt(j)

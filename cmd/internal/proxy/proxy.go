@@ -423,6 +423,10 @@ func (p *Proxy) fail(w http.ResponseWriter, r *http.Request, err error) {
 		code = 499 // the client went away; nobody reads this
 	case errors.As(err, &e) && (e.Reason == llmretry.ReasonDeadline || e.Timeout()):
 		code = http.StatusGatewayTimeout
+	case errors.As(err, &e) && e.Reason == llmretry.ReasonUnavailable:
+		// Every key that could serve it is out (refused, or out of quota):
+		// the proxy's state, not a bad gateway.
+		code = http.StatusServiceUnavailable
 	}
 	p.metrics.request(code)
 	stamp(w.Header(), requestOf(r.Context()))

@@ -226,3 +226,23 @@ routes:
 		t.Fatalf("the log does not name the key by its id:\n%s", logs.String())
 	}
 }
+
+// A route whose only key was refused answers the refusal once, then 503
+// without sending anything: the key is out until the proxy restarts.
+func TestRouterWithEveryKeyOutAnswers503WithoutSending(t *testing.T) {
+	up := newRecorder(t, answerStatus(401))
+	url, _, _ := startRouter(t, `
+routes:
+  - prefix: /o
+    targets: [{name: up, base_url: '`+up.URL+`', keys: [{id: only, env: K}]}]
+`, map[string]string{"K": "sk-revoked"})
+	if resp := do(t, "POST", url+"/o/chat/completions", `{"model":"m"}`); resp.StatusCode != 401 {
+		t.Fatalf("first: %d, want the upstream's 401", resp.StatusCode)
+	}
+	if resp := do(t, "POST", url+"/o/chat/completions", `{"model":"m"}`); resp.StatusCode != 503 {
+		t.Fatalf("second: %d, want 503 (no key left)", resp.StatusCode)
+	}
+	if n := len(up.seen()); n != 1 {
+		t.Fatalf("the upstream got %d requests, want 1", n)
+	}
+}
