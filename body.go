@@ -71,7 +71,10 @@ func (b *heldBody) Read(p []byte) (int, error) {
 		n := copy(p, b.held)
 		b.held = b.held[n:]
 		if len(b.held) == 0 {
-			b.held = nil // let the peek's buffer go: the stream may run for minutes
+			// Let the peek's buffer go: the stream may run for minutes. The
+			// first event's data points into it too, and was needed only
+			// to decide, before the hand-over.
+			b.held, b.event = nil, sseEvent{}
 		}
 		return n, nil
 	}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -450,5 +451,38 @@ func TestRetryEventFailureKinds(t *testing.T) {
 				t.Fatalf("failures %v, want [%v]", got, tc.want)
 			}
 		})
+	}
+}
+
+// A stream that runs for minutes must not keep the first-event peek's
+// buffer: the first event's data pointed into it, and kept it alive for the
+// whole stream (4 KiB per open stream in the proxy).
+func TestPeekBufferIsLetGoOnceTheHeldBytesAreRead(t *testing.T) {
+	release := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		_, _ = io.WriteString(w, "data: {\"first\":true}\n\n")
+		w.(http.Flusher).Flush()
+		<-release
+	}))
+	defer srv.Close()
+	defer close(release)
+	_, c := testTransport(t, newFakeClock())
+	resp, err := c.Get(srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	hb, ok := resp.Body.(*heldBody)
+	if !ok || hb.event.data == nil {
+		t.Fatalf("body %T: want the held first event", resp.Body)
+	}
+	buf := make([]byte, 64)
+	n, err := resp.Body.Read(buf)
+	if err != nil || !strings.HasPrefix(string(buf[:n]), "data: ") {
+		t.Fatalf("read %q, %v", buf[:n], err)
+	}
+	if hb.held != nil || hb.event.data != nil {
+		t.Fatal("the peek's buffer is still referenced after its bytes were handed over")
 	}
 }

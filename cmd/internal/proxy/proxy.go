@@ -398,11 +398,13 @@ func (p *Proxy) onStop(e llmretry.StopEvent)   { p.metrics.onStop(e, cmp.Or(e.Ta
 
 // copyBuffers lends ReverseProxy its copy buffers. A stream keeps its
 // buffer for as long as it runs, and a chat stream's events are small, so
-// the buffers are 8 KiB: at 32 KiB they were most of what an open stream
-// cost (bench/streams, BENCHMARKS.md).
+// the buffers are 4 KiB: at 32 KiB they were most of what an open stream
+// cost, and with an HTTP/2 upstream 8 KiB still was the largest part
+// (bench/streams, BENCHMARKS.md). A JSON reply of up to 4 KiB still copies
+// in one read.
 type copyBuffers struct{}
 
-const copyBufferSize = 8 << 10
+const copyBufferSize = 4 << 10
 
 var copyBufferPool = sync.Pool{New: func() any { return new([copyBufferSize]byte) }}
 
