@@ -25,17 +25,12 @@ type idleBody struct {
 	rc      io.ReadCloser
 	timeout time.Duration
 	clock   Clock
-	timer   *time.Timer // on the real clock, one timer reset per Read
+	timer   atomic.Pointer[time.Timer] // on the real clock: made at the first Read, reset for each; Close may race it
 	fired   atomic.Bool
 }
 
 func newIdleBody(rc io.ReadCloser, timeout time.Duration, clock Clock) *idleBody {
-	b := &idleBody{rc: rc, timeout: timeout, clock: clock}
-	if _, real := clock.(realClock); real {
-		b.timer = time.AfterFunc(timeout, b.fire)
-		b.timer.Stop()
-	}
-	return b
+	return &idleBody{rc: rc, timeout: timeout, clock: clock}
 }
 
 func (b *idleBody) fire() {
@@ -48,11 +43,18 @@ func (b *idleBody) Read(p []byte) (int, error) {
 		return 0, &IdleTimeoutError{After: b.timeout}
 	}
 	var stop func() bool
-	if b.timer != nil {
-		b.timer.Reset(b.timeout)
-		stop = b.timer.Stop
-	} else {
+	switch t, real := b.timer.Load(), isRealClock(b.clock); {
+	case !real:
 		stop = b.clock.AfterFunc(b.timeout, b.fire)
+	case t == nil:
+		// Made here rather than with the body: most JSON replies are read
+		// in one or two Reads, and a timer made stopped costs a Stop more.
+		t = time.AfterFunc(b.timeout, b.fire)
+		b.timer.Store(t)
+		stop = t.Stop
+	default:
+		t.Reset(b.timeout)
+		stop = t.Stop
 	}
 	n, err := b.rc.Read(p)
 	stop()
@@ -63,8 +65,13 @@ func (b *idleBody) Read(p []byte) (int, error) {
 }
 
 func (b *idleBody) Close() error {
-	if b.timer != nil {
-		b.timer.Stop()
+	if t := b.timer.Load(); t != nil {
+		t.Stop()
 	}
 	return b.rc.Close()
+}
+
+func isRealClock(c Clock) bool {
+	_, real := c.(realClock)
+	return real
 }

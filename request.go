@@ -56,14 +56,14 @@ func validateRequest(req *http.Request) error {
 	}
 	for name, values := range req.Header {
 		for i := 0; i < len(name); i++ {
-			if !validHeaderNameByte(name[i]) {
+			if !tokenByte[name[i]] {
 				return &HeaderError{Name: name, Byte: name[i], InName: true, Index: i}
 			}
 		}
 		for _, v := range values {
 			for i := 0; i < len(v); i++ {
-				if c := v[i]; (c < ' ' && c != '\t') || c == 0x7f {
-					return &HeaderError{Name: name, Index: i, Byte: c}
+				if controlByte[v[i]] {
+					return &HeaderError{Name: name, Index: i, Byte: v[i]}
 				}
 			}
 		}
@@ -71,18 +71,21 @@ func validateRequest(req *http.Request) error {
 	return nil
 }
 
-// validHeaderNameByte is RFC 7230's tchar.
-func validHeaderNameByte(c byte) bool {
-	switch {
-	case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9':
-		return true
+// tokenByte marks the bytes RFC 7230 allows in a header name (tchar), and
+// controlByte those no header value may hold (controls but tab, and DEL):
+// tables, as every byte of every header is checked on every request.
+var tokenByte, controlByte = func() (tok, ctl [256]bool) {
+	for c := 0; c < 256; c++ {
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9':
+			tok[c] = true
+		case strings.IndexByte("!#$%&'*+-.^_`|~", byte(c)) >= 0:
+			tok[c] = true
+		}
+		ctl[c] = c < ' ' && c != '\t' || c == 0x7f
 	}
-	switch c {
-	case '!', '#', '$', '%', '&', '\'', '*', '+', '-', '.', '^', '_', '`', '|', '~':
-		return true
-	}
-	return false
-}
+	return tok, ctl
+}()
 
 // replayable reports whether the request can be sent more than once: it
 // has no body, or a GetBody to make a fresh copy of it.

@@ -51,8 +51,9 @@ func stamp(h http.Header, info *requestInfo) {
 	if info == nil {
 		return
 	}
-	h.Set(RequestIDHeader, info.id)
-	h.Set(AttemptsHeader, strconv.Itoa(int(info.attempts.Load())))
+	// The names are canonical already: set without canonicalizing them again.
+	h[RequestIDHeader] = []string{info.id}
+	h[AttemptsHeader] = []string{strconv.Itoa(int(info.attempts.Load()))}
 }
 
 // requestIDHandler adds the request's id to every log line made with its
