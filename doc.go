@@ -9,6 +9,11 @@
 // it. For a Server-Sent Events stream, the hand-over point is the first
 // event, so an error sent as the first event is still retried.
 //
+// NewFailoverTransport retries elsewhere when waiting won't help soon
+// enough: another key of the same target at once after a 429, the next
+// target when one keeps failing, within one API family and the same
+// hand-over point.
+//
 // Where to find what:
 //
 //   - policy.go: Policy, its defaults, backoff with jitter
@@ -24,6 +29,12 @@
 //   - body.go: drained discards, held bytes put back, reads under a time limit
 //   - request.go: each attempt's request, and the caller's body errors
 //   - budget.go, cooldown.go: the retry budget and per-upstream cooldowns
+//   - target.go: failover's configuration (Failover, Target, Key, Family)
+//   - failover.go: the wait-or-go decision, and aiming an attempt at a
+//     target (its URL, key and model name)
+//   - pool.go: what is known of keys (resting, out) and targets (ejected,
+//     probed), and the choice of where a request goes
+//   - model.go: the model a request names
 //   - errors.go: Error and its Reasons
 //
 // Beside it: llmretrytest (a Clock for tests), mockllm (a fault-injecting
