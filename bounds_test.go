@@ -146,8 +146,15 @@ func TestSynctest_IdleTimeoutRunsOnTheInjectedClock(t *testing.T) {
 			_, err := resp.Body.Read(make([]byte, 8))
 			readErr <- err
 		}()
-		clk.AwaitLimits(1)
-		clk.Advance(time.Minute)
+		synctest.Wait() // the Read is waiting
+		clk.Advance(time.Minute - time.Nanosecond)
+		synctest.Wait()
+		select {
+		case err := <-readErr:
+			t.Fatalf("the read ended before the idle timeout: %v", err)
+		default:
+		}
+		clk.Advance(time.Nanosecond)
 		var ie *IdleTimeoutError
 		if err := <-readErr; !errors.As(err, &ie) {
 			t.Fatalf("got %v, want an idle timeout", err)

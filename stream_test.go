@@ -486,3 +486,46 @@ func TestPeekBufferIsLetGoOnceTheHeldBytesAreRead(t *testing.T) {
 		t.Fatal("the peek's buffer is still referenced after its bytes were handed over")
 	}
 }
+
+// The idle watchdog times each Read from its own start: events 50 s apart
+// never trip a 1-minute timeout, however long the stream runs, and a stall
+// trips it exactly a minute after the Read began waiting.
+func TestSynctest_IdleWatchdogTimesEachRead(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		writers := make(chan *io.PipeWriter, 1)
+		tr := NewTransport(pipeBase(t, writers), WithIdleTimeout(time.Minute))
+		go func() {
+			w := <-writers
+			for range 8 {
+				_, _ = io.WriteString(w, "data: tick\n\n")
+				time.Sleep(50 * time.Second)
+			}
+			// then nothing: a stall
+		}()
+		req, _ := http.NewRequest(http.MethodGet, "http://api.test/", nil)
+		resp, err := tr.RoundTrip(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		start := time.Now()
+		br := bufio.NewReader(resp.Body)
+		events := 0
+		var readErr error
+		for {
+			line, err := br.ReadString('\n')
+			if strings.HasPrefix(line, "data: ") {
+				events++
+			}
+			if err != nil {
+				readErr = err
+				break
+			}
+		}
+		var ie *IdleTimeoutError
+		// The 8th event comes at 350 s; the Read after it waits from then.
+		if events != 8 || !errors.As(readErr, &ie) || time.Since(start) != 350*time.Second+time.Minute {
+			t.Fatalf("%d events, then %v after %v", events, readErr, time.Since(start))
+		}
+	})
+}

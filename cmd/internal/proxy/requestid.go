@@ -51,9 +51,11 @@ func stamp(h http.Header, info *requestInfo) {
 	if info == nil {
 		return
 	}
-	// The names are canonical already: set without canonicalizing them again.
-	h[RequestIDHeader] = []string{info.id}
-	h[AttemptsHeader] = []string{strconv.Itoa(int(info.attempts.Load()))}
+	// The names are canonical already: set without canonicalizing them
+	// again, both values in one allocation.
+	vals := []string{info.id, strconv.Itoa(int(info.attempts.Load()))}
+	h[RequestIDHeader] = vals[0:1:1]
+	h[AttemptsHeader] = vals[1:2:2]
 }
 
 // requestIDHandler adds the request's id to every log line made with its
