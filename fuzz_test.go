@@ -1,9 +1,11 @@
 package llmretry
 
 import (
+	"encoding/json"
 	"net/http"
 	"testing"
 	"time"
+	"unicode/utf8"
 )
 
 // The header parsers see whatever a server (or a proxy in between) sends.
@@ -121,6 +123,34 @@ func FuzzResetWait(f *testing.F) {
 		h.Set("Anthropic-Ratelimit-Requests-Remaining", anthLeft)
 		if d, ok := resetWait(h, now); ok != (d > 0) {
 			t.Fatalf("resetWait = %v %v", d, ok)
+		}
+	})
+}
+
+// A model is renamed in whatever body a caller sends: never a panic, the
+// bytes around the model kept, and a JSON body stays JSON with the new name.
+func FuzzRenameModelInJSON(f *testing.F) {
+	for _, s := range []string{`{"model":"gpt-4o","messages":[]}`, `{"model":1}`, `{"a":{"model":"x"},"model":"y"}`,
+		`[{"model":"x"}]`, `{"model":"\u00e9\"x"}`, `{`, ``, `{"model":"a","model":"b"}`, `  {"model" : "m" }  `} {
+		f.Add([]byte(s), "openai/gpt-4o")
+	}
+	f.Fuzz(func(t *testing.T, body []byte, name string) {
+		out := renameModelInJSON(body, name)
+		var in, got map[string]any
+		if json.Unmarshal(body, &in) != nil || json.Unmarshal(out, &got) != nil {
+			if json.Valid(body) && !json.Valid(out) {
+				t.Fatalf("valid JSON %q became invalid: %q", body, out)
+			}
+			return
+		}
+		if m, isString := in["model"].(string); isString && utf8.ValidString(name) {
+			_ = m
+			if got["model"] != name {
+				t.Fatalf("model in %q is %v after renaming to %q", out, got["model"], name)
+			}
+		}
+		if len(in) != len(got) {
+			t.Fatalf("renaming changed the fields: %q -> %q", body, out)
 		}
 	})
 }

@@ -162,3 +162,34 @@ func TestReadmeConfigExampleIsValid(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// Whatever a config file holds, reading it gives a config or a ConfigError
+// with a line, never a panic.
+func FuzzParseConfig(f *testing.F) {
+	f.Add([]byte(goodConfig))
+	f.Add([]byte("routes:\n  - prefix: /a\n    targets: [{name: x, base_url: 'https://x', models: {a: b}}]\n"))
+	f.Add([]byte("routes: 7\n"))
+	f.Add([]byte("routes:\n  - prefix: /a\n    targets:\n      - {name: x, base_url: 'https://x', keys: [{id: k, env: K}]}\n"))
+	f.Add([]byte("{routes: [{prefix: /, targets: [{name: a, base_url: 'http://h', api: gemini}]}]}"))
+	f.Add([]byte("- a\n- b\n"))
+	f.Add([]byte("&a [*a]"))
+	vars := env(map[string]string{"K": "sk-k", "CI_TOKEN": "client-token-0123456789", "OPENAI_A": "a", "OPENROUTER": "o", "ANTHROPIC": "n"})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		fc, err := ParseConfig("f.yaml", data, vars)
+		if err != nil {
+			var ce *ConfigError
+			if !errors.As(err, &ce) {
+				t.Fatalf("error %T %v, want a *ConfigError", err, err)
+			}
+			return
+		}
+		if len(fc.Routes) == 0 {
+			t.Fatal("a config with no routes was accepted")
+		}
+		for _, r := range fc.Routes {
+			if len(r.Failover.Targets) == 0 {
+				t.Fatalf("route %q with no targets was accepted", r.Prefix)
+			}
+		}
+	})
+}
