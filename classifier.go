@@ -59,7 +59,10 @@ type Decision struct {
 	Action Action
 	// Wait, for Retry, is the wait the server asked for: a floor that
 	// jitter only lengthens, and that ends retrying when it is above
-	// Policy.MaxRetryAfter. Zero means the Policy's backoff.
+	// Policy.MaxRetryAfter. Zero means the Policy's backoff. For a Stop on
+	// a quota or spend limit it is how long until the quota resets, when
+	// known: nothing waits on it, but a failover Transport rests the key
+	// that long (zero: Failover.QuotaRest).
 	Wait   time.Duration
 	Source WaitSource
 	// Failure and Cause describe a Retry or a Stop for events and logs.
@@ -180,5 +183,6 @@ func (t *Transport) decide(a Attempt) verdict {
 		return v
 	}
 	v.reason = ReasonNotRetryable
+	v.window = d.Wait
 	return v
 }

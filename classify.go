@@ -45,6 +45,9 @@ type verdict struct {
 	waitOK bool
 	// reason is why not to retry, when retry is false for a failure.
 	reason Reason
+	// window, for a stop on a used-up quota, is how long until it resets,
+	// when known.
+	window time.Duration
 }
 
 // RetryableStatus reports whether a status code is worth retrying on its

@@ -23,12 +23,14 @@ import (
 //     for its wait, and the request moves at once to a free key of the same
 //     target: no sleep while a free key exists;
 //   - a quota error (a 429 or 402 that waiting will not fix) takes the key
-//     out for Failover.QuotaRest, a 401 or 403 until the Transport is made
-//     again; the request moves to a free key, or to the next target;
+//     out for the quota's window when the provider says it, else for
+//     Failover.QuotaRest; a 401 or 403 until the Transport is made again;
+//     the request moves to a free key, or to the next target;
 //   - a 5xx, a 529 or a transport error is retried on the same target, as
 //     with one upstream, until it has had AttemptsPerTarget such failures,
 //     or the server asks for a wait above Threshold, or the target is
-//     ejected; then the request moves to the next target at once;
+//     ejected or cooling down (every key of it out or in the fleet's
+//     cooldown); then the request moves to the next target at once;
 //   - the request's last attempt goes to the next target, if there is one,
 //     rather than to the target that just failed;
 //   - the last target that can serve it keeps it, as one upstream would.
@@ -203,10 +205,14 @@ func (t *Transport) record(req *http.Request, j *journey, resp *http.Response, v
 		k.setOut(time.Time{})
 		t.health(req, HealthEvent{Target: ts.Name, Key: k.id, Health: KeyOutAuth, Cause: v.cause})
 	case fault:
-		until := now.Add(p.f.QuotaRest)
+		rest := p.f.QuotaRest // the quota's window, when the provider says it
+		if v.window > 0 {
+			rest = v.window
+		}
+		until := now.Add(rest)
 		k.setOut(until)
 		if cd != nil {
-			cd.Extend(ts.keyUp(k, allModels), now, p.f.QuotaRest)
+			cd.Extend(ts.keyUp(k, allModels), now, rest)
 		}
 		t.health(req, HealthEvent{Target: ts.Name, Key: k.id, Health: KeyOutQuota, Until: until, Cause: v.cause})
 	case v.retry && v.waitOK:
@@ -271,8 +277,8 @@ func (t *Transport) failoverNext(ctx context.Context, j *journey, attempt int, c
 	var stayStop Reason
 	stayed := false
 	last := attempt+1 >= t.cfg.policy.MaxAttempts
-	if v.retry && j.fails < p.f.AttemptsPerTarget && !ts.ejected(now, cd) && (!v.waitOK || v.wait <= p.f.Threshold) &&
-		!(last && p.hasNext(j.model, j.at.target, now, cd)) {
+	if v.retry && j.fails < p.f.AttemptsPerTarget && !ts.ejected(now, cd) && !ts.coolingDown(j.model, now, cd) &&
+		(!v.waitOK || v.wait <= p.f.Threshold) && !(last && p.hasNext(j.model, j.at.target, now, cd)) {
 		stayed = true
 		stayWait, staySrc, stayStop = t.nextWait(ctx, attempt, canReplay, v, ts.budget)
 		if stayStop == 0 {

@@ -724,3 +724,73 @@ func TestFailoverLastAttemptGoesToTheNextTarget(t *testing.T) {
 		t.Fatalf("status %d from %q after %d primary attempts", resp.StatusCode, resp.Header.Get(TargetHeader), len(primary.requests()))
 	}
 }
+
+// A quota used up rests its key for the quota's window when the provider
+// says it: a Gemini daily quota until midnight Pacific time, a Retry-After
+// for as long as it asks; QuotaRest only when neither is known.
+func TestFailoverQuotaRestsForItsWindow(t *testing.T) {
+	const geminiDaily = `{"error":{"code":429,"status":"RESOURCE_EXHAUSTED","message":"quota","details":[` +
+		`{"@type":"type.googleapis.com/google.rpc.QuotaFailure","violations":[{"quotaId":"GenerateRequestsPerDayPerProjectPerModel-FreeTier"}]}]}}`
+	g := newProvider(t, func(string) http.HandlerFunc { return status(200, okJSON) })
+	gq := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("X-Goog-Api-Key") == "AIza-1" {
+			status(429, geminiDaily)(w, r)
+			return
+		}
+		g.Config.Handler.ServeHTTP(w, r)
+	}))
+	defer gq.Close()
+	clk := newFakeClock() // 2026-11-27 12:00 UTC: 04:00 in Los Angeles
+	var health []HealthEvent
+	_, c := failoverTransport(t, clk, Failover{Targets: []Target{{Name: "gemini", BaseURL: gq.URL + "/v1beta", Family: FamilyGemini,
+		Keys: []Key{NewKey("one", "AIza-1"), NewKey("two", "AIza-2")}}}}, WithOnHealth(func(e HealthEvent) { health = append(health, e) }))
+	resp, err := c.Do(post(t, gq.URL+"/v1beta/models/gemini-2.5-flash:generateContent", `{"contents":[]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	readAll(t, resp)
+	midnightPacific := time.Date(2026, 11, 28, 8, 0, 0, 0, time.UTC)
+	if resp.StatusCode != 200 || len(health) != 1 || health[0].Health != KeyOutQuota || !health[0].Until.Equal(midnightPacific) {
+		t.Fatalf("status %d, health %+v: want key one out until midnight Pacific (%v)", resp.StatusCode, health, midnightPacific)
+	}
+
+	p := newProvider(t, func(key string) http.HandlerFunc {
+		if key == "sk-a" {
+			return status(429, `{"error":{"code":"insufficient_quota"}}`, "Retry-After", "120")
+		}
+		return status(200, okJSON)
+	})
+	health = nil
+	_, c = failoverTransport(t, clk, Failover{Targets: []Target{{Name: "o", BaseURL: p.URL, Keys: []Key{NewKey("a", "sk-a"), NewKey("b", "sk-b")}}}},
+		WithOnHealth(func(e HealthEvent) { health = append(health, e) }))
+	send(t, c, p.URL, "m")
+	if len(health) != 1 || health[0].Health != KeyOutQuota || !health[0].Until.Equal(clk.Now().Add(120*time.Second)) {
+		t.Fatalf("health %+v: want key a out for the quota's Retry-After of 120 s", health)
+	}
+}
+
+// A target every key of which went into the fleet's cooldown while a
+// request was on it is cooling down: after a 503 the request moves to the
+// next target at once instead of waiting out a backoff there.
+func TestFailoverTargetCoolingDownMovesOn(t *testing.T) {
+	shared := NewLocalCooldowns()
+	clk := newFakeClock()
+	var cool func()
+	primary := newProvider(t, func(string) http.HandlerFunc {
+		return func(w http.ResponseWriter, r *http.Request) {
+			cool() // another process's 429s put the only key in the fleet's cooldown
+			status(503, `{}`)(w, r)
+		}
+	})
+	fallback := newProvider(t, always(status(200, okJSON)))
+	tr, c := failoverTransport(t, clk, Failover{Targets: []Target{
+		{Name: "a", BaseURL: primary.URL, Keys: []Key{NewKey("k", "sk-a")}},
+		{Name: "b", BaseURL: fallback.URL},
+	}}, WithCooldowns(shared))
+	ts := tr.pool.targets[0]
+	cool = func() { shared.Extend(ts.keyUp(ts.keys[0], "m"), clk.Now(), 30*time.Second) }
+	resp, _ := send(t, c, primary.URL, "m")
+	if resp.Header.Get(TargetHeader) != "b" || len(primary.requests()) != 1 || len(clk.Waits()) != 0 {
+		t.Fatalf("served by %q after %d primary attempts and waits %v: want b at once", resp.Header.Get(TargetHeader), len(primary.requests()), clk.Waits())
+	}
+}

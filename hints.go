@@ -32,6 +32,10 @@ const (
 	// SourceFailover: no wait; the next attempt goes at once to another key
 	// or target (see NewFailoverTransport).
 	SourceFailover
+	// SourceQuotaReset: when a quota that was used up resets (a Gemini
+	// daily quota, at midnight Pacific time). It is never waited on: a key
+	// out of quota rests until then.
+	SourceQuotaReset
 )
 
 var sourceNames = [...]string{
@@ -44,6 +48,7 @@ var sourceNames = [...]string{
 	SourceRateLimitReset: "ratelimit-reset",
 	SourceCooldown:       "cooldown",
 	SourceFailover:       "failover",
+	SourceQuotaReset:     "quota-reset",
 }
 
 func (s WaitSource) String() string {

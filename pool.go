@@ -176,6 +176,18 @@ func (ts *targetState) freeKey(model string, now time.Time, cd Cooldowns, except
 	return -1
 }
 
+// coolingDown reports whether no key of ts could take a request for model
+// at now but after a wait: each is out, or in the fleet's cooldown. (A key
+// this process only avoids still could.)
+func (ts *targetState) coolingDown(model string, now time.Time, cd Cooldowns) bool {
+	for _, k := range ts.keys {
+		if b, _ := ts.keyStatus(k, model, now, cd); b == keyFree || b == keyAvoided {
+			return false
+		}
+	}
+	return true
+}
+
 // ejected reports whether ts is skipped at now: ejected here or by the
 // fleet, or on probation with its probe already in flight.
 func (ts *targetState) ejected(now time.Time, cd Cooldowns) bool {

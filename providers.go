@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -21,6 +22,9 @@ const errorBodyLimit = 64 << 10
 type bodyVerdict struct {
 	// final: waiting will not help (quota or spend limit used up).
 	final bool
+	// daily: the quota used up is a daily one (Gemini's "PerDay" quotas,
+	// which reset at midnight Pacific time).
+	daily bool
 	// transient: a known retryable error (overloaded, rate limited).
 	transient bool
 	cause     string
@@ -91,7 +95,7 @@ func classifyErrorBody(body []byte) (v bodyVerdict, ok bool) {
 					case strings.HasSuffix(d.Type, "google.rpc.QuotaFailure"):
 						for _, q := range d.Violations {
 							if strings.Contains(q.QuotaID, "PerDay") {
-								return bodyVerdict{final: true, cause: "daily quota " + upstreamWord(q.QuotaID)}, true
+								return bodyVerdict{final: true, daily: true, cause: "daily quota " + upstreamWord(q.QuotaID)}, true
 							}
 						}
 					case strings.HasSuffix(d.Type, "google.rpc.RetryInfo"):
@@ -272,6 +276,22 @@ func resetWait(h http.Header, now time.Time) (time.Duration, bool) {
 	return any, any > 0
 }
 
+// pacific is the time zone Gemini's daily quotas reset in (at midnight),
+// loaded once, when first needed; without the zone database it is PST.
+var pacific = sync.OnceValue(func() *time.Location {
+	if loc, err := time.LoadLocation("America/Los_Angeles"); err == nil {
+		return loc
+	}
+	return time.FixedZone("PST", -8*60*60)
+})
+
+// untilPacificMidnight is how long from now until the next midnight in
+// Pacific time, when Gemini's daily quotas reset.
+func untilPacificMidnight(now time.Time) time.Duration {
+	t := now.In(pacific())
+	return time.Date(t.Year(), t.Month(), t.Day()+1, 0, 0, 0, 0, t.Location()).Sub(now)
+}
+
 // ProviderErrors is the built-in rule for what LLM APIs say beyond the
 // status code. On a response that StatusCodes would retry, it reads the JSON
 // error body (a bounded peek, put back for the caller) and the rate-limit
@@ -295,6 +315,11 @@ func ProviderErrors(a Attempt) Decision {
 		if bv.final {
 			d.Action = Stop
 			d.Cause += ": " + bv.cause
+			// The quota's window, when known: a daily quota's, or the
+			// wait the headers asked for (already in d).
+			if bv.daily {
+				d.Wait, d.Source = untilPacificMidnight(a.Now), SourceQuotaReset
+			}
 			return d
 		}
 		if bv.cause != "" {

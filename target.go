@@ -27,7 +27,9 @@ type Failover struct {
 	// request to the next target at once. Default 5 s.
 	Threshold time.Duration
 	// QuotaRest is how long a key whose quota or credit is used up (a quota
-	// error, a 402) sits out. Default 1 h. A key refused with 401 or 403
+	// error, a 402) sits out when the provider does not say when the quota
+	// resets (it does for Gemini's daily quotas, at midnight Pacific time,
+	// and with a Retry-After). Default 1 h. A key refused with 401 or 403
 	// sits out until the Transport is made again.
 	QuotaRest time.Duration
 	// Outliers says when a target that keeps failing is skipped.

@@ -15,10 +15,14 @@ import (
 	"github.com/llmretry/llmretry/redisstate"
 )
 
-// The proxy that holds keys must know its clients: without client tokens
-// it starts only on loopback.
-func TestProxyWithKeysAndNoClientsStartsOnlyOnLoopback(t *testing.T) {
+// A proxy with a config must know its clients: without client tokens it
+// starts only on loopback, whether or not it holds keys.
+func TestProxyConfigWithNoClientsStartsOnlyOnLoopback(t *testing.T) {
 	dir := t.TempDir()
+	keyless := filepath.Join(dir, "keyless.yaml")
+	if err := os.WriteFile(keyless, []byte("routes:\n  - prefix: /vllm\n    targets: [{name: vllm, base_url: 'http://127.0.0.1:1/v1'}]\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	keyed := filepath.Join(dir, "keyed.yaml")
 	withClients := filepath.Join(dir, "clients.yaml")
 	routes := "routes:\n  - prefix: /openai\n    targets:\n      - name: openai\n        base_url: http://127.0.0.1:1/v1\n        keys: [{id: a, env: LLMRETRY_TEST_KEY}]\n"
@@ -37,7 +41,9 @@ func TestProxyWithKeysAndNoClientsStartsOnlyOnLoopback(t *testing.T) {
 		want int
 		out  string
 	}{
-		{[]string{"--config", keyed, "--listen", "0.0.0.0:0", "--admin-listen", ""}, 2, "names no clients"},
+		{[]string{"--config", keyed, "--listen", "0.0.0.0:0", "--admin-listen", ""}, 2, "could use its keys"},
+		{[]string{"--config", keyless, "--listen", "0.0.0.0:0", "--admin-listen", ""}, 2, "could use its routes"},
+		{[]string{"--config", keyless, "--listen", "[::1]:0", "--admin-listen", ""}, 0, "llmretry proxy on"},
 		{[]string{"--config", keyed, "--listen", ":0", "--admin-listen", ""}, 2, "names no clients"},
 		{[]string{"--config", keyed, "--listen", "127.0.0.1:0", "--admin-listen", ""}, 0, "llmretry proxy on"},
 		{[]string{"--config", withClients, "--listen", "0.0.0.0:0", "--admin-listen", ""}, 0, "the routes of " + withClients + ": /openai"},

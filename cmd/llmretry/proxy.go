@@ -64,8 +64,12 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			fmt.Fprintf(stderr, "llmretry proxy: %v\n", err)
 			return errUsage
 		}
-		if fc.HoldsKeys() && len(fc.Clients) == 0 && !loopback(*listen) {
-			return usageErr(fs, stderr, "%s holds keys but names no clients: anyone who reaches --listen %s could spend them. Add clients (tokens) to the config, or listen on loopback", *configFile, *listen)
+		if len(fc.Clients) == 0 && !loopback(*listen) {
+			what := "its routes"
+			if fc.HoldsKeys() {
+				what = "its keys"
+			}
+			return usageErr(fs, stderr, "%s names no clients: anyone who reaches --listen %s could use %s. Add clients (tokens) to the config, or listen on loopback", *configFile, *listen, what)
 		}
 	case *upstream == "":
 		return usageErr(fs, stderr, "--upstream or --config is required")
