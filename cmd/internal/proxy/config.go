@@ -97,8 +97,16 @@ func ParseConfig(name string, data []byte, getenv func(string) string) (*FileCon
 		"clients": func(n *yaml.Node) error {
 			return r.list(n, "clients", func(item *yaml.Node) error {
 				c, err := r.client(item)
+				if err != nil {
+					return err
+				}
+				for _, other := range cfg.Clients {
+					if other.ID == c.ID {
+						return r.errf(item, "two clients have the id %q", c.ID)
+					}
+				}
 				cfg.Clients = append(cfg.Clients, c)
-				return err
+				return nil
 			})
 		},
 		"routes": func(n *yaml.Node) error {
@@ -119,13 +127,6 @@ func ParseConfig(name string, data []byte, getenv func(string) string) (*FileCon
 	}, "routes")
 	if err != nil {
 		return nil, err
-	}
-	ids := map[string]bool{}
-	for _, c := range cfg.Clients {
-		if ids[c.ID] {
-			return nil, &ConfigError{File: name, Msg: fmt.Sprintf("two clients have the id %q", c.ID)}
-		}
-		ids[c.ID] = true
 	}
 	if len(cfg.Routes) == 0 {
 		return nil, &ConfigError{File: name, Line: root.Content[0].Line, Msg: "routes: at least one route is needed"}

@@ -96,6 +96,8 @@ func TestConfigErrorsNameTheirLine(t *testing.T) {
 			`c.yaml:2: client "ci": its token is under 16 characters`},
 		{"two prefixes", "routes:\n  - prefix: /a\n    targets: [{name: x, base_url: 'https://x'}]\n  - prefix: /a\n    targets: [{name: y, base_url: 'https://y'}]\n",
 			`c.yaml:4: two routes have the prefix "/a"`},
+		{"two clients", "clients:\n  - {id: ci, env: T}\n  - {id: ci, env: T}\nroutes:\n  - prefix: /a\n    targets: [{name: x, base_url: 'https://x'}]\n",
+			`c.yaml:3: two clients have the id "ci"`},
 		{"two names", "routes:\n  - prefix: /a\n    targets:\n      - {name: x, base_url: 'https://x'}\n      - {name: x, base_url: 'https://y'}\n",
 			`c.yaml:5: two targets are named "x"`},
 	} {
