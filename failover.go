@@ -125,6 +125,15 @@ type journey struct {
 	visited  uint64 // targets sent to, by index
 }
 
+// here is where the journey's current attempt went (the zero placement
+// without failover).
+func (j *journey) here() placement {
+	if j == nil {
+		return placement{}
+	}
+	return j.at
+}
+
 // startJourney picks the first placement of req, waiting first when every
 // key that could serve it is in the fleet's cooldown.
 func (t *Transport) startJourney(req *http.Request) (*journey, error) {

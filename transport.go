@@ -173,20 +173,8 @@ func (t *Transport) do(req *http.Request, send sendFunc) (*http.Response, error)
 			return t.handOver(resp, j), t.giveUp(req, resp, attempt, v, err, j)
 		}
 
-		from := placement{}
-		var wait time.Duration
-		var src WaitSource
-		var stop Reason
-		moved := false
-		if j == nil {
-			if v.waitOK && resp != nil && resp.StatusCode == http.StatusTooManyRequests {
-				t.rateLimited(req, resp, v.wait)
-			}
-			wait, src, stop = t.nextWait(ctx, attempt, canReplay, v, t.cfg.budget)
-		} else {
-			from = j.at
-			wait, src, stop, moved = t.failoverNext(ctx, j, attempt, canReplay, v)
-		}
+		from := j.here()
+		wait, src, stop := t.next(ctx, req, resp, j, attempt, canReplay, v)
 		if stop != 0 {
 			if v.retry { // a key fault keeps its own reason
 				v.reason = stop
@@ -196,15 +184,29 @@ func (t *Transport) do(req *http.Request, send sendFunc) (*http.Response, error)
 			}
 			return t.handOver(resp, j), t.giveUp(req, resp, attempt, v, err, j)
 		}
-		if moved {
-			src = SourceFailover
-		}
 		t.retrying(req, resp, attempt, v, err, wait, src, j, from)
 		discard(resp, t.cfg.clock)
 		if err := sleep(ctx, t.cfg.clock, wait); err != nil {
 			return nil, t.giveUp(req, nil, attempt, verdict{reason: ReasonContextDone}, err, j)
 		}
 	}
+}
+
+// next decides what follows a failed attempt: the same place again after
+// wait, or with failover another key or target at once (src is then
+// SourceFailover, and j says where), or a stop.
+func (t *Transport) next(ctx context.Context, req *http.Request, resp *http.Response, j *journey, attempt int, canReplay bool, v verdict) (wait time.Duration, src WaitSource, stop Reason) {
+	if j == nil {
+		if v.waitOK && resp != nil && resp.StatusCode == http.StatusTooManyRequests {
+			t.rateLimited(req, resp, v.wait)
+		}
+		return t.nextWait(ctx, attempt, canReplay, v, t.cfg.budget)
+	}
+	wait, src, stop, moved := t.failoverNext(ctx, j, attempt, canReplay, v)
+	if moved {
+		src = SourceFailover
+	}
+	return wait, src, stop
 }
 
 // closeBody closes the caller's request body, when nothing will send it.
