@@ -4,14 +4,19 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/redis/go-redis/v9"
 
 	"github.com/llmretry/llmretry/cmd/internal/proxy"
+	"github.com/llmretry/llmretry/mockllm"
 	"github.com/llmretry/llmretry/redisstate"
 )
 
@@ -99,4 +104,97 @@ func TestShareThroughRedisGivesEveryTargetItsOwnFleetBudget(t *testing.T) {
 	if _, err := shareThroughRedis(fc, "fleet", true, newState); err != nil || len(names) != 1 {
 		t.Fatalf("budget off: states %v, %v; want the cooldowns' only", names, err)
 	}
+}
+
+// lineWriter hands each line written to it to a channel, so that a test
+// can wait for a line without polling.
+type lineWriter struct {
+	mu    sync.Mutex
+	buf   []byte
+	lines chan string
+}
+
+func (w *lineWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.buf = append(w.buf, p...)
+	for {
+		i := bytes.IndexByte(w.buf, '\n')
+		if i < 0 {
+			return len(p), nil
+		}
+		select {
+		case w.lines <- string(w.buf[:i]):
+		default: // nobody waits for it
+		}
+		w.buf = w.buf[i+1:]
+	}
+}
+
+// The command serves a config end to end: a client with its token reaches
+// the route, the primary's 503s fail over to the fallback, and the admin
+// listener counts it.
+func TestProxyServesAConfigEndToEnd(t *testing.T) {
+	primary := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusServiceUnavailable)
+	}))
+	defer primary.Close()
+	fallback := httptest.NewServer(mockllm.New(mockllm.Script{}, 1))
+	defer fallback.Close()
+	cfg := filepath.Join(t.TempDir(), "llmretry.yaml")
+	text := "clients: [{id: app, env: LLMRETRY_E2E_TOKEN}]\nroutes:\n  - prefix: /openai\n    attempts_per_target: 1\n    targets:\n" +
+		"      - {name: primary, base_url: '" + primary.URL + "/v1', keys: [{id: p, env: LLMRETRY_E2E_KEY}]}\n" +
+		"      - {name: fallback, base_url: '" + fallback.URL + "/v1', keys: [{id: f, env: LLMRETRY_E2E_KEY}]}\n"
+	if err := os.WriteFile(cfg, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("LLMRETRY_E2E_TOKEN", "an-e2e-client-token")
+	t.Setenv("LLMRETRY_E2E_KEY", "sk-e2e-upstream")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	out := &lineWriter{lines: make(chan string, 16)}
+	var stderr bytes.Buffer
+	done := make(chan int, 1)
+	go func() {
+		done <- run(ctx, []string{"proxy", "--config", cfg, "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--quiet"}, out, &stderr)
+	}()
+	var base, admin string
+	for base == "" || admin == "" {
+		select {
+		case line := <-out.lines:
+			if rest, ok := strings.CutPrefix(line, "llmretry proxy on "); ok {
+				base, _, _ = strings.Cut(rest, " ")
+			}
+			if rest, ok := strings.CutPrefix(line, "llmretry proxy admin (/healthz, /metrics) on "); ok {
+				admin = rest
+			}
+		case code := <-done:
+			t.Fatalf("the proxy exited with %d: %s", code, stderr.String())
+		}
+	}
+	req, _ := http.NewRequest("POST", base+"/openai/chat/completions", strings.NewReader(`{"model":"gpt-4o","messages":[]}`))
+	req.Header.Set("Authorization", "Bearer an-e2e-client-token")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || resp.Header.Get("X-Llmretry-Target") != "fallback" || !strings.Contains(string(body), mockllm.ReplyText) {
+		t.Fatalf("status %d from %q: %s", resp.StatusCode, resp.Header.Get("X-Llmretry-Target"), body)
+	}
+	m, err := http.Get(admin + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics, _ := io.ReadAll(m.Body)
+	m.Body.Close()
+	if !strings.Contains(string(metrics), `llmretry_failovers_total{from="primary",to="fallback"} 1`) {
+		t.Fatalf("metrics lack the failover:\n%s", metrics)
+	}
+	cancel()
+	if code := <-done; code != 0 {
+		t.Fatalf("exit %d after SIGTERM-like cancel: %s", code, stderr.String())
+	}
+	http.DefaultClient.CloseIdleConnections()
 }
