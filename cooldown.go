@@ -3,6 +3,7 @@ package llmretry
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"hash"
 	"net/http"
 	"strings"
 	"sync"
@@ -84,10 +85,7 @@ func upstreamOf(req *http.Request) Upstream {
 	n := 0
 	for _, name := range credentialHeaders {
 		for _, v := range req.Header.Values(name) {
-			h.Write([]byte(name))
-			h.Write([]byte{0})
-			h.Write([]byte(v))
-			h.Write([]byte{0})
+			writeCredential(h, name, v)
 			n++
 		}
 	}
@@ -96,10 +94,22 @@ func upstreamOf(req *http.Request) Upstream {
 		n++
 	}
 	if n > 0 {
-		up.Credential = hex.EncodeToString(h.Sum(nil)[:12])
+		up.Credential = credentialSum(h)
 	}
 	return up
 }
+
+// writeCredential adds one credential header to h, the one encoding both
+// upstreamOf and a failover key's Upstream use.
+func writeCredential(h hash.Hash, name, value string) {
+	h.Write([]byte(name))
+	h.Write([]byte{0})
+	h.Write([]byte(value))
+	h.Write([]byte{0})
+}
+
+// credentialSum is Upstream.Credential for what h was given.
+func credentialSum(h hash.Hash) string { return hex.EncodeToString(h.Sum(nil)[:12]) }
 
 // LocalCooldowns keeps cooldowns in this process.
 type LocalCooldowns struct {

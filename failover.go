@@ -378,9 +378,7 @@ func (p *pool) aim(r *http.Request, body io.ReadCloser, j *journey) (io.ReadClos
 	if r.GetBody == nil {
 		return nil, errMapNeedsBody
 	}
-	if body != nil {
-		_ = body.Close() // not sent: a renamed copy goes instead
-	}
+	_ = body.Close() // not sent: a renamed copy goes instead
 	rc, err := r.GetBody()
 	if err != nil {
 		return nil, err

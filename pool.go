@@ -93,15 +93,12 @@ func newPool(f Failover, targets []Target, bases []*url.URL, shared Budget, shar
 	return p
 }
 
-// hashCredential is Upstream.Credential for one credential header, as
-// upstreamOf computes it for a request that carries only that header.
+// hashCredential is Upstream.Credential for a request that carries only
+// the one credential header name: value.
 func hashCredential(name, value string) string {
 	h := sha256.New()
-	h.Write([]byte(name))
-	h.Write([]byte{0})
-	h.Write([]byte(value))
-	h.Write([]byte{0})
-	return hex.EncodeToString(h.Sum(nil)[:12])
+	writeCredential(h, name, value)
+	return credentialSum(h)
 }
 
 func shortHash(s string) string {
@@ -359,10 +356,7 @@ func (p *pool) choose(model string, from int, now time.Time, cd Cooldowns) (pl p
 func (p *pool) nextTarget(model string, after int, now time.Time, cd Cooldowns) (placement, bool) {
 	for ti := after + 1; ti < len(p.targets); ti++ {
 		ts := p.targets[ti]
-		if _, serves := ts.serves(model); !serves {
-			continue
-		}
-		ki := ts.freeKey(model, now, cd, -1)
+		ki := ts.freeFor(model, now, cd)
 		if ki < 0 {
 			continue
 		}
@@ -374,15 +368,24 @@ func (p *pool) nextTarget(model string, after int, now time.Time, cd Cooldowns) 
 }
 
 // hasNext reports whether a target after the current one could take a
-// request for model now.
+// request for model now (nextTarget's test, without claiming a probe).
 func (p *pool) hasNext(model string, after int, now time.Time, cd Cooldowns) bool {
 	for ti := after + 1; ti < len(p.targets); ti++ {
 		ts := p.targets[ti]
-		if _, serves := ts.serves(model); serves && !ts.ejected(now, cd) && ts.freeKey(model, now, cd, -1) >= 0 {
+		if ts.freeFor(model, now, cd) >= 0 && !ts.ejected(now, cd) {
 			return true
 		}
 	}
 	return false
+}
+
+// freeFor is the first key of ts free for model at now, or -1 if there is
+// none or ts does not serve model.
+func (ts *targetState) freeFor(model string, now time.Time, cd Cooldowns) int {
+	if _, serves := ts.serves(model); !serves {
+		return -1
+	}
+	return ts.freeKey(model, now, cd, -1)
 }
 
 // restOf takes the part of a request path after the first target's base
