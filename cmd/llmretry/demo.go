@@ -19,7 +19,7 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	seed := fs.Uint64("seed", demo.DefaultSeed, "seed for the fault draws: each chat draws its faults from the seed and its own number, so a seed always tells the same story")
 	upstream := fs.String("upstream", "", "a real OpenAI-compatible API base URL, e.g. https://api.openai.com/v1; the key comes from $OPENAI_API_KEY")
 	model := fs.String("model", "gpt-4o-mini", "model to ask")
-	failover := fs.Bool("failover", false, "add a second, healthy mock provider and fail over to it: the summary says which target served what")
+	failover := fs.Bool("failover", false, "add a second, healthy mock provider and fail over to it: the summary says which target served what (the primary's faults default to "+demo.DefaultFailoverFaults+")")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: llmretry demo [flags]\n\nSends concurrent streamed chats with the openai-go client through llmretry's Transport\nto an in-process mock provider that fails on purpose. No network or API key needed.\n\n")
 		fs.PrintDefaults()
@@ -29,6 +29,9 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	if *failover && *upstream != "" {
 		return usageErr(fs, stderr, "--failover is shown with the mock providers; leave out --upstream")
+	}
+	if *failover && !flagSet(fs, "faults") {
+		*faults = demo.DefaultFailoverFaults // the primary is the one that fails
 	}
 	if *requests < 1 || *conc < 1 {
 		return usageErr(fs, stderr, "--requests and --concurrency must be at least 1")
@@ -47,6 +50,13 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		Upstream: *upstream, APIKey: key, Model: *model, Terminal: isTerminal(stdout), Failover: *failover,
 	}, stdout)
 	return err
+}
+
+// flagSet reports whether the command line set flag name.
+func flagSet(fs *flag.FlagSet, name string) bool {
+	set := false
+	fs.Visit(func(f *flag.Flag) { set = set || f.Name == name })
+	return set
 }
 
 // isTerminal reports whether w is a character device (a terminal).

@@ -47,6 +47,9 @@ func TestExitStatus(t *testing.T) {
 		{[]string{"demo", "--upstream", "https://api.example.com/v1"}, nil, 2, "OPENAI_API_KEY"},
 		{[]string{"demo", "extra"}, nil, 2, "unexpected argument"},
 		{[]string{"demo", "--requests", "3", "--faults", "503"}, nil, 0, "streams intact, exactly once"},
+		// --failover gives the primary the harder mix, unless --faults is set.
+		{[]string{"demo", "--requests", "3", "--failover"}, nil, 0, `with faults "503@25%`},
+		{[]string{"demo", "--requests", "3", "--failover", "--faults", "503"}, nil, 0, `with faults "503"`},
 		{[]string{"version"}, nil, 0, "llmretry "},
 		{[]string{"--version"}, nil, 0, "llmretry "},
 	}

@@ -30,7 +30,8 @@ import (
 const DefaultFaults = "503@8%,429:retry-after=1@5%,529@4%,reset@5%,sse-error@8%,quota@3%,drop=4@3%"
 
 // DefaultFailoverFaults is the primary's mix in a failover demo: a
-// provider having a worse hour than DefaultFaults.
+// provider having a worse hour than DefaultFaults, so that the fallback has
+// work to do.
 const DefaultFailoverFaults = "503@25%,429:retry-after=20@15%,529@5%,reset@8%,quota@2%,drop=4@3%"
 
 // DefaultSeed is the seed whose story, with DefaultFaults and 40 chats,
@@ -95,11 +96,6 @@ func Run(ctx context.Context, cfg Config, out io.Writer) (*Summary, error) {
 		return nil, errors.New("failover is shown with the mock providers only")
 	}
 	if base == "" {
-		if cfg.Failover && cfg.Faults == DefaultFaults {
-			// The primary is the one that fails: harder than the plain demo's
-			// mix, so that the fallback has work to do.
-			cfg.Faults = DefaultFailoverFaults
-		}
 		script, err := mockllm.ParseFaults(cfg.Faults)
 		if err != nil {
 			return nil, fmt.Errorf("faults: %w", err)

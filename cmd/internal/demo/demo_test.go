@@ -183,7 +183,7 @@ func TestRequestLinesSayWhy(t *testing.T) {
 // the summary says which target served what.
 func TestFailoverDemoSaysWhichTargetServedWhat(t *testing.T) {
 	var out bytes.Buffer
-	s, err := Run(context.Background(), Config{Requests: 40, Concurrency: 4, Faults: DefaultFaults, Seed: DefaultSeed,
+	s, err := Run(context.Background(), Config{Requests: 40, Concurrency: 4, Faults: DefaultFailoverFaults, Seed: DefaultSeed,
 		Model: "gpt-4o-mini", Policy: fast, Failover: true}, &out)
 	if err != nil {
 		t.Fatal(err)

@@ -419,21 +419,3 @@ func (r *reader) target(n *yaml.Node) (llmretry.Target, error) {
 	}
 	return tg, nil
 }
-
-// routeFor returns the route whose prefix is the longest that path is
-// under, and the rest of the path; ok is false if none is.
-func routeFor[T any](prefixes []string, routes []T, escapedPath string) (T, string, bool) {
-	best := -1
-	for i, p := range prefixes {
-		if rest, ok := strings.CutPrefix(escapedPath, p); ok && (rest == "" || rest[0] == '/') {
-			if best < 0 || len(p) > len(prefixes[best]) {
-				best = i
-			}
-		}
-	}
-	var zero T
-	if best < 0 {
-		return zero, "", false
-	}
-	return routes[best], strings.TrimPrefix(escapedPath, prefixes[best]), true
-}

@@ -109,8 +109,25 @@ type shared struct {
 
 // New returns a Proxy for cfg.
 func New(cfg Config) (*Proxy, error) {
+	return newProxy(cfg, newShared())
+}
+
+// newShared makes the metrics and held-bytes count of one proxy, or of
+// every route of one config.
+func newShared() *shared {
 	held := new(atomic.Int64)
-	return newProxy(cfg, &shared{metrics: newMetrics(held.Load), held: held})
+	return &shared{metrics: newMetrics(held.Load), held: held}
+}
+
+// adminMux serves /healthz and m's /metrics, for a listener of their own.
+func adminMux(m *Metrics) *http.ServeMux {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		_, _ = io.WriteString(w, "ok\n")
+	})
+	mux.Handle("GET /metrics", m.Handler())
+	return mux
 }
 
 // newProxy returns a Proxy for cfg that counts in sh.
@@ -161,7 +178,7 @@ func newProxy(cfg Config, sh *shared) (*Proxy, error) {
 		t.MaxResponseHeaderBytes = cfg.MaxUpstreamHeader
 		base = t
 	}
-	p := &Proxy{cfg: cfg, admin: http.NewServeMux(), metrics: sh.metrics, held: sh.held, label: cfg.Upstream.Host}
+	p := &Proxy{cfg: cfg, admin: adminMux(sh.metrics), metrics: sh.metrics, held: sh.held, label: cfg.Upstream.Host}
 	budgetFor := func() llmretry.Budget {
 		switch {
 		case cfg.BudgetOff:
@@ -242,8 +259,8 @@ func newProxy(cfg Config, sh *shared) (*Proxy, error) {
 		ErrorLog: log.New(copyErrorFilter{slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelWarn).Writer()}, "", 0),
 		ModifyResponse: func(resp *http.Response) error {
 			p.metrics.request(resp.StatusCode)
-			if target := resp.Header.Get(llmretry.TargetHeader); target != "" {
-				p.metrics.served.WithLabelValues(target).Inc()
+			if cfg.Failover != nil { // only a failover Transport names a target
+				p.metrics.served.WithLabelValues(resp.Header.Get(llmretry.TargetHeader)).Inc()
 			}
 			info := requestOf(resp.Request.Context())
 			stamp(resp.Header, info)
@@ -261,11 +278,6 @@ func newProxy(cfg Config, sh *shared) (*Proxy, error) {
 			return nil
 		},
 	}
-	p.admin.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		_, _ = io.WriteString(w, "ok\n")
-	})
-	p.admin.Handle("GET /metrics", p.metrics.Handler())
 	return p, nil
 }
 

@@ -4,11 +4,9 @@ import (
 	"crypto/sha256"
 	"crypto/subtle"
 	"errors"
-	"io"
 	"net/http"
 	"net/url"
 	"strings"
-	"sync/atomic"
 )
 
 // Router serves the routes of a config file: it lets in only the clients
@@ -36,8 +34,8 @@ func NewRouter(fc *FileConfig, base Config) (*Router, error) {
 	if fc == nil || len(fc.Routes) == 0 {
 		return nil, errors.New("no routes")
 	}
-	held := new(atomic.Int64)
-	rt := &Router{sh: &shared{metrics: newMetrics(held.Load), held: held}, admin: http.NewServeMux()}
+	rt := &Router{sh: newShared()}
+	rt.admin = adminMux(rt.sh.metrics)
 	for _, c := range fc.Clients {
 		rt.clients = append(rt.clients, clientToken{id: c.ID, sum: sha256.Sum256([]byte(c.token))})
 	}
@@ -53,11 +51,6 @@ func NewRouter(fc *FileConfig, base Config) (*Router, error) {
 		rt.prefixes = append(rt.prefixes, route.Prefix)
 		rt.routes = append(rt.routes, p)
 	}
-	rt.admin.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		_, _ = io.WriteString(w, "ok\n")
-	})
-	rt.admin.Handle("GET /metrics", rt.sh.metrics.Handler())
 	return rt, nil
 }
 
@@ -80,7 +73,7 @@ func (rt *Router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			"llmretry proxy: a client token is required: send the token the proxy's config gives you as the API key")
 		return
 	}
-	p, rest, ok := routeFor(rt.prefixes, rt.routes, r.URL.EscapedPath())
+	p, rest, ok := rt.routeFor(r.URL.EscapedPath())
 	if !ok {
 		rt.sh.metrics.request(http.StatusNotFound)
 		writeErrorAs(w, http.StatusNotFound, "not_found_error",
@@ -126,4 +119,21 @@ func (rt *Router) known(r *http.Request) bool {
 		}
 	}
 	return match == 1
+}
+
+// routeFor returns the route whose prefix is the longest that path is
+// under, and the rest of the path; ok is false if none is.
+func (rt *Router) routeFor(escapedPath string) (*Proxy, string, bool) {
+	best := -1
+	for i, p := range rt.prefixes {
+		if rest, ok := strings.CutPrefix(escapedPath, p); ok && (rest == "" || rest[0] == '/') {
+			if best < 0 || len(p) > len(rt.prefixes[best]) {
+				best = i
+			}
+		}
+	}
+	if best < 0 {
+		return nil, "", false
+	}
+	return rt.routes[best], strings.TrimPrefix(escapedPath, rt.prefixes[best]), true
 }
