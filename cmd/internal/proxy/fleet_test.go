@@ -42,12 +42,7 @@ func TestProxiesShareCooldownsThroughRedis(t *testing.T) {
 	u, _ := url.Parse(up.URL)
 
 	proxyWith := func(clock llmretry.Clock, p llmretry.Policy) (string, *redisstate.State) {
-		rc := redis.NewClient(&redis.Options{Addr: rs.Addr})
-		t.Cleanup(func() { _ = rc.Close() })
-		st, err := redisstate.New(redisstate.Config{Client: rc, Name: t.Name(), SyncInterval: time.Hour})
-		if err != nil {
-			t.Fatal(err)
-		}
+		st := fleetState(t, rs.Addr)
 		base := &http.Transport{}
 		t.Cleanup(base.CloseIdleConnections)
 		px, err := New(Config{Upstream: u, Base: base, Policy: p, Budget: st, Cooldowns: st,
@@ -119,12 +114,7 @@ func TestTwoRoutersSharingRedisBothAvoidARestingKey(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		rc := redis.NewClient(&redis.Options{Addr: rs.Addr})
-		t.Cleanup(func() { _ = rc.Close() })
-		st, err := redisstate.New(redisstate.Config{Client: rc, Name: t.Name(), SyncInterval: time.Hour})
-		if err != nil {
-			t.Fatal(err)
-		}
+		st := fleetState(t, rs.Addr)
 		base := &http.Transport{}
 		t.Cleanup(base.CloseIdleConnections)
 		clk := llmretrytest.NewClock(time.Now())
@@ -163,4 +153,17 @@ func TestTwoRoutersSharingRedisBothAvoidARestingKey(t *testing.T) {
 	if got != "sk-a sk-b sk-b" || len(clk2.Waits()) != 0 {
 		t.Fatalf("keys sent %q, waits %v: want the second proxy to avoid a, with no wait", got, clk2.Waits())
 	}
+}
+
+// fleetState is a process's fleet state on the Redis at addr, named for the
+// test and synced only when the test calls Sync.
+func fleetState(t *testing.T, addr string) *redisstate.State {
+	t.Helper()
+	rc := redis.NewClient(&redis.Options{Addr: addr})
+	t.Cleanup(func() { _ = rc.Close() })
+	st, err := redisstate.New(redisstate.Config{Client: rc, Name: t.Name(), SyncInterval: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st
 }
