@@ -58,6 +58,9 @@ func NewFailoverTransport(base http.RoundTripper, f Failover, opts ...Option) (*
 	f = f.withDefaults()
 	f.Targets = targets
 	t.pool = newPool(f, targets, bases, t.cfg.budget, t.cfg.budgetSet, BudgetConfig{Clock: t.cfg.clock})
+	if !t.cfg.budgetSet {
+		t.cfg.budget = nil // NewTransport's default: each target has its own instead
+	}
 	return t, nil
 }
 
