@@ -37,7 +37,10 @@ func isEventStream(resp *http.Response) bool {
 	// A prefix check first: this runs on every successful response, and
 	// mime.ParseMediaType allocates.
 	const sse = "text/event-stream"
-	ct := resp.Header.Get("Content-Type")
+	ct := ""
+	if v := resp.Header["Content-Type"]; len(v) > 0 { // as Get, without canonicalizing a canonical name
+		ct = v[0]
+	}
 	if len(ct) < len(sse) || !strings.EqualFold(ct[:len(sse)], sse) {
 		return false
 	}
