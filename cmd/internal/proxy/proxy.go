@@ -263,14 +263,18 @@ func newProxy(cfg Config, sh *shared) (*Proxy, error) {
 				p.metrics.served.WithLabelValues(resp.Header.Get(llmretry.TargetHeader)).Inc()
 			}
 			info := requestOf(resp.Request.Context())
-			stamp(resp.Header, info)
 			if info != nil {
+				unstamped(resp.Header)
+				stamp(info.out, info)
 				p.metrics.responded(info.start)
 			}
 			// Every body is wrapped, JSON replies too: ReverseProxy's own,
 			// unlabelled line for a broken copy is dropped, so this is the
 			// only report of one.
-			sse := strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream")
+			sse := false // read from the map: the name is canonical
+			if ct := resp.Header["Content-Type"]; len(ct) > 0 {
+				sse = strings.HasPrefix(ct[0], "text/event-stream")
+			}
 			if info != nil && resp.StatusCode != http.StatusSwitchingProtocols && resp.Body != nil && resp.Body != http.NoBody {
 				resp.Body = &streamBody{ReadCloser: resp.Body, ctx: resp.Request.Context(), logger: cfg.Logger, info: info,
 					stream: sse, metrics: p.metrics}
@@ -300,9 +304,9 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) { p.forward(w,
 // take the bodies held past MaxHeld gets 503.
 func (p *Proxy) forward(w http.ResponseWriter, r *http.Request) {
 	// The upstream's answers are stamped in ModifyResponse; the proxy's
-	// own, here. (Stamping w's headers up front would not do: ReverseProxy
-	// appends the upstream's values to them.)
-	r, info := withRequest(r)
+	// own, here. (Stamping w's headers up front would not do: an error
+	// answer must carry the attempts made by then.)
+	r, info := withRequest(r, w.Header())
 	if r.ContentLength > p.cfg.MaxBody {
 		stamp(w.Header(), info)
 		p.tooLarge(w)
@@ -320,7 +324,8 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request) {
 			p.writeError(w, code, msg)
 			return
 		}
-		r.Body = io.NopCloser(bytes.NewReader(body))
+		// r.Body (read to its end) is left: Rewrite sends a fresh copy
+		// from GetBody, which ReverseProxy would otherwise wrap.
 		r.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
 		r.ContentLength = int64(len(body))
 		r.Header.Del("Transfer-Encoding")
@@ -389,15 +394,22 @@ func (p *Proxy) hold(w http.ResponseWriter, r *http.Request) (body []byte, reser
 		}
 		body = buf.Bytes()
 	}
-	var ne net.Error
 	switch {
 	case err == nil:
 		return body, reserved, 0, ""
-	case errors.Is(err, os.ErrDeadlineExceeded) || errors.As(err, &ne) && ne.Timeout():
+	case isTimeout(err):
 		return nil, reserved, http.StatusRequestTimeout, fmt.Sprintf("request body not received within %v", allowed)
 	default:
 		return nil, reserved, http.StatusBadRequest, "reading the request body: " + err.Error()
 	}
+}
+
+// isTimeout reports a read that ran out of time. A function of its own: the
+// net.Error that errors.As fills escapes, and declared in hold it was an
+// allocation on every request, failed or not.
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.Is(err, os.ErrDeadlineExceeded) || errors.As(err, &ne) && ne.Timeout()
 }
 
 // HeldBytes is how many bytes of request bodies the proxy holds now.

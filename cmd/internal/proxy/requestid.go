@@ -26,18 +26,23 @@ const (
 type requestInfo struct {
 	id       string
 	start    time.Time
+	out      http.Header // the client's response headers, stamped directly
 	attempts atomic.Int32
 	broke    sync.Once // the mid-stream break is logged once
 }
 
 type requestKey struct{}
 
-// withRequest gives r a new id and an attempt count. The id needs to be
-// unique, not secret: math/rand/v2's generator costs no system call.
-func withRequest(r *http.Request) (*http.Request, *requestInfo) {
-	var b [8]byte
-	binary.LittleEndian.PutUint64(b[:], rand.Uint64())
-	info := &requestInfo{id: hex.EncodeToString(b[:]), start: time.Now()}
+// withRequest gives r a new id and an attempt count; out is the header of
+// the response to the client. The id needs to be unique, not secret:
+// math/rand/v2's generator costs no system call, and the id is one
+// allocation.
+func withRequest(r *http.Request, out http.Header) (*http.Request, *requestInfo) {
+	var raw [8]byte
+	var b [16]byte
+	binary.LittleEndian.PutUint64(raw[:], rand.Uint64())
+	hex.Encode(b[:], raw[:])
+	info := &requestInfo{id: string(b[:]), start: time.Now(), out: out}
 	return r.WithContext(context.WithValue(r.Context(), requestKey{}, info)), info
 }
 
@@ -47,6 +52,9 @@ func requestOf(ctx context.Context) *requestInfo {
 }
 
 // stamp puts the request's id and attempt count on a response's headers.
+// The upstream's answers are stamped in ModifyResponse, straight into the
+// client's headers (unstamped drops the upstream's own values first), so
+// that ReverseProxy does not copy and canonicalize two more headers.
 func stamp(h http.Header, info *requestInfo) {
 	if info == nil {
 		return
@@ -56,6 +64,15 @@ func stamp(h http.Header, info *requestInfo) {
 	vals := []string{info.id, strconv.Itoa(int(info.attempts.Load()))}
 	h[RequestIDHeader] = vals[0:1:1]
 	h[AttemptsHeader] = vals[1:2:2]
+}
+
+// unstamped removes the upstream's own values of the stamped headers (an
+// llmretry proxy upstream of this one sends them), which ReverseProxy would
+// otherwise add to the client's: the names are canonical, so no lookup
+// canonicalizes them again.
+func unstamped(h http.Header) {
+	delete(h, RequestIDHeader)
+	delete(h, AttemptsHeader)
 }
 
 // requestIDHandler adds the request's id to every log line made with its

@@ -44,6 +44,26 @@ func TestAnswersCarryTheRequestIDAndAttempts(t *testing.T) {
 	}
 }
 
+// The stamps go straight into the client's headers: an upstream that sends
+// its own (another llmretry proxy) must not add a second value to either.
+func TestUpstreamStampsAreReplacedNotAdded(t *testing.T) {
+	base, _, _ := start(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set(RequestIDHeader, "from-upstream")
+		w.Header().Set(AttemptsHeader, "9")
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, "{}")
+	}))
+	resp, err := client(t).Post(base+"/v1/chat/completions", "application/json", strings.NewReader(`{}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	ids, attempts := resp.Header.Values(RequestIDHeader), resp.Header.Values(AttemptsHeader)
+	if len(ids) != 1 || ids[0] == "from-upstream" || len(attempts) != 1 || attempts[0] != "1" {
+		t.Fatalf("ids %q, attempts %q: want this proxy's one of each", ids, attempts)
+	}
+}
+
 // A stream that breaks mid-reply was logged by ReverseProxy without saying
 // which request. It is logged once, at Warn, with the request's id.
 func TestMidStreamBreakIsLoggedOnceWithTheRequestID(t *testing.T) {
