@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Memory per open stream: N streamed chats held open at once (19 events a
-# second apart) through llmretry proxy, and through nginx, in front of the
+# second apart) through llmretry proxy, through Go's own ReverseProxy set up
+# the same way (bench/proxy/plainproxy: what net/http itself costs), and
+# through nginx, in front of the
 # same mock, twice: with the mock on cleartext HTTP/1.1 (as a self-hosted
 # server), and with the mock on HTTPS (as every LLM API is; llmretry then
 # speaks HTTP/2 to it, as Go does over TLS, and nginx HTTP/1.1 over TLS, all
@@ -16,8 +18,9 @@ tmp=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; [ -f "$tmp/nginx.pid" ] && kill "$(cat "$tmp/nginx.pid")" 2>/dev/null; rm -rf "$tmp"' EXIT
 go build -o "$tmp/llmretry" ./cmd/llmretry
 go build -o "$tmp/client" ./bench/streams/client
+(cd bench && go build -o "$tmp/plainproxy" ./proxy/plainproxy)
 (cd bench && go build -o "$tmp/tlsmock" ./streams/tlsmock)
-mock=18291 proxy=18290 ngx=18292 tlsmock=18293
+mock=18291 proxy=18290 ngx=18292 tlsmock=18293 plain=18294
 wait_for() { for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$1/" && return; sleep 0.1; done; }
 rss() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; } # KiB
 "$tmp/llmretry" mock --listen 127.0.0.1:$mock --faults "slow=1s@100%" >/dev/null &
@@ -43,6 +46,12 @@ for up in "http://127.0.0.1:$mock" "https://127.0.0.1:$tlsmock"; do
 	ppid=$!
 	wait_for $proxy
 	measure "llmretry-proxy | ${up%%:*}" $ppid "http://127.0.0.1:$proxy/v1/chat/completions"
+	kill $ppid; wait $ppid 2>/dev/null || true
+
+	SSL_CERT_FILE="$tmp/mock.pem" "$tmp/plainproxy" 127.0.0.1:$plain "$up" 2>/dev/null &
+	ppid=$!
+	wait_for $plain
+	measure "go-reverseproxy | ${up%%:*}" $ppid "http://127.0.0.1:$plain/v1/chat/completions"
 	kill $ppid; wait $ppid 2>/dev/null || true
 
 	sed "s#PREFIX#$tmp#; s#NGINXPORT#$ngx#" bench/streams/nginx.conf >"$tmp/nginx.conf"
