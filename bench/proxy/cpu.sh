@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # CPU per request of llmretry's proxy against Go's own ReverseProxy
 # (bench/proxy/plainproxy), from a fixed amount of work: each proxy serves
-# exactly N requests (fixedload, 4 at a time) from a mock that answers at
+# exactly N requests (bench/storm/client, 4 at a time) from a mock that answers at
 # once, and its CPU time (user and system, in ns: the sum of
 # /proc/PID/task/*/schedstat over its threads) is divided by N. The two take turns, ROUNDS times, so that each ratio
 # compares runs seconds apart on a machine whose speed drifts; the median
@@ -14,7 +14,7 @@ n=${1:-20000} rounds=${2:-10}
 tmp=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$tmp"' EXIT
 go build -o "$tmp/llmretry" ./cmd/llmretry
-(cd bench && go build -o "$tmp/plainproxy" ./proxy/plainproxy && go build -o "$tmp/fixedload" ./proxy/fixedload)
+(cd bench && go build -o "$tmp/plainproxy" ./proxy/plainproxy && go build -o "$tmp/load" ./storm/client)
 mock=18381 llm=18382 plain=18383
 wait_for() { for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$1/" && return; sleep 0.1; done; }
 cpu_ns() { cat /proc/"$1"/task/*/schedstat | awk '{s += $1} END {printf "%.0f\n", s}'; }
@@ -26,20 +26,27 @@ GOMAXPROCS=1 taskset -c 1 "$tmp/plainproxy" 127.0.0.1:$plain http://127.0.0.1:$m
 ppid=$!
 wait_for $llm
 wait_for $plain
-per_request() { # pid port stream -> ns per request
+load() { # port requests stream: every reply must arrive whole
+	local out
+	out=$(taskset -c 0 "$tmp/load" -url "http://127.0.0.1:$1/v1/chat/completions" -n "$2" -c 4 $3)
+	case $out in "ok $2/$2 "*) ;; *) echo "cpu.sh: $out" >&2; exit 1 ;; esac
+}
+per_request() { # pid port stream: sets ns, the CPU per request
 	local before after
 	before=$(cpu_ns "$1")
-	taskset -c 0 "$tmp/fixedload" -url "http://127.0.0.1:$2/v1/chat/completions" -n "$n" -c 4 $3
+	load "$2" "$n" "$3"
 	after=$(cpu_ns "$1")
-	echo $(((after - before) / n))
+	ns=$(((after - before) / n))
 }
 for stream in "" -stream; do
-	taskset -c 0 "$tmp/fixedload" -url "http://127.0.0.1:$llm/v1/chat/completions" -n 2000 $stream # warm-up
-	taskset -c 0 "$tmp/fixedload" -url "http://127.0.0.1:$plain/v1/chat/completions" -n 2000 $stream
+	load $llm 2000 "$stream" # warm-up
+	load $plain 2000 "$stream"
 	ratios=()
 	for r in $(seq "$rounds"); do
-		a=$(per_request $lpid $llm "$stream")
-		b=$(per_request $ppid $plain "$stream")
+		per_request $lpid $llm "$stream"
+		a=$ns
+		per_request $ppid $plain "$stream"
+		b=$ns
 		ratios+=("$(awk -v a="$a" -v b="$b" 'BEGIN {printf "%.3f", a / b}')")
 		echo "${stream:--plain} round $r: llmretry $a ns, ReverseProxy $b ns per request"
 	done
