@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"github.com/llmretry/llmretry"
+	"github.com/llmretry/llmretry/cmd/internal/h1"
 )
 
 // Config sets up a proxy.
@@ -176,7 +177,11 @@ func newProxy(cfg Config, sh *shared) (*Proxy, error) {
 		t.DisableCompression = true
 		t.ResponseHeaderTimeout = cfg.UpstreamTimeout
 		t.MaxResponseHeaderBytes = cfg.MaxUpstreamHeader
-		base = t
+		// Plain-HTTP upstreams (a self-hosted model server) get a client
+		// with no goroutines or buffers of its own per connection: the
+		// most of what an open stream costs otherwise. https, upgrades
+		// and proxied requests go to t.
+		base = h1.NewTransport(t)
 	}
 	p := &Proxy{cfg: cfg, admin: adminMux(sh.metrics), metrics: sh.metrics, held: sh.held, label: cfg.Upstream.Host}
 	budgetFor := func() llmretry.Budget {

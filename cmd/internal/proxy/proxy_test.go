@@ -20,6 +20,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/llmretry/llmretry"
+	"github.com/llmretry/llmretry/cmd/internal/h1"
 	"github.com/llmretry/llmretry/llmretrytest"
 	"github.com/llmretry/llmretry/mockllm"
 )
@@ -33,7 +34,9 @@ func start(t *testing.T, upstream http.Handler, mutate ...func(*Config)) (string
 	t.Cleanup(up.Close)
 	u, _ := url.Parse(up.URL)
 	logs := &logBuffer{}
-	base := &http.Transport{}
+	// The client the proxy makes for itself over plain HTTP, so that every
+	// test here runs through it.
+	base := h1.NewTransport(&http.Transport{})
 	t.Cleanup(base.CloseIdleConnections)
 	cfg := Config{Upstream: u, Base: base, Logger: slog.New(slog.NewTextHandler(logs, nil)),
 		Options: []llmretry.Option{llmretry.WithClock(llmretrytest.NewClock(time.Now()))}}
@@ -446,7 +449,7 @@ func TestRequestGoesUpstreamInOneWrite(t *testing.T) {
 		b, _ := io.ReadAll(r.Body)
 		got <- string(b)
 	}), func(c *Config) {
-		base := &http.Transport{DialContext: counter.dial}
+		base := h1.NewTransport(&http.Transport{DialContext: counter.dial})
 		t.Cleanup(base.CloseIdleConnections)
 		c.Base = base
 	})
