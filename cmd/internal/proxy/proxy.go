@@ -329,8 +329,11 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request) {
 			p.writeError(w, code, msg)
 			return
 		}
-		// r.Body (read to its end) is left: Rewrite sends a fresh copy
-		// from GetBody, which ReverseProxy would otherwise wrap.
+		// r.Body, read to its end, is closed: over HTTP/2 that frees the
+		// buffer it arrived in, which would otherwise stay with the
+		// stream for as long as the reply lasts. Rewrite sends a fresh
+		// copy from GetBody, which ReverseProxy would otherwise wrap.
+		_ = r.Body.Close()
 		r.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
 		r.ContentLength = int64(len(body))
 		r.Header.Del("Transfer-Encoding")

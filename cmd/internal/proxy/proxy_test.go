@@ -502,6 +502,35 @@ func TestAcceptEncodingIsTheClients(t *testing.T) {
 	}
 }
 
+// Over HTTP/2 the buffer a request body arrived in stayed with the stream
+// until the handler returned: 1 KiB of every open stream, for a body already
+// held. The client's body is closed once held, before anything goes
+// upstream.
+func TestHeldRequestBodyIsClosedBeforeForwarding(t *testing.T) {
+	in := &closeRecorder{Reader: strings.NewReader(`{"stream":true}`)}
+	closedFirst := make(chan bool, 1)
+	url, p, _ := start(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		closedFirst <- in.closed.Load()
+		_, _ = io.ReadAll(r.Body)
+	}))
+	req := httptest.NewRequest(http.MethodPost, url+"/v1/chat/completions", in)
+	w := httptest.NewRecorder()
+	p.ServeHTTP(w, req)
+	if w.Code != http.StatusOK {
+		t.Fatalf("status %d: %s", w.Code, w.Body)
+	}
+	if !<-closedFirst {
+		t.Fatal("the client's request body was still open when the request went upstream")
+	}
+}
+
+type closeRecorder struct {
+	io.Reader
+	closed atomic.Bool
+}
+
+func (c *closeRecorder) Close() error { c.closed.Store(true); return nil }
+
 func TestRequestsAreCountedByCode(t *testing.T) {
 	m := newMetrics(nil)
 	for _, code := range []int{200, 413, 200, 999, 1000, -1} {
