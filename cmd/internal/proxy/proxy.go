@@ -19,7 +19,6 @@ import (
 	"net/url"
 	"os"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -258,8 +257,8 @@ func newProxy(cfg Config, sh *shared) (*Proxy, error) {
 		// unknown-length response at once (streams stay live) and leaves
 		// whole JSON replies to the normal buffering.
 		FlushInterval: 0,
-		BufferPool:    copyBuffers{},
-		ErrorHandler:  p.fail,
+		// BufferPool: each request's own (forward), sized by its reply.
+		ErrorHandler: p.fail,
 		// ReverseProxy's own lines go to the proxy's logger, at Warn.
 		ErrorLog: log.New(copyErrorFilter{slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelWarn).Writer()}, "", 0),
 		ModifyResponse: func(resp *http.Response) error {
@@ -267,8 +266,13 @@ func newProxy(cfg Config, sh *shared) (*Proxy, error) {
 			if cfg.Failover != nil { // only a failover Transport names a target
 				p.metrics.served.WithLabelValues(resp.Header.Get(llmretry.TargetHeader)).Inc()
 			}
+			sse := false // read from the map: the name is canonical
+			if ct := resp.Header["Content-Type"]; len(ct) > 0 {
+				sse = strings.HasPrefix(ct[0], "text/event-stream")
+			}
 			info := requestOf(resp.Request.Context())
 			if info != nil {
+				info.buffers.stream = sse
 				unstamped(resp.Header)
 				stamp(info.out, info)
 				p.metrics.responded(info.start)
@@ -276,10 +280,6 @@ func newProxy(cfg Config, sh *shared) (*Proxy, error) {
 			// Every body is wrapped, JSON replies too: ReverseProxy's own,
 			// unlabelled line for a broken copy is dropped, so this is the
 			// only report of one.
-			sse := false // read from the map: the name is canonical
-			if ct := resp.Header["Content-Type"]; len(ct) > 0 {
-				sse = strings.HasPrefix(ct[0], "text/event-stream")
-			}
 			if info != nil && resp.StatusCode != http.StatusSwitchingProtocols && resp.Body != nil && resp.Body != http.NoBody {
 				resp.Body = &streamBody{ReadCloser: resp.Body, ctx: resp.Request.Context(), logger: cfg.Logger, info: info,
 					stream: sse, metrics: p.metrics}
@@ -338,7 +338,9 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request) {
 		r.ContentLength = int64(len(body))
 		r.Header.Del("Transfer-Encoding")
 	}
-	p.rp.ServeHTTP(w, r) // the held body is not used after this returns
+	rp := *p.rp
+	rp.BufferPool = &info.buffers
+	rp.ServeHTTP(w, r) // the held body is not used after this returns
 }
 
 // hold reads r's body within its time bound into memory of its own size
@@ -427,21 +429,6 @@ func (p *Proxy) HeldBytes() int64 { return p.held.Load() }
 // the host, or with failover the target.
 func (p *Proxy) onRetry(e llmretry.RetryEvent) { p.metrics.onRetry(e, cmp.Or(e.Target, p.label)) }
 func (p *Proxy) onStop(e llmretry.StopEvent)   { p.metrics.onStop(e, cmp.Or(e.Target, p.label)) }
-
-// copyBuffers lends ReverseProxy its copy buffers. A stream keeps its
-// buffer for as long as it runs, and a chat stream's events are small, so
-// the buffers are 4 KiB: at 32 KiB they were most of what an open stream
-// cost, and with an HTTP/2 upstream 8 KiB still was the largest part
-// (bench/streams, BENCHMARKS.md). A JSON reply of up to 4 KiB still copies
-// in one read.
-type copyBuffers struct{}
-
-const copyBufferSize = 4 << 10
-
-var copyBufferPool = sync.Pool{New: func() any { return new([copyBufferSize]byte) }}
-
-func (copyBuffers) Get() []byte  { return copyBufferPool.Get().(*[copyBufferSize]byte)[:] }
-func (copyBuffers) Put(b []byte) { copyBufferPool.Put((*[copyBufferSize]byte)(b)) }
 
 func (p *Proxy) tooLarge(w http.ResponseWriter) {
 	p.metrics.request(http.StatusRequestEntityTooLarge)

@@ -29,6 +29,7 @@ type requestInfo struct {
 	out      http.Header // the client's response headers, stamped directly
 	attempts atomic.Int32
 	broke    sync.Once // the mid-stream break is logged once
+	buffers  copyBuffers
 }
 
 type requestKey struct{}
