@@ -37,7 +37,7 @@ measure() { # name pid url
 		sleep 0.2
 	done
 	wait $cpid || true
-	echo "| $name | $n | $((idle / 1024)) MiB | $((peak / 1024)) MiB | $(((peak - idle) * 1024 / n / 1024)) KiB | $(tr '\n' ' ' <"$tmp/out") |"
+	echo "| $name | $n | $((idle / 1024)) MiB | $((peak / 1024)) MiB | $(awk -v d=$((peak - idle)) -v n="$n" 'BEGIN {printf "%.1f", d / n}') KiB | $(tr '\n' ' ' <"$tmp/out") |"
 }
 echo "| target | upstream | streams | RSS idle | RSS peak | per stream | client |"
 echo "| --- | --- | --- | --- | --- | --- | --- |"
