@@ -179,8 +179,9 @@ func newProxy(cfg Config, sh *shared) (*Proxy, error) {
 		// Plain-HTTP upstreams (a self-hosted model server) get a client
 		// with no goroutines or buffers of its own per connection: the
 		// most of what an open stream costs otherwise. https, upgrades
-		// and proxied requests go to t.
-		base = h1.NewTransport(t)
+		// and proxied requests go to t, a burst of them to a new host
+		// opening one connection first.
+		base = &firstConn{next: h1.NewTransport(t)}
 	}
 	p := &Proxy{cfg: cfg, admin: adminMux(sh.metrics), metrics: sh.metrics, held: sh.held, label: cfg.Upstream.Host}
 	budgetFor := func() llmretry.Budget {
