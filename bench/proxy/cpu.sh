@@ -29,7 +29,7 @@ wait_for $plain
 load() { # port requests stream: every reply must arrive whole
 	local out
 	out=$(taskset -c 0 "$tmp/load" -url "http://127.0.0.1:$1/v1/chat/completions" -n "$2" -c 4 $3)
-	case $out in "ok $2/$2 "*) ;; *) echo "cpu.sh: $out" >&2; exit 1 ;; esac
+	case $out in "ok $2/$2 "*) ;; *) echo "cpu.sh: port $1${3:+ $3}: $out" >&2; exit 1 ;; esac
 }
 per_request() { # pid port stream: sets ns, the CPU per request
 	local before after

@@ -40,12 +40,14 @@ func main() {
 			defer wg.Done()
 			for range jobs {
 				start := time.Now()
-				good := send(hc, *url, body, *stream)
+				why := send(hc, *url, body, *stream)
 				d := time.Since(start)
 				mu.Lock()
 				took = append(took, d)
-				if good {
+				if why == "" {
 					ok++
+				} else if len(took)-ok <= 5 { // the first few failures, and why
+					fmt.Fprintln(os.Stderr, "client: failed:", why)
 				}
 				mu.Unlock()
 			}
@@ -60,25 +62,29 @@ func main() {
 	fmt.Printf("ok %d/%d p50 %.1fms p99 %.1fms\n", ok, *n, ms(took[len(took)/2]), ms(took[len(took)*99/100]))
 }
 
-// send reports a 200 whose body arrived whole: a JSON reply, or a stream
-// that reached its [DONE].
-func send(hc *http.Client, url, body string, stream bool) bool {
+// send returns "" for a 200 whose body arrived whole (a JSON reply, or a
+// stream that reached its [DONE]), else what went wrong.
+func send(hc *http.Client, url, body string, stream bool) string {
 	req, _ := http.NewRequest(http.MethodPost, url, bytes.NewReader([]byte(body)))
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("Authorization", "Bearer sk-bench")
 	resp, err := hc.Do(req)
 	if err != nil {
-		return false
+		return err.Error()
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
-	if err != nil || resp.StatusCode != 200 {
-		return false
+	switch {
+	case err != nil:
+		return fmt.Sprintf("reading the body after %d bytes: %v", len(b), err)
+	case resp.StatusCode != 200:
+		return fmt.Sprintf("status %d: %.300s", resp.StatusCode, b)
+	case stream && !bytes.Contains(b, []byte("[DONE]")):
+		return fmt.Sprintf("stream ended without [DONE] after %d bytes", len(b))
+	case len(b) == 0:
+		return "empty body"
 	}
-	if stream {
-		return bytes.Contains(b, []byte("[DONE]"))
-	}
-	return len(b) > 0
+	return ""
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
