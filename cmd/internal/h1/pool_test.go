@@ -1,7 +1,12 @@
 package h1
 
 import (
+	"bufio"
+	"io"
+	"net"
 	"net/http"
+	"runtime"
+	"strings"
 	"sync"
 	"testing"
 	"testing/synctest"
@@ -76,5 +81,43 @@ func TestIdleConnectionsPerHostAreCapped(t *testing.T) {
 		if d.closed.Load() != 5 {
 			t.Fatalf("closed %d after CloseIdleConnections, want 5", d.closed.Load())
 		}
+	})
+}
+
+// net/http keeps a read-loop and a write-loop goroutine for every open
+// connection, idle or carrying a stream; over HTTP/1.1, ten thousand streams
+// are ten thousand connections. This client keeps none: the only goroutine
+// a connection adds here is the fake upstream's.
+func TestConnectionsKeepNoGoroutineOfTheirOwn(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		release := make(chan struct{})
+		d := &pipeDialer{serve: func(c net.Conn, br *bufio.Reader) {
+			readRequest(br)
+			io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n9\r\ndata: 1\n\n\r\n")
+			<-release
+			io.WriteString(c, "0\r\n\r\n")
+			serveOK(c, br)
+		}}
+		tr := &Transport{Fallback: noFallback{t}, DialContext: d.dial}
+		before := runtime.NumGoroutine()
+		req, _ := http.NewRequest(http.MethodPost, "http://model/v1/chat/completions", strings.NewReader("{}"))
+		resp, err := tr.RoundTrip(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		synctest.Wait()
+		if n := runtime.NumGoroutine() - before; n != 1 {
+			t.Fatalf("an open stream added %d goroutines, want 1 (the upstream's)", n)
+		}
+		close(release)
+		if _, err := io.ReadAll(resp.Body); err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		synctest.Wait()
+		if n := runtime.NumGoroutine() - before; n != 1 {
+			t.Fatalf("an idle connection added %d goroutines, want 1 (the upstream's)", n)
+		}
+		tr.CloseIdleConnections()
 	})
 }
