@@ -29,9 +29,9 @@ measure() { # name command...
 	vpid=$!
 	for _ in $(seq 300); do curl -s -o /dev/null "http://127.0.0.1:$port/" && break; sleep 0.2; done
 	load 500
-	callgrind_control -z $vpid >/dev/null
+	callgrind_control -z $vpid >/dev/null 2>&1
 	load "$n"
-	callgrind_control -d $vpid >/dev/null
+	callgrind_control -d $vpid >/dev/null 2>&1
 	kill $vpid
 	wait $vpid 2>/dev/null || true
 	# The dump holds the counts since the zeroing; the file written at exit, the few after.

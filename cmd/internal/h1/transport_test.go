@@ -74,6 +74,21 @@ func TestUpgradesHTTPSAndProxiedRequestsGoToTheFallback(t *testing.T) {
 	if !tr.serves(httptest.NewRequest(http.MethodPost, "http://self-hosted:8000/v1/chat/completions", nil)) {
 		t.Fatal("a plain http request is not served here")
 	}
+	// NewTransport takes the proxy choice (HTTP_PROXY, by default) from
+	// net/http's Transport.
+	fromEnv := NewTransport(&http.Transport{Proxy: func(*http.Request) (*url.URL, error) { return proxied, nil }})
+	if fromEnv.serves(httptest.NewRequest(http.MethodGet, "http://self-hosted:8000/v1/models", nil)) {
+		t.Fatal("a request its fallback would send through a proxy is served here")
+	}
+}
+
+// The read buffer is what an open stream holds while it waits: 1 KiB, not
+// net/http's 4 KiB.
+func TestConnectionReadsThroughA1KiBBuffer(t *testing.T) {
+	c := newConn(&Transport{}, "model:80", nil)
+	if n := c.br.Size(); n != 1<<10 {
+		t.Fatalf("read buffer of %d bytes, want 1024", n)
+	}
 }
 
 type roundTripFunc func(*http.Request) (*http.Response, error)
