@@ -339,6 +339,9 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request) {
 		r.ContentLength = int64(len(body))
 		r.Header.Del("Transfer-Encoding")
 	}
+	// A copy of the ReverseProxy (a few words) for each request, so that
+	// the buffer it copies the reply through is sized by this reply
+	// (copyBuffers).
 	rp := *p.rp
 	rp.BufferPool = &info.buffers
 	rp.ServeHTTP(w, r) // the held body is not used after this returns
