@@ -4,7 +4,7 @@ import (
 	"net/http"
 	"net/http/httptrace"
 	"sync"
-	"sync/atomic"
+	"time"
 )
 
 // firstConn lets one request open the first connection to an HTTPS host
@@ -19,19 +19,27 @@ import (
 // streams failed. Requests wait only until the first connection is up
 // (httptrace's GotConn), not for its reply, which may take minutes. If the
 // first request fails before it has a connection, those waiting go on as
-// before, each on its own, and the next request opens again.
+// before, each on its own, and the next request opens again. A host left
+// without requests for longer than net/http keeps an idle connection is
+// opened again as new: its connection has likely been closed, and the next
+// burst would dial as the first did. (If it has not, the one opening finds
+// it at once.)
 //
 // Plain-HTTP requests pass straight on: over HTTP/1.1 every open stream
 // needs a connection of its own anyway.
 type firstConn struct {
-	next  http.RoundTripper
+	next http.RoundTripper
+	// idle is the Transport's IdleConnTimeout; 0: a host once opened stays
+	// open.
+	idle  time.Duration
 	mu    sync.Mutex
 	hosts map[string]*hostConn
 }
 
 type hostConn struct {
-	up      atomic.Bool // a connection was made: no more waiting
-	opening *opening    // non-nil while one request opens the first
+	up      bool      // a connection was made: no more waiting
+	last    time.Time // the last request sent
+	opening *opening  // non-nil while one request opens the first
 }
 
 // opening is one request's attempt at the first connection.
@@ -54,7 +62,12 @@ func (f *firstConn) RoundTrip(req *http.Request) (*http.Response, error) {
 			h = &hostConn{}
 			f.hosts[req.URL.Host] = h
 		}
-		if h.up.Load() {
+		now := time.Now()
+		if h.up && f.idle > 0 && now.Sub(h.last) > f.idle {
+			h.up = false // unused for long enough that its connections were closed
+		}
+		h.last = now
+		if h.up {
 			f.mu.Unlock()
 			return f.next.RoundTrip(req)
 		}
@@ -88,7 +101,7 @@ func (f *firstConn) open(req *http.Request, h *hostConn, o *opening) (*http.Resp
 		once.Do(func() {
 			f.mu.Lock()
 			if up {
-				h.up.Store(true)
+				h.up = true
 			}
 			o.failed = failed
 			h.opening = nil

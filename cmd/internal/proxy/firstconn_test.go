@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 	"testing"
 	"testing/synctest"
+	"time"
 )
 
 // A burst of streams to an HTTPS upstream the proxy had no connection to
@@ -180,5 +181,53 @@ func TestRequestWaitingOnTheFirstConnectionCanBeCancelled(t *testing.T) {
 			t.Fatalf("error %v, want context.Canceled", err)
 		}
 		next.end <- nil
+	})
+}
+
+// net/http closes a connection left idle for IdleConnTimeout; a burst after
+// that would dial as the first did. A host unused for that long is opened
+// again as new; within it, requests go straight on.
+func TestHostLeftIdleIsOpenedAgainAsNew(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		next := &scripted{end: make(chan error, 4)}
+		gate := &firstConn{next: next, idle: 90 * time.Second}
+		burst := func(n int) chan error {
+			results := make(chan error, n)
+			for range n {
+				go func() {
+					req, _ := http.NewRequest(http.MethodGet, "https://api.example.com/v1/models", nil)
+					_, err := gate.RoundTrip(req)
+					results <- err
+				}()
+			}
+			synctest.Wait()
+			return results
+		}
+		finish := func(results chan error, n int) {
+			for range n {
+				next.end <- nil
+			}
+			for range n {
+				if err := <-results; err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		finish(burst(1), 1) // opens the host
+		time.Sleep(89 * time.Second)
+		r := burst(2)
+		if n := next.calls.Load(); n != 3 {
+			t.Fatalf("%d requests sent within the idle time, want 3: they went straight on", n)
+		}
+		finish(r, 2)
+		time.Sleep(91 * time.Second)
+		r = burst(2)
+		if n := next.calls.Load(); n != 4 {
+			t.Fatalf("%d requests sent after the idle time, want 4: one opening, one waiting", n)
+		}
+		finish(r, 2)
+		if n := next.calls.Load(); n != 5 {
+			t.Fatalf("%d requests sent in all, want 5", n)
+		}
 	})
 }

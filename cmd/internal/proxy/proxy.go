@@ -181,7 +181,7 @@ func newProxy(cfg Config, sh *shared) (*Proxy, error) {
 		// most of what an open stream costs otherwise. https, upgrades
 		// and proxied requests go to t, a burst of them to a new host
 		// opening one connection first.
-		base = &firstConn{next: h1.NewTransport(t)}
+		base = &firstConn{next: h1.NewTransport(t), idle: t.IdleConnTimeout}
 	}
 	p := &Proxy{cfg: cfg, admin: adminMux(sh.metrics), metrics: sh.metrics, held: sh.held, label: cfg.Upstream.Host}
 	budgetFor := func() llmretry.Budget {
