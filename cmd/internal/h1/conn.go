@@ -141,11 +141,7 @@ func (c *conn) roundTrip(req *http.Request) (*http.Response, error) {
 		return nil, c.explain(ctx, rerr)
 	}
 	if resp.Body == http.NoBody {
-		if stop() && err == nil && !resp.Close && !req.Close && c.br.Buffered() == 0 {
-			c.t.idle.put(c, c.t.maxIdle(), c.t.idleTimeout())
-		} else {
-			c.close()
-		}
+		c.done(stop() && err == nil && !resp.Close && !req.Close)
 		return resp, nil
 	}
 	resp.Body = &body{c: c, rc: resp.Body, ctx: ctx, stop: stop, keep: err == nil && !resp.Close && !req.Close}
@@ -219,6 +215,17 @@ func (c *conn) abort() {
 
 func (c *conn) close() { _ = c.nc.Close() }
 
+// done ends a request on c: reusable says the reply was read whole and
+// neither side asked to close. It goes back for reuse unless bytes nobody
+// asked for are waiting in it.
+func (c *conn) done(reusable bool) {
+	if reusable && c.br.Buffered() == 0 {
+		c.t.idle.put(c, c.t.maxIdle(), c.t.idleTimeout())
+		return
+	}
+	c.close()
+}
+
 // HeaderTimeoutError is the upstream sending no response headers within
 // ResponseHeaderTimeout of the request being written.
 type HeaderTimeoutError struct{ After time.Duration }
@@ -267,9 +274,5 @@ func (b *body) finish(eof bool) {
 	if !b.done.CompareAndSwap(false, true) {
 		return
 	}
-	if b.stop() && eof && b.keep && b.c.br.Buffered() == 0 {
-		b.c.t.idle.put(b.c, b.c.t.maxIdle(), b.c.t.idleTimeout())
-		return
-	}
-	b.c.close()
+	b.c.done(b.stop() && eof && b.keep)
 }

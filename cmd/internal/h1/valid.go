@@ -3,7 +3,6 @@ package h1
 import (
 	"fmt"
 	"net/http"
-	"strings"
 )
 
 // validate refuses what net/http's Transport refuses before writing: a
@@ -30,7 +29,7 @@ func validHeaders(kind string, h http.Header) error {
 			return fmt.Errorf("net/http: invalid %s field name %q", kind, k)
 		}
 		for _, v := range vv {
-			if strings.IndexFunc(v, isCTL) >= 0 {
+			if hasCTL(v) {
 				return fmt.Errorf("net/http: invalid %s field value for %q", kind, k)
 			}
 		}
@@ -38,7 +37,16 @@ func validHeaders(kind string, h http.Header) error {
 	return nil
 }
 
-func isCTL(r rune) bool { return r < ' ' && r != '\t' || r == 0x7f }
+// hasCTL reports a control character other than tab, byte by byte: every
+// header of every plain-HTTP request passes here.
+func hasCTL(v string) bool {
+	for i := 0; i < len(v); i++ {
+		if c := v[i]; c < ' ' && c != '\t' || c == 0x7f {
+			return true
+		}
+	}
+	return false
+}
 
 // isToken reports whether s is an RFC 9110 token.
 func isToken(s string) bool {
