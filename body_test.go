@@ -73,7 +73,8 @@ func TestInMemoryBodySentUntracked(t *testing.T) {
 		{&failingBody{n: 1, err: io.EOF}, true},
 	} {
 		req, _ := http.NewRequest(http.MethodPost, "http://api.test/", tc.body)
-		r, tracked, err := tr.attemptRequest(req, 1, "", nil)
+		j := journey{rt: tr.route, req: req}
+		r, tracked, err := tr.attemptRequest(&j, 1, "")
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -32,6 +32,9 @@ type AttemptResult struct {
 	// Load is how many attempts the Transport had in flight when this one
 	// was sent, itself included.
 	Load int
+	// Abandoned: the retry was granted but never sent (its wait was
+	// cancelled).
+	Abandoned bool
 }
 
 // BudgetConfig sets a RatioBudget. Zero fields take their defaults.

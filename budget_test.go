@@ -2,6 +2,7 @@ package llmretry
 
 import (
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"net/http"
 	"strings"
@@ -268,20 +269,32 @@ func TestCooldown(t *testing.T) {
 	}
 }
 
-func TestUpstreamNeverHoldsTheCredential(t *testing.T) {
+func TestCooldownMarkNeverHoldsTheCredential(t *testing.T) {
 	req, _ := http.NewRequest("POST", "https://api.example.com/v1beta/models?key=AIza-SECRET", nil)
 	req.Header.Set("X-Api-Key", "sk-ant-SECRET")
-	up := upstreamOf(req)
-	if strings.Contains(up.String(), "SECRET") || up.Credential == "" || up.Host != "api.example.com" {
-		t.Fatalf("upstream %v", up)
+	m := cooldownMarkOf(req)
+	if s := fmt.Sprintf("%+v", m); strings.Contains(s, "SECRET") || m.Key == "" || m.Host != "api.example.com" {
+		t.Fatalf("mark %s", s)
 	}
 	req2, _ := http.NewRequest("POST", "https://api.example.com/other?key=AIza-SECRET", nil)
 	req2.Header.Set("X-Api-Key", "sk-ant-SECRET")
-	if upstreamOf(req2) != up {
-		t.Fatal("same credential, different upstream")
+	if cooldownMarkOf(req2) != m {
+		t.Fatal("same credential, different mark")
 	}
 	req2.Header.Set("X-Api-Key", "sk-ant-OTHER")
-	if upstreamOf(req2) == up {
-		t.Fatal("different credential, same upstream")
+	if cooldownMarkOf(req2) == m {
+		t.Fatal("different credential, same mark")
 	}
+	// The key in any spelling of its parameter is the same credential.
+	req3, _ := http.NewRequest("POST", "https://api.example.com/other?%6Bey=AIza-SECRET", nil)
+	req3.Header.Set("X-Api-Key", "sk-ant-SECRET")
+	if cooldownMarkOf(req3) != m {
+		t.Fatal("?%6Bey= is not ?key=")
+	}
+}
+
+// cooldownMarkOf is the cooldown mark a plain Transport keeps for req.
+func cooldownMarkOf(req *http.Request) Mark {
+	j := journey{rt: ownRoute(nil), req: req}
+	return j.mark(MarkCooldown, j.rt.targets[0], j.rt.targets[0].keys[0])
 }

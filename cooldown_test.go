@@ -1,7 +1,6 @@
 package llmretry
 
 import (
-	"bufio"
 	"net/http"
 	"strings"
 	"testing"
@@ -123,9 +122,9 @@ func TestHeldRequestsAreReleasedSpreadOut(t *testing.T) {
 	draws := []float64{0.1, 0.5, 0.9}
 	i := 0
 	next := func() float64 { r := draws[i%len(draws)]; i++; return r }
-	cd := NewLocalCooldowns()
-	_, c := testTransport(t, nil, WithClock(clk), WithRand(next), WithCooldowns(cd))
-	cd.Extend(upstreamOf(chat(t, srv.URL, "k1", "gpt-4o")), clk.now, 10*time.Second)
+	cd := NewLocalHealthStore()
+	_, c := testTransport(t, nil, WithClock(clk), WithRand(next), WithHealthStore(cd))
+	cd.Put(cooldownMarkOf(chat(t, srv.URL, "k1", "gpt-4o")), clk.now.Add(10*time.Second))
 	for range 3 {
 		resp, err := c.Do(chat(t, srv.URL, "k1", "gpt-4o"))
 		if err != nil {
@@ -139,7 +138,7 @@ func TestHeldRequestsAreReleasedSpreadOut(t *testing.T) {
 	}
 }
 
-func TestModelOf(t *testing.T) {
+func TestRequestModelIsReadOnce(t *testing.T) {
 	cases := map[string]string{
 		`{"model":"gpt-4o","messages":[]}`:                                    "gpt-4o",
 		`{"messages":[{"model":"inner"}],"model" : "claude-sonnet-4-5"}`:      "claude-sonnet-4-5",
@@ -152,7 +151,9 @@ func TestModelOf(t *testing.T) {
 		`{"model":"` + strings.Repeat("m", 300) + `"}`:                        "",
 	}
 	for body, want := range cases {
-		if got := modelInJSON(bufio.NewReader(strings.NewReader(body))); got != want {
+		req, _ := http.NewRequest("POST", "https://api.test/v1/chat/completions", strings.NewReader(body))
+		j := journey{rt: ownRoute(nil), req: req}
+		if got := j.modelName(); got != want {
 			t.Errorf("%s: got %q, want %q", body, got, want)
 		}
 	}
@@ -162,24 +163,14 @@ func TestModelOf(t *testing.T) {
 		"/v1/chat/completions": "",
 	}
 	for path, want := range paths {
-		if got := modelInPath(path); got != want {
+		req, _ := http.NewRequest("POST", "https://api.test"+path, strings.NewReader(`{"model":"not-this"}`))
+		j := journey{rt: ownRoute(nil), req: req}
+		if path == "/v1/chat/completions" {
+			want = "not-this"
+		}
+		if got := j.modelName(); got != want {
 			t.Errorf("%s: got %q, want %q", path, got, want)
 		}
-	}
-}
-
-func TestUpstreamStringRoundTrips(t *testing.T) {
-	for _, up := range []Upstream{
-		{Scheme: "https", Host: "api.openai.com", Credential: "abc", Model: "gpt-4o"},
-		{Scheme: "https", Host: "openrouter.ai", Credential: "", Model: "a/b#c"},
-		{Scheme: "http", Host: "127.0.0.1:8080"},
-	} {
-		if got, ok := ParseUpstream(up.String()); !ok || got != up {
-			t.Errorf("%v: got %v %v", up, got, ok)
-		}
-	}
-	if _, ok := ParseUpstream("nonsense"); ok {
-		t.Error("parsed nonsense")
 	}
 }
 

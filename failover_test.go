@@ -209,25 +209,58 @@ func TestFailoverQuotaErrorTakesKeyOutForQuotaRest(t *testing.T) {
 	}
 }
 
-func TestFailover401TakesKeyOutUntilRestart(t *testing.T) {
+// A refused key is out for every model, then rechecked: after Recheck one
+// request probes it; a probe refused again doubles the wait; a probe that
+// passes brings the key back. (Before, a 401 kept it out until restart.)
+func TestFailover401TakesKeyOutUntilAProbeBringsItBack(t *testing.T) {
+	var mu sync.Mutex
+	valid := false
 	p := newProvider(t, func(key string) http.HandlerFunc {
-		if key == "sk-a" {
+		mu.Lock()
+		defer mu.Unlock()
+		if key == "sk-a" && !valid {
 			return status(401, `{"error":{"type":"invalid_api_key"}}`)
 		}
 		return status(200, okJSON)
 	})
 	clk := newFakeClock()
-	_, c := failoverTransport(t, clk, Failover{Targets: []Target{{
+	var health []HealthEvent
+	_, c := failoverTransport(t, clk, Failover{Recheck: time.Minute, Targets: []Target{{
 		Name: "openai", BaseURL: p.URL, Keys: []Key{NewKey("a", "sk-a"), NewKey("b", "sk-b")},
-	}}})
+	}}}, WithOnHealth(func(e HealthEvent) { health = append(health, e) }))
 	resp, _ := send(t, c, p.URL, "m")
 	if resp.StatusCode != 200 {
 		t.Fatalf("status %d, want 200 from b", resp.StatusCode)
 	}
-	clk.Advance(1000 * time.Hour)
-	send(t, c, p.URL, "m")
+	if len(health) != 1 || health[0].Health != KeyOutAuth || !health[0].Until.Equal(clk.Now().Add(time.Minute)) {
+		t.Fatalf("health %+v: want a out until its recheck in 1 min", health)
+	}
+	clk.Advance(59 * time.Second)
+	send(t, c, p.URL, "other-model") // refused for every model
 	if got := p.keys(); fmt.Sprint(got) != "[sk-a sk-b sk-b]" {
-		t.Fatalf("keys %v: a refused key was used again", got)
+		t.Fatalf("keys %v: a refused key was used before its recheck", got)
+	}
+	// The recheck: a is probed, refused again, and rests twice as long.
+	clk.Advance(2 * time.Second)
+	send(t, c, p.URL, "m")
+	if got := p.keys(); fmt.Sprint(got[3:]) != "[sk-a sk-b]" {
+		t.Fatalf("keys %v: want one probe of a, then b", got)
+	}
+	if last := health[len(health)-1]; last.Health != KeyOutAuth || !last.Until.Equal(clk.Now().Add(2*time.Minute)) {
+		t.Fatalf("health %+v: want a out for 2 min after a failed probe", health)
+	}
+	// The key is fixed: the next probe passes, and a is used again.
+	mu.Lock()
+	valid = true
+	mu.Unlock()
+	clk.Advance(2*time.Minute + time.Second)
+	send(t, c, p.URL, "m")
+	send(t, c, p.URL, "m")
+	if got := p.keys(); fmt.Sprint(got[5:]) != "[sk-a sk-a]" {
+		t.Fatalf("keys %v: a not back after its probe passed", got)
+	}
+	if last := health[len(health)-1]; last.Health != KeyRestored || last.Key != "a" {
+		t.Fatalf("health %+v: want a restored", health)
 	}
 }
 
@@ -264,16 +297,16 @@ func TestFailoverPrimaryDownMovesToNextTargetWithModelMapped(t *testing.T) {
 	if resp.StatusCode != 200 || resp.Header.Get(TargetHeader) != "router" {
 		t.Fatalf("status %d from %q, want 200 from router", resp.StatusCode, resp.Header.Get(TargetHeader))
 	}
-	if n := len(primary.requests()); n != 2 {
-		t.Fatalf("primary got %d attempts, want AttemptsPerTarget = 2", n)
+	if n := len(primary.requests()); n != 1 {
+		t.Fatalf("primary got %d attempts, want 1: the router could serve at once", n)
 	}
 	got := fallback.requests()
 	if len(got) != 1 || got[0].model != "openai/gpt-4o" || got[0].path != "/api/v1/chat/completions" || got[0].auth != "sk-r" {
 		t.Fatalf("fallback got %+v, want model openai/gpt-4o at /api/v1/chat/completions with key r", got)
 	}
-	// One backoff between the primary's two attempts; none before the move.
-	if w := clk.Waits(); len(w) != 1 {
-		t.Fatalf("waits %v, want one backoff and no wait before the move", w)
+	// No backoff: going to a target that can serve beats waiting.
+	if w := clk.Waits(); len(w) != 0 {
+		t.Fatalf("waits %v, want no wait before the move", w)
 	}
 	last := events[len(events)-1]
 	if last.Source != SourceFailover || last.Wait != 0 || last.Target != "primary" || last.NextTarget != "router" || last.NextKey != "r" {
@@ -467,43 +500,46 @@ func TestFailoverEjectsAFailingTargetAndProbesItBeforeTrustingIt(t *testing.T) {
 }
 
 func TestFailoverProbeIsOneRequestAtATime(t *testing.T) {
-	ts := &targetState{}
+	var mu sync.Mutex
+	var p probation
 	now := time.Now()
-	o := Outliers{Failures: 1, Ejection: time.Second, MaxEjection: time.Minute}
-	if d := ts.failed(now, false, o); d != time.Second {
-		t.Fatalf("ejection %v", d)
-	}
-	if ok, _ := ts.admit(now, nil); ok {
-		t.Fatal("admitted while ejected")
+	p.rest(now, time.Second, time.Minute)
+	if _, ok := p.claim(now); ok {
+		t.Fatal("claimed while resting")
 	}
 	later := now.Add(2 * time.Second)
-	var admitted, probes atomic.Int32
+	var probes atomic.Int32
+	var got chan struct{}
 	var wg sync.WaitGroup
 	for range 16 { // at once: one becomes the probe, the rest wait their turn
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if ok, probe := ts.admit(later, nil); ok {
-				admitted.Add(1)
-				if probe {
-					probes.Add(1)
-				}
+			mu.Lock()
+			defer mu.Unlock()
+			if ch, ok := p.claim(later); ok {
+				probes.Add(1)
+				got = ch
 			}
 		}()
 	}
 	wg.Wait()
-	if admitted.Load() != 1 || probes.Load() != 1 {
-		t.Fatalf("%d admitted, %d probes: want one probe and no one else", admitted.Load(), probes.Load())
+	if probes.Load() != 1 || p.state(later) != probing {
+		t.Fatalf("%d probes: want one and no one else", probes.Load())
 	}
-	ts.released()
-	if ok, probe := ts.admit(later, nil); !ok || !probe {
+	p.endProbe(got, false) // neither passed nor failed: given back
+	select {
+	case <-got:
+	default:
+		t.Fatal("a probe given back did not let its waiters go")
+	}
+	ch, ok := p.claim(later)
+	if !ok {
 		t.Fatal("a probe given back cannot be claimed again")
 	}
-	if !ts.succeeded(true) {
-		t.Fatal("the probe's success did not restore the target")
-	}
-	if ok, probe := ts.admit(later, nil); !ok || probe {
-		t.Fatal("a restored target is not trusted")
+	p.endProbe(ch, true)
+	if p.state(later) != serving {
+		t.Fatal("a probe that passed did not end the probation")
 	}
 }
 
@@ -540,10 +576,10 @@ func TestFailoverSharedCooldownsMakeTwoTransportsAvoidARestingKey(t *testing.T) 
 		return status(200, okJSON)
 	})
 	clk := newFakeClock()
-	shared := NewLocalCooldowns()
+	shared := NewLocalHealthStore()
 	f := Failover{Targets: []Target{{Name: "openai", BaseURL: p.URL, Keys: []Key{NewKey("a", "sk-a"), NewKey("b", "sk-b")}}}}
-	_, c1 := failoverTransport(t, clk, f, WithCooldowns(shared))
-	_, c2 := failoverTransport(t, clk, f, WithCooldowns(shared))
+	_, c1 := failoverTransport(t, clk, f, WithHealthStore(shared))
+	_, c2 := failoverTransport(t, clk, f, WithHealthStore(shared))
 	send(t, c1, p.URL, "m")
 	send(t, c2, p.URL, "m")
 	if got := p.keys(); fmt.Sprint(got) != "[sk-a sk-b sk-b]" {
@@ -683,22 +719,20 @@ func TestFailoverKeysAreNeverShown(t *testing.T) {
 	}
 }
 
-func TestRenameModelInJSON(t *testing.T) {
-	for _, c := range []struct{ in, want string }{
-		{`{"model":"gpt-4o","messages":[]}`, `{"model":"openai/gpt-4o","messages":[]}`},
-		{`{ "messages":[{"model":"inner"}], "model" : "gpt-4o" }`, `{ "messages":[{"model":"inner"}], "model" : "openai/gpt-4o" }`},
-		{`{"model":"a\"b"}`, `{"model":"openai/gpt-4o"}`},
-		{`{"x":1}`, `{"x":1}`},
-		{`not json`, `not json`},
-		{`{"model":{"nested":1}}`, `{"model":{"nested":1}}`},
-		{`{"model":"a","model":"b"}`, `{"model":"openai/gpt-4o","model":"openai/gpt-4o"}`},
-	} {
-		if got := string(renameModelInJSON([]byte(c.in), "openai/gpt-4o")); got != c.want {
-			t.Errorf("rename(%s) = %s, want %s", c.in, got, c.want)
-		}
+// A target's name for the model is written into the body as a JSON
+// string, whatever it holds: it cannot add a field.
+func TestFailoverRenameEscapesTheName(t *testing.T) {
+	p := newProvider(t, always(status(200, okJSON)))
+	_, c := failoverTransport(t, newFakeClock(), Failover{Targets: []Target{
+		{Name: "a", BaseURL: p.URL, Models: map[string]string{"m": `evil","x":"`}},
+	}})
+	resp, _ := send(t, c, p.URL, "m")
+	if resp.StatusCode != 200 {
+		t.Fatalf("status %d", resp.StatusCode)
 	}
-	if got := string(renameModelInJSON([]byte(`{"model":"m"}`), `evil","x":"`)); got != `{"model":"evil\",\"x\":\""}` {
-		t.Errorf("a name was not escaped: %s", got)
+	got := p.requests()[0]
+	if got.model != `evil","x":"` {
+		t.Fatalf("model %q", got.model)
 	}
 }
 
@@ -773,7 +807,7 @@ func TestFailoverQuotaRestsForItsWindow(t *testing.T) {
 // request was on it is cooling down: after a 503 the request moves to the
 // next target at once instead of waiting out a backoff there.
 func TestFailoverTargetCoolingDownMovesOn(t *testing.T) {
-	shared := NewLocalCooldowns()
+	shared := NewLocalHealthStore()
 	clk := newFakeClock()
 	var cool func()
 	primary := newProvider(t, func(string) http.HandlerFunc {
@@ -786,9 +820,11 @@ func TestFailoverTargetCoolingDownMovesOn(t *testing.T) {
 	tr, c := failoverTransport(t, clk, Failover{Targets: []Target{
 		{Name: "a", BaseURL: primary.URL, Keys: []Key{NewKey("k", "sk-a")}},
 		{Name: "b", BaseURL: fallback.URL},
-	}}, WithCooldowns(shared))
-	ts := tr.pool.targets[0]
-	cool = func() { shared.Extend(ts.keyUp(ts.keys[0], "m"), clk.Now(), 30*time.Second) }
+	}}, WithHealthStore(shared))
+	ts := tr.route.targets[0]
+	cool = func() {
+		shared.Put(Mark{Kind: MarkCooldown, Scheme: ts.base.Scheme, Host: ts.base.Host, Key: ts.keys[0].cred, Model: "m"}, clk.Now().Add(30*time.Second))
+	}
 	resp, _ := send(t, c, primary.URL, "m")
 	if resp.Header.Get(TargetHeader) != "b" || len(primary.requests()) != 1 || len(clk.Waits()) != 0 {
 		t.Fatalf("served by %q after %d primary attempts and waits %v: want b at once", resp.Header.Get(TargetHeader), len(primary.requests()), clk.Waits())

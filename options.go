@@ -28,8 +28,8 @@ type config struct {
 	idleTimeout       time.Duration
 	budget            Budget
 	budgetSet         bool
-	cooldowns         Cooldowns
-	cooldownsSet      bool
+	store             HealthStore
+	storeSet          bool
 	classifier        Classifier
 }
 
@@ -166,11 +166,15 @@ func WithBudget(b Budget) Option {
 	return func(c *config) { c.budget, c.budgetSet = b, true }
 }
 
-// WithCooldowns sets where server-requested waits are remembered per
-// upstream; Transports given the same Cooldowns share them. nil turns
-// cooldowns off. By default each Transport has its own LocalCooldowns.
-func WithCooldowns(cd Cooldowns) Option {
-	return func(c *config) { c.cooldowns, c.cooldownsSet = cd, true }
+// WithHealthStore sets where the marks that other requests should know of
+// are kept: cooldowns (a 429's wait that binds the key and model), and for
+// a failover Transport the keys told to wait, keys out of quota and
+// targets ejected. Transports given the same store share them; redisstate
+// shares them across a fleet. nil turns cooldowns off, and keeps a
+// failover Transport's health in the Transport alone. By default each
+// Transport has its own LocalHealthStore.
+func WithHealthStore(s HealthStore) Option {
+	return func(c *config) { c.store, c.storeSet = s, true }
 }
 
 // RetryEvent describes one retry, before its wait.

@@ -119,9 +119,10 @@ func replayable(req *http.Request) bool {
 // attemptRequest returns the request to send as attempt number attempt
 // (1-based), and the tracker of its body when that body is one whose reads
 // can fail. The caller's request is never modified: when a header must be
-// set, a body made or tracked, or (with failover, j) the request aimed at a
+// set, a body made or tracked, or (with failover) the request aimed at a
 // target, a shallow copy is sent instead.
-func (t *Transport) attemptRequest(req *http.Request, attempt int, idemKey string, j *journey) (*http.Request, *trackedBody, error) {
+func (t *Transport) attemptRequest(j *journey, attempt int, idemKey string) (*http.Request, *trackedBody, error) {
+	req := j.req
 	needHeaders := t.cfg.attemptHeader != "" || idemKey != ""
 	body := req.Body
 	if attempt > 1 && body != nil && body != http.NoBody {
@@ -131,11 +132,11 @@ func (t *Transport) attemptRequest(req *http.Request, attempt int, idemKey strin
 		}
 	}
 	var r *http.Request
-	if j != nil {
+	if j.rt.targets[j.at.target].base != nil { // a target of the route's own, not the request's URL
 		r = new(http.Request)
 		*r = *req
 		var err error
-		if body, err = t.pool.aim(r, body, j); err != nil {
+		if body, err = t.aim(r, body, j); err != nil {
 			return nil, nil, err
 		}
 	}

@@ -29,9 +29,20 @@ type Failover struct {
 	// QuotaRest is how long a key whose quota or credit is used up (a quota
 	// error, a 402) sits out when the provider does not say when the quota
 	// resets (it does for Gemini's daily quotas, at midnight Pacific time,
-	// and with a Retry-After). Default 1 h. A key refused with 401 or 403
-	// sits out until the Transport is made again.
+	// and with a Retry-After). Default 1 h.
 	QuotaRest time.Duration
+	// Recheck is how long a key sits out after it was refused (401), for
+	// every model, or denied one model (a 403 or 404 that names the model
+	// or a permission on it), before one request at a time probes it
+	// again. Each failed probe doubles it, up to MaxRecheck. A probe that
+	// succeeds brings the key back. Defaults 1 min and 1 h.
+	Recheck, MaxRecheck time.Duration
+	// MaxRest is the ceiling on every rest: a key told to wait, a quota's
+	// window, a recheck, an ejection. A server's wait longer than it rests
+	// the key for MaxRest, and is logged as clamped. Default 24 h (a
+	// Gemini daily quota's window, until midnight Pacific time, is always
+	// shorter).
+	MaxRest time.Duration
 	// Outliers says when a target that keeps failing is skipped.
 	Outliers Outliers
 }
@@ -58,6 +69,9 @@ const (
 	defaultAttemptsPerTarget = 2
 	defaultThreshold         = 5 * time.Second
 	defaultQuotaRest         = time.Hour
+	defaultRecheck           = time.Minute
+	defaultMaxRecheck        = time.Hour
+	defaultMaxRest           = 24 * time.Hour
 	defaultOutlierFailures   = 5
 	defaultEjection          = 30 * time.Second
 	defaultMaxEjection       = 5 * time.Minute
@@ -73,9 +87,23 @@ func (f Failover) withDefaults() Failover {
 	if f.Threshold <= 0 {
 		f.Threshold = defaultThreshold
 	}
+	if f.MaxRest <= 0 {
+		f.MaxRest = defaultMaxRest
+	}
 	if f.QuotaRest <= 0 {
 		f.QuotaRest = defaultQuotaRest
 	}
+	if f.Recheck <= 0 {
+		f.Recheck = defaultRecheck
+	}
+	if f.MaxRecheck <= 0 {
+		f.MaxRecheck = defaultMaxRecheck
+	}
+	f.MaxRecheck = max(f.MaxRecheck, f.Recheck)
+	// No rest outlasts the ceiling.
+	f.QuotaRest = min(f.QuotaRest, f.MaxRest)
+	f.Recheck = min(f.Recheck, f.MaxRest)
+	f.MaxRecheck = min(f.MaxRecheck, f.MaxRest)
 	if f.Outliers.Failures <= 0 {
 		f.Outliers.Failures = defaultOutlierFailures
 	}
@@ -88,6 +116,8 @@ func (f Failover) withDefaults() Failover {
 	if f.Outliers.MaxEjection < f.Outliers.Ejection {
 		f.Outliers.MaxEjection = f.Outliers.Ejection
 	}
+	f.Outliers.Ejection = min(f.Outliers.Ejection, f.MaxRest)
+	f.Outliers.MaxEjection = min(f.Outliers.MaxEjection, f.MaxRest)
 	return f
 }
 

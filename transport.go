@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"net/http"
 	"strings"
-	"sync/atomic"
 	"time"
 )
 
@@ -17,18 +16,16 @@ import (
 // caller holds a response, nothing is ever sent again for it, so a stream
 // that breaks mid-reply is never replayed.
 //
-// A Transport is safe for concurrent use. Make one with NewTransport.
+// A Transport is safe for concurrent use. Make one with NewTransport, or
+// NewFailoverTransport to retry elsewhere.
 type Transport struct {
 	base http.RoundTripper
 	cfg  config
-	// inflight counts attempts sent and not yet answered, the load the
-	// budget's load signal reads.
-	inflight atomic.Int64
-	// streaks counts 429s in a row per upstream, for cooldowns.
+	// streaks counts 429s in a row per key and model, for cooldowns.
 	streaks limitStreaks
-	// pool is the failover targets, for a Transport made by
-	// NewFailoverTransport; nil otherwise.
-	pool *pool
+	// route is where requests go: for NewTransport the request's own URL
+	// and credential; for NewFailoverTransport its targets and keys.
+	route *route
 }
 
 // NewTransport returns a Transport that sends each attempt through base
@@ -47,10 +44,11 @@ func NewTransport(base http.RoundTripper, opts ...Option) *Transport {
 	if !t.cfg.budgetSet {
 		t.cfg.budget = NewRatioBudget(BudgetConfig{Clock: t.cfg.clock})
 	}
-	if !t.cfg.cooldownsSet {
-		t.cfg.cooldowns = NewLocalCooldowns()
+	if !t.cfg.storeSet {
+		t.cfg.store = NewLocalHealthStore()
 	}
 	t.cfg.fillClassifier()
+	t.route = ownRoute(t.cfg.budget)
 	return t
 }
 
@@ -76,7 +74,7 @@ func Do(ctx context.Context, client *http.Client, req *http.Request, p Policy) (
 	if req != nil && ctx != nil {
 		req = req.WithContext(ctx)
 	}
-	t := &Transport{cfg: defaultConfig()}
+	t := &Transport{cfg: defaultConfig(), route: ownRoute(nil)}
 	t.cfg.policy = p.withDefaults()
 	t.cfg.fillClassifier()
 	return t.do(req, client.Do)
@@ -85,153 +83,127 @@ func Do(ctx context.Context, client *http.Client, req *http.Request, p Policy) (
 // sendFunc sends one attempt.
 type sendFunc func(*http.Request) (*http.Response, error)
 
-// do is the attempt loop that RoundTrip and Do share: send, decide, then
-// hand over, or wait (or, with failover, move) and send again.
+// do is the attempt loop that RoundTrip and Do share, for one target or
+// many: send and decide, record what the attempt proved, then hand over,
+// or decide what follows (the same place after a wait, another key or
+// target now, or a stop), pay the budget for a retry, and go.
 func (t *Transport) do(req *http.Request, send sendFunc) (*http.Response, error) {
 	if err := validateRequest(req); err != nil {
 		closeBody(req)
 		return nil, t.giveUp(req, nil, 0, verdict{reason: ReasonInvalidRequest}, err, nil)
 	}
-	ctx := req.Context()
-	canReplay := replayable(req)
-	idemKey := t.idempotencyKey(req)
-	var j *journey // where a failover Transport sends each attempt; nil without
-	if t.pool != nil {
-		var err error
-		if j, err = t.startJourney(req); err != nil {
-			closeBody(req)
-			return nil, err
-		}
-	} else {
-		if err := t.awaitCooldown(req); err != nil {
-			closeBody(req)
-			return nil, err
-		}
-		if t.cfg.budget != nil {
-			t.cfg.budget.OnRequest()
-		}
+	j, err := t.start(req)
+	if err != nil {
+		closeBody(req)
+		return nil, err
 	}
-
+	defer j.release() // no probe outlives its request, however it ends
+	ctx, idemKey := req.Context(), t.idempotencyKey(req)
 	for attempt := 1; ; attempt++ {
-		r, tracked, err := t.attemptRequest(req, attempt, idemKey, j)
-		if err != nil {
-			t.released(j)
-			return nil, t.giveUp(req, nil, attempt-1, verdict{reason: ReasonBodyNotReplayable}, err, j)
+		resp, v, err, ended := t.try(&j, attempt, idemKey, send)
+		if ended { // cancelled, or the caller's own body failed: nothing to hand over
+			return nil, t.giveUp(req, nil, j.sent, v, err, &j)
 		}
-		budget, inflight := t.budgetAt(j)
-		load := inflight.Add(1)
-		resp, err := send(r)
-		inflight.Add(-1)
-		retry := attempt > 1 // a retry in the eyes of the budget: of this target, with failover
-		if j != nil {
-			j.onTarget++
-			retry = j.onTarget > 1
+		p := t.prove(&j, resp, v)
+		t.record(&j, resp, v, p)
+		if !v.retry && !p.failedAsAKey() { // an answer, or a failure no other place can fix
+			return t.handOver(resp, &j), t.stopped(req, resp, attempt, v, err, &j)
 		}
-		if err != nil {
-			resp = nil // a RoundTripper returns no response with an error
-			err = scrubError(err)
-			if ctx.Err() != nil {
-				t.released(j)
-				return nil, t.giveUp(req, nil, attempt, verdict{reason: ReasonContextDone}, contextError(ctx, err), j)
-			}
-			if bodyErr := tracked.readErr(); bodyErr != nil {
-				// The caller's own body failed: theirs to report, never retried.
-				t.released(j)
-				v := verdict{failure: FailureTransport, cause: "request body read failed", reason: ReasonNotRetryable}
-				return nil, t.giveUp(req, nil, attempt, v, fmt.Errorf("%w: %w", errRequestBody, scrubError(bodyErr)), j)
-			}
+		mv := t.next(ctx, &j, attempt, v, p)
+		budget := j.rt.targets[j.at.target].budget
+		if mv.retry() && budget != nil && !budget.AllowRetry() { // the one place the budget is paid
+			mv = t.refused(&j)
 		}
-		v := t.decide(Attempt{Request: r, Response: resp, Err: err, Number: attempt, Now: t.cfg.clock.Now(), t: t})
-		if budget != nil {
-			budget.OnAttempt(AttemptResult{Retry: retry, Failed: v.retry, Load: int(load)})
+		if mv.kind == moveStop {
+			return t.handOver(resp, &j), t.giveUp(req, resp, attempt, v.stoppedBy(mv), err, &j)
 		}
-		if resp != nil {
-			if broken := brokenStream(resp); broken != nil {
-				resp, err = nil, broken // closed: it broke before the caller could have it
-				if ctx.Err() != nil {
-					t.released(j)
-					return nil, t.giveUp(req, nil, attempt, verdict{reason: ReasonContextDone}, contextError(ctx, err), j)
-				}
-				if !v.retry {
-					v = verdict{failure: FailureStream, cause: streamCause(broken), reason: ReasonNotRetryable}
-				}
-			}
+		from := j.at
+		if mv.kind != moveStay {
+			j.moveTo(mv.to)
+			mv.src = SourceFailover
 		}
-		moveOn := v.retry
-		if j != nil {
-			t.record(req, j, resp, v)
-			fault, _ := keyFault(resp, v)
-			moveOn = moveOn || fault
-		}
-		if !moveOn {
-			if v.reason == 0 { // success, or a response that is not a failure
-				if j == nil {
-					t.streaks.succeeded(req)
-				}
-				return t.handOver(resp, j), nil
-			}
-			return t.handOver(resp, j), t.giveUp(req, resp, attempt, v, err, j)
-		}
-
-		from := j.here()
-		wait, src, stop := t.next(ctx, req, resp, j, attempt, canReplay, v)
-		if stop != 0 {
-			if v.retry { // a key fault keeps its own reason
-				v.reason = stop
-				if stop == ReasonDeadline || stop == ReasonRetryAfterTooLong {
-					v.wait = wait
-				}
-			}
-			return t.handOver(resp, j), t.giveUp(req, resp, attempt, v, err, j)
-		}
-		t.retrying(req, resp, attempt, v, err, wait, src, j, from)
+		t.retrying(req, resp, attempt, v, err, mv.wait, mv.src, &j, from)
 		discard(resp, t.cfg.clock)
-		if err := sleep(ctx, t.cfg.clock, wait); err != nil {
-			return nil, t.giveUp(req, nil, attempt, verdict{reason: ReasonContextDone}, err, j)
+		if err := sleep(ctx, t.cfg.clock, mv.wait); err != nil {
+			if mv.retry() && budget != nil {
+				budget.OnAttempt(AttemptResult{Retry: true, Abandoned: true}) // never sent
+			}
+			return nil, t.giveUp(req, nil, attempt, verdict{reason: ReasonContextDone}, err, &j)
 		}
 	}
 }
 
-// next decides what follows a failed attempt: the same place again after
-// wait, or with failover another key or target at once (src is then
-// SourceFailover, and j says where), or a stop.
-func (t *Transport) next(ctx context.Context, req *http.Request, resp *http.Response, j *journey, attempt int, canReplay bool, v verdict) (wait time.Duration, src WaitSource, stop Reason) {
-	if j == nil {
-		if v.waitOK && resp != nil && resp.StatusCode == http.StatusTooManyRequests {
-			t.rateLimited(req, resp, v.wait)
+// try sends attempt number attempt where the journey is, and decides on
+// it. ended is true when nothing more can follow: the caller left, or
+// the caller's own body failed, or could not be made again.
+func (t *Transport) try(j *journey, attempt int, idemKey string, send sendFunc) (resp *http.Response, v verdict, err error, ended bool) {
+	r, tracked, err := t.attemptRequest(j, attempt, idemKey)
+	if err != nil {
+		return nil, verdict{reason: ReasonBodyNotReplayable}, err, true
+	}
+	ts := j.rt.targets[j.at.target]
+	load := ts.inflight.Add(1)
+	resp, err = send(r)
+	ts.inflight.Add(-1)
+	j.sent++
+	j.onTarget++
+	ctx := j.req.Context()
+	if err != nil {
+		resp, err = nil, scrubError(err) // a RoundTripper returns no response with an error
+		if ctx.Err() != nil {
+			return nil, verdict{reason: ReasonContextDone}, contextError(ctx, err), true
 		}
-		return t.nextWait(ctx, attempt, canReplay, v, t.cfg.budget)
+		if bodyErr := tracked.readErr(); bodyErr != nil {
+			// The caller's own body failed: theirs to report, never retried.
+			v := verdict{failure: FailureTransport, cause: "request body read failed", reason: ReasonNotRetryable}
+			return nil, v, fmt.Errorf("%w: %w", errRequestBody, scrubError(bodyErr)), true
+		}
 	}
-	wait, src, stop, moved := t.failoverNext(ctx, j, attempt, canReplay, v)
-	if moved {
-		src = SourceFailover
+	v = t.decide(Attempt{Request: r, Response: resp, Err: err, Number: attempt, Now: t.cfg.clock.Now(), t: t})
+	if ts.budget != nil {
+		ts.budget.OnAttempt(AttemptResult{Retry: j.onTarget > 1, Failed: v.retry, Load: int(load)})
 	}
-	return wait, src, stop
+	if resp != nil {
+		if broken := brokenStream(resp); broken != nil {
+			resp, err = nil, broken // closed: it broke before the caller could have it
+			if ctx.Err() != nil {
+				return nil, verdict{reason: ReasonContextDone}, contextError(ctx, err), true
+			}
+			if !v.retry {
+				v = verdict{failure: FailureStream, cause: streamCause(broken), reason: ReasonNotRetryable}
+			}
+		}
+	}
+	j.lastCause = v.cause
+	return resp, v, err, false
+}
+
+// stoppedBy is the verdict a request ends on when retrying stopped with
+// m: the failure's own reason for a failure that was not retryable, else
+// why retrying stopped.
+func (v verdict) stoppedBy(m move) verdict {
+	if v.retry {
+		v.reason = m.stop
+		if m.stop == ReasonDeadline || m.stop == ReasonRetryAfterTooLong {
+			v.wait = m.wait
+		}
+	}
+	return v
+}
+
+// stopped reports a request that ends on a response: nothing for an
+// answer, a stop for a failure.
+func (t *Transport) stopped(req *http.Request, resp *http.Response, attempts int, v verdict, err error, j *journey) error {
+	if v.reason == 0 {
+		return nil
+	}
+	return t.giveUp(req, resp, attempts, v, err, j)
 }
 
 // closeBody closes the caller's request body, when nothing will send it.
 func closeBody(req *http.Request) {
 	if req != nil && req.Body != nil {
 		_ = req.Body.Close()
-	}
-}
-
-// budgetAt is the budget an attempt counts in, and the in-flight count
-// that is its load: the Transport's, or with failover the target's.
-func (t *Transport) budgetAt(j *journey) (Budget, *atomic.Int64) {
-	if j == nil {
-		return t.cfg.budget, &t.inflight
-	}
-	ts := t.pool.targets[j.at.target]
-	return ts.budget, &ts.inflight
-}
-
-// released gives back a probe of a target that ended on neither a success
-// nor a failure of the target.
-func (t *Transport) released(j *journey) {
-	if j != nil && j.at.probe {
-		t.pool.targets[j.at.target].released()
-		j.at.probe = false
 	}
 }
 
@@ -253,11 +225,11 @@ func (t *Transport) handOver(resp *http.Response, j *journey) *http.Response {
 	if t.cfg.idleTimeout > 0 && isBodyToRead(resp) {
 		resp.Body = newIdleBody(resp.Body, t.cfg.idleTimeout, t.cfg.clock)
 	}
-	if j != nil {
+	if j.rt.holdsKeys {
 		if resp.Header == nil {
 			resp.Header = make(http.Header)
 		}
-		resp.Header.Set(TargetHeader, t.pool.targets[j.at.target].Name)
+		resp.Header.Set(TargetHeader, j.rt.targets[j.at.target].Name)
 	}
 	return resp
 }
@@ -272,99 +244,6 @@ func isBodyToRead(resp *http.Response) bool {
 	}
 	_, writable := resp.Body.(io.Writer)
 	return !writable
-}
-
-// nextWait decides whether a retryable failure after attempt is retried,
-// and after how long. stop is non-zero when it is not.
-func (t *Transport) nextWait(ctx context.Context, attempt int, canReplay bool, v verdict, budget Budget) (wait time.Duration, src WaitSource, stop Reason) {
-	p := t.cfg.policy
-	if attempt >= p.MaxAttempts {
-		return 0, 0, ReasonExhausted
-	}
-	if !canReplay {
-		return 0, 0, ReasonBodyNotReplayable
-	}
-	if v.waitOK {
-		if v.wait > p.MaxRetryAfter {
-			return v.wait, v.src, ReasonRetryAfterTooLong
-		}
-		wait, src = v.wait+serverWaitSpread(v.wait, t.cfg.rand()), v.src
-	} else {
-		wait, src = p.Backoff(attempt, t.cfg.rand()), SourceBackoff
-	}
-	if passesDeadline(ctx, t.cfg.clock.Now(), wait) {
-		return wait, src, ReasonDeadline
-	}
-	if budget != nil && !budget.AllowRetry() {
-		return wait, src, ReasonBudget
-	}
-	return wait, src, 0
-}
-
-// errCooldown is the cause when a cooldown outlasts the request's deadline.
-var errCooldown = errors.New("upstream cooling down after a server-requested wait")
-
-// awaitCooldown waits out the rest of a server-requested wait that another
-// request to the same upstream (host, key and model) received, before the
-// first attempt. Requests held by one cooldown are released spread out, not
-// in the same instant. It fails at once when the cooldown outlasts the
-// request's deadline.
-func (t *Transport) awaitCooldown(req *http.Request) error {
-	cd := t.cfg.cooldowns
-	if cd == nil {
-		return nil
-	}
-	now := t.cfg.clock.Now()
-	if !cd.Active(now) {
-		return nil
-	}
-	wait := cd.Until(upstreamOf(req)).Sub(now)
-	if wait <= 0 {
-		return nil
-	}
-	return t.hold(req, wait)
-}
-
-// hold waits out a cooldown of wait before a request's first attempt,
-// spread so that the requests it holds are not released at once. It fails
-// at once when the wait would outlast the request's deadline.
-func (t *Transport) hold(req *http.Request, wait time.Duration) error {
-	wait += cooldownSpread(wait, t.cfg.rand())
-	ctx := req.Context()
-	v := verdict{cause: "cooldown", reason: ReasonDeadline, wait: wait}
-	if passesDeadline(ctx, t.cfg.clock.Now(), wait) {
-		return t.giveUp(req, nil, 0, v, errCooldown, nil)
-	}
-	t.retrying(req, nil, 0, v, nil, wait, SourceCooldown, nil, placement{})
-	if err := sleep(ctx, t.cfg.clock, wait); err != nil {
-		return t.giveUp(req, nil, 0, verdict{cause: "cooldown", reason: ReasonContextDone}, err, nil)
-	}
-	return nil
-}
-
-// cooldownSpread is how much later than the end of a cooldown a request it
-// held is released: up to a tenth of its wait, at least 50 ms and at most
-// 1 s of spread, so that the held requests do not all return at once.
-func cooldownSpread(wait time.Duration, r float64) time.Duration {
-	if r < 0 || r >= 1 || r != r {
-		return 0
-	}
-	return time.Duration(r * float64(min(max(wait/10, 50*time.Millisecond), time.Second)))
-}
-
-// rateLimited starts a cooldown for req's upstream after a 429 that asked
-// for wait, when the limit is shown to bind beyond this request: the 429
-// says a bucket is empty, or it is the second in a row for this key and
-// model. A wait above MaxRetryAfter, which ends the request at once, starts
-// none: one "Retry-After: 999999" must not freeze every later request.
-func (t *Transport) rateLimited(req *http.Request, resp *http.Response, wait time.Duration) {
-	if t.cfg.cooldowns == nil || wait > t.cfg.policy.MaxRetryAfter {
-		return
-	}
-	up := upstreamOf(req)
-	if t.streaks.hit(up) >= 2 || bucketEmpty(resp.Header) {
-		t.cfg.cooldowns.Extend(up, t.cfg.clock.Now(), wait)
-	}
 }
 
 // contextError makes sure the caller's context error is in the chain, so
@@ -389,9 +268,10 @@ func (t *Transport) retrying(req *http.Request, resp *http.Response, attempt int
 	if resp != nil {
 		ev.StatusCode = resp.StatusCode
 	}
-	if j != nil {
-		ev.Target, ev.Key = t.pool.names(from)
-		ev.NextTarget, ev.NextKey = t.pool.names(j.at)
+	named := j != nil && j.rt.holdsKeys
+	if named {
+		ev.Target, ev.Key = j.rt.names(from)
+		ev.NextTarget, ev.NextKey = j.rt.names(j.at)
 	}
 	if t.cfg.onRetry != nil {
 		t.cfg.onRetry(ev)
@@ -400,7 +280,7 @@ func (t *Transport) retrying(req *http.Request, resp *http.Response, attempt int
 		attrs := []slog.Attr{slog.String("method", ev.Method), slog.String("url", ev.URL),
 			slog.Int("attempt", attempt), slog.String("cause", ev.Cause),
 			slog.Duration("wait", wait), slog.String("source", src.String())}
-		if j != nil {
+		if named {
 			attrs = append(attrs, slog.String("target", ev.Target), slog.String("key", ev.Key),
 				slog.String("next_target", ev.NextTarget), slog.String("next_key", ev.NextKey))
 		}
@@ -419,8 +299,9 @@ func (t *Transport) giveUp(req *http.Request, resp *http.Response, attempts int,
 	if resp != nil {
 		ev.StatusCode = resp.StatusCode
 	}
-	if j != nil {
-		ev.Target, ev.Key = t.pool.names(j.at)
+	named := j != nil && j.rt.holdsKeys
+	if named {
+		ev.Target, ev.Key = j.rt.names(j.at)
 	}
 	if t.cfg.onStop != nil {
 		t.cfg.onStop(ev)
@@ -439,7 +320,7 @@ func (t *Transport) giveUp(req *http.Request, resp *http.Response, attempts int,
 		attrs := []slog.Attr{slog.String("method", ev.Method), slog.String("url", ev.URL),
 			slog.Int("attempts", attempts), slog.String("reason", v.reason.String()),
 			slog.String("cause", ev.Cause), slog.Int("status", ev.StatusCode)}
-		if j != nil {
+		if named {
 			attrs = append(attrs, slog.String("target", ev.Target), slog.String("key", ev.Key))
 		}
 		t.cfg.logger.LogAttrs(ctx, level, "llmretry: giving up", attrs...)
@@ -453,11 +334,11 @@ func (t *Transport) giveUp(req *http.Request, resp *http.Response, attempts int,
 // String names the Transport and, with failover, its targets, without
 // walking its state (its keys among it) as fmt would.
 func (t *Transport) String() string {
-	if t.pool == nil {
+	if !t.route.holdsKeys {
 		return "llmretry.Transport"
 	}
-	names := make([]string, len(t.pool.targets))
-	for i, ts := range t.pool.targets {
+	names := make([]string, len(t.route.targets))
+	for i, ts := range t.route.targets {
 		names[i] = ts.Name
 	}
 	return "llmretry.Transport{targets: " + strings.Join(names, ", ") + "}"

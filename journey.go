@@ -1,0 +1,564 @@
+package llmretry
+
+import (
+	"crypto/sha256"
+	"errors"
+	"net/http"
+	"time"
+
+	"github.com/llmretry/llmretry/internal/wire"
+)
+
+// journey is one request's way through its route: where each attempt
+// goes, what it has claimed (probes), and the request's model, read once.
+type journey struct {
+	rt        *route
+	req       *http.Request
+	at        placement
+	canReplay bool
+	fails     int    // target failures on the current target
+	onTarget  int    // attempts sent to the current target
+	visited   uint64 // targets sent to, by index
+	sent      int    // attempts sent, on every target
+	lastCause string // the cause of the last attempt's failure, for events
+
+	model     string // as the caller named it
+	modelRead bool
+	body      wire.BodyModel // the reading of the body, when one was made
+	cred      string         // Mark.Key of the caller's own credential
+	credRead  bool
+
+	// probes are the probes this request holds: at most the target's and
+	// one of its key's. Each is ended once, by record or by release.
+	probes [2]heldProbe
+}
+
+// heldProbe is one probe a request holds.
+type heldProbe struct {
+	ch     chan struct{} // nil: none
+	kind   probeKind
+	target int
+	key    int
+	model  string
+}
+
+type probeKind uint8
+
+const (
+	probeTarget probeKind = iota + 1 // an ejected target's probe
+	probeAuth                        // a refused key's recheck
+	probeModel                       // a key's recheck for a model it was denied
+)
+
+var errUnavailable = errors.New("failover: no target serves this model with a key that is not out")
+
+// modelName is the model the request names, read once: from a Gemini
+// path, or the JSON body's top-level "model" (a fresh copy from GetBody,
+// never the body being sent).
+func (j *journey) modelName() string {
+	if !j.modelRead {
+		j.modelRead = true
+		j.model = j.readModel()
+	}
+	return j.model
+}
+
+func (j *journey) readModel() string {
+	if name, _ := wire.ModelInPath(j.req.URL.EscapedPath()); name != "" {
+		return name
+	}
+	req := j.req
+	if req.Body == nil || req.Body == http.NoBody || req.GetBody == nil {
+		return ""
+	}
+	body, err := req.GetBody()
+	if err != nil {
+		return ""
+	}
+	defer body.Close()
+	bm, err := wire.ReadModel(body)
+	if err != nil || bm.Problem != "" {
+		return ""
+	}
+	j.body = bm
+	return bm.Name
+}
+
+// callerCred is Mark.Key of the caller's own credentials, read once.
+func (j *journey) callerCred() string {
+	if !j.credRead {
+		j.credRead = true
+		creds := wire.Credentials(j.req.Header, j.req.URL.RawQuery)
+		if len(creds) > 0 {
+			h := sha256.New()
+			for _, c := range creds {
+				writeCredential(h, c.Where, c.Value)
+			}
+			j.cred = credentialSum(h)
+		}
+	}
+	return j.cred
+}
+
+// serves reports whether ts serves the request's model; the model is read
+// only for a target with an allow-list.
+func (j *journey) serves(ts *target) bool {
+	if len(ts.Models) == 0 {
+		return true
+	}
+	_, ok := ts.Models[j.modelName()]
+	return ok
+}
+
+// upstream is the scheme and host an attempt at ts goes to.
+func (j *journey) upstream(ts *target) (scheme, host string) {
+	if ts.base == nil {
+		return j.req.URL.Scheme, j.req.URL.Host
+	}
+	return ts.base.Scheme, ts.base.Host
+}
+
+// keyCred is Mark.Key of key k.
+func (j *journey) keyCred(k *key) string {
+	if j.rt.holdsKeys {
+		return k.cred
+	}
+	return j.callerCred()
+}
+
+// mark is the Mark of kind for key k of ts, for the request's model.
+func (j *journey) mark(kind MarkKind, ts *target, k *key) Mark {
+	scheme, host := j.upstream(ts)
+	m := Mark{Kind: kind, Scheme: scheme, Host: host}
+	switch kind {
+	case MarkEjection:
+		m.Target = ts.Name
+	case MarkQuota:
+		m.Key = j.keyCred(k)
+	default:
+		m.Key, m.Model = j.keyCred(k), j.modelName()
+	}
+	return m
+}
+
+// keyStatus says whether k of ts may carry the request now, until when it
+// is blocked, and which recheck it would be the probe of.
+type keyStatus struct {
+	block keyBlock
+	until time.Time
+	probe probeKind     // for keyDue
+	busy  chan struct{} // for keyDeniedBusy: closed when its request ends
+}
+
+// status reads k's health, and the store's marks for it, for the request.
+func (j *journey) status(t *Transport, ts *target, k *key, now time.Time) keyStatus {
+	var st keyStatus
+	k.health.mu.Lock()
+	switch k.health.auth.state(now) {
+	case resting, probing:
+		st = keyStatus{block: keyOut, until: k.health.auth.until}
+	case due:
+		st = keyStatus{block: keyDue, probe: probeAuth}
+	}
+	if st.block == keyFree && k.health.quota.After(now) {
+		st = keyStatus{block: keyOut, until: k.health.quota}
+	}
+	perModel := st.block != keyOut && len(k.health.models) > 0
+	k.health.mu.Unlock()
+	if perModel {
+		model := j.modelName() // read with no lock held: it may read the body
+		k.health.mu.Lock()
+		if mh := k.health.models[model]; mh != nil {
+			switch mh.denied.state(now) {
+			case resting:
+				st = keyStatus{block: keyDenied, until: mh.denied.until}
+			case probing:
+				st = keyStatus{block: keyDeniedBusy, busy: mh.denied.busy}
+			case due:
+				if st.block == keyFree {
+					st = keyStatus{block: keyDue, probe: probeModel}
+				}
+			}
+			if st.block == keyFree && mh.avoid.After(now) {
+				st = keyStatus{block: keyAvoided, until: mh.avoid}
+			}
+		}
+		k.health.mu.Unlock()
+	}
+	if st.block == keyOut {
+		return st
+	}
+	// The store is asked only when it holds something for this upstream,
+	// and then for this key: a plain request reads no credential or body
+	// on the way.
+	store := t.cfg.store
+	scheme, host := j.upstream(ts)
+	if store == nil || !store.Active(now, scheme, host, "") || !store.Active(now, scheme, host, j.keyCred(k)) {
+		return st
+	}
+	if u := store.Until(j.mark(MarkQuota, ts, k)); u.After(now) {
+		return keyStatus{block: keyOut, until: u}
+	}
+	if st.block > keyCooling {
+		return st
+	}
+	if u := store.Until(j.mark(MarkCooldown, ts, k)); u.After(now) {
+		return keyStatus{block: keyCooling, until: u}
+	}
+	if st.block <= keyAvoided {
+		if u := store.Until(j.mark(MarkAvoid, ts, k)); u.After(now) && u.After(st.until) {
+			return keyStatus{block: keyAvoided, until: u}
+		}
+	}
+	return st
+}
+
+// admission says whether ts takes requests now.
+type admission uint8
+
+const (
+	admitted admission = iota
+	probeDue           // ejected, its time over: the next request probes it
+	ejected            // ejected here or by the fleet, or its probe in flight
+)
+
+func (j *journey) admission(t *Transport, ts *target, now time.Time) admission {
+	ts.health.mu.Lock()
+	st := ts.health.eject.state(now)
+	ts.health.mu.Unlock()
+	switch st {
+	case resting, probing:
+		return ejected
+	}
+	if store := t.cfg.store; store != nil && j.rt.holdsKeys {
+		scheme, host := j.upstream(ts)
+		if store.Active(now, scheme, host, "") && store.Until(j.mark(MarkEjection, ts, nil)).After(now) {
+			return ejected
+		}
+	}
+	if st == due {
+		return probeDue
+	}
+	return admitted
+}
+
+// choice is where a request may go next, and what it must claim or wait
+// for first.
+type choice struct {
+	pl          placement
+	targetProbe bool
+	keyProbe    probeKind
+	// wait: the key is in the fleet's cooldown until then; waitFor: its
+	// one request in flight (a denied key) must end first.
+	wait    time.Duration
+	waitFor chan struct{}
+	// deniedPass: the key was denied the model, and this request is the
+	// one sent to it (so the caller gets the upstream's own answer).
+	deniedPass bool
+}
+
+// choose picks where the request goes first, from target from on: the
+// first target (in order) that takes requests and has a key free for the
+// model. With none, in turn: a target with a free key though every one is
+// ejected (tried anyway), the key told to wait that is free soonest (it
+// holds no one), the key whose cooldown ends soonest (waited for), a key
+// denied the model (one request at a time is still sent: the caller gets
+// the upstream's own answer, never a local refusal). ok is false when no
+// target serves the model, or every key that could is out.
+func (j *journey) choose(t *Transport, from int, now time.Time) (c choice, ok bool) {
+	var ejectedFree, avoided, cooling, denied, deniedBusy *choice
+	for ti := from; ti < len(j.rt.targets); ti++ {
+		ts := j.rt.targets[ti]
+		if !j.serves(ts) {
+			continue
+		}
+		free := -1
+		var freeProbe probeKind
+		for ki, k := range ts.keys {
+			st := j.status(t, ts, k, now)
+			switch st.block {
+			case keyFree, keyDue:
+				if free < 0 {
+					free, freeProbe = ki, st.probe
+				}
+			case keyAvoided:
+				if avoided == nil || st.until.Before(now.Add(avoided.wait)) {
+					avoided = &choice{pl: placement{ti, ki}, wait: st.until.Sub(now)}
+				}
+			case keyCooling:
+				if cooling == nil || st.until.Sub(now) < cooling.wait {
+					cooling = &choice{pl: placement{ti, ki}, wait: st.until.Sub(now)}
+				}
+			case keyDenied:
+				if denied == nil {
+					denied = &choice{pl: placement{ti, ki}, deniedPass: true}
+				}
+			case keyDeniedBusy:
+				if deniedBusy == nil {
+					deniedBusy = &choice{pl: placement{ti, ki}, waitFor: st.busy}
+				}
+			}
+		}
+		if free < 0 {
+			continue
+		}
+		switch j.admission(t, ts, now) {
+		case admitted:
+			return choice{pl: placement{ti, free}, keyProbe: freeProbe}, true
+		case probeDue:
+			return choice{pl: placement{ti, free}, keyProbe: freeProbe, targetProbe: true}, true
+		}
+		if ejectedFree == nil {
+			ejectedFree = &choice{pl: placement{ti, free}, keyProbe: freeProbe}
+		}
+	}
+	for _, c := range []*choice{ejectedFree, avoided, cooling, denied, deniedBusy} {
+		if c != nil {
+			if c == avoided {
+				c.wait = 0 // avoiding holds no one
+			}
+			return *c, true
+		}
+	}
+	return choice{}, false
+}
+
+// nextTarget takes the first target after the current one that takes
+// requests and has a key free for the model, claiming the probes that
+// needs; a target whose probe another request took first is passed over.
+func (j *journey) nextTarget(t *Transport, now time.Time) (choice, bool) {
+	for ti := j.at.target + 1; ti < len(j.rt.targets); ti++ {
+		ts := j.rt.targets[ti]
+		if !j.serves(ts) {
+			continue
+		}
+		adm := j.admission(t, ts, now)
+		if adm == ejected {
+			continue
+		}
+		for ki, k := range ts.keys {
+			if st := j.status(t, ts, k, now); st.block == keyFree || st.block == keyDue {
+				c := choice{pl: placement{ti, ki}, keyProbe: st.probe, targetProbe: adm == probeDue}
+				if j.claim(c, now) {
+					return c, true
+				}
+				break
+			}
+		}
+	}
+	return choice{}, false
+}
+
+// freeKey takes another key of the current target free for the model,
+// claiming its recheck if it is due for one.
+func (j *journey) freeKey(t *Transport, now time.Time) (choice, bool) {
+	ts := j.rt.targets[j.at.target]
+	for ki, k := range ts.keys {
+		if ki == j.at.key {
+			continue
+		}
+		if st := j.status(t, ts, k, now); st.block == keyFree || st.block == keyDue {
+			c := choice{pl: placement{j.at.target, ki}, keyProbe: st.probe}
+			if j.claim(c, now) {
+				return c, true
+			}
+		}
+	}
+	return choice{}, false
+}
+
+// coolingDown reports whether no key of the current target could take
+// the request now but after a wait: each is out, denied, or in the
+// fleet's cooldown. (A key only avoided still could.)
+func (j *journey) coolingDown(t *Transport, now time.Time) bool {
+	ts := j.rt.targets[j.at.target]
+	for _, k := range ts.keys {
+		if b := j.status(t, ts, k, now).block; b <= keyAvoided {
+			return false
+		}
+	}
+	return true
+}
+
+// claim takes the probes c needs. It fails (and takes none) when another
+// request took one first; the caller chooses again.
+func (j *journey) claim(c choice, now time.Time) bool {
+	ts := j.rt.targets[c.pl.target]
+	k := ts.keys[c.pl.key]
+	var got [2]heldProbe
+	n := 0
+	if c.targetProbe {
+		ts.health.mu.Lock()
+		ch, ok := ts.health.eject.claim(now)
+		ts.health.mu.Unlock()
+		if !ok {
+			return false
+		}
+		got[n] = heldProbe{ch: ch, kind: probeTarget, target: c.pl.target}
+		n++
+	}
+	if c.keyProbe != 0 || c.deniedPass {
+		model := ""
+		if c.keyProbe == probeModel || c.deniedPass {
+			model = j.modelName() // read with no lock held
+		}
+		kind := c.keyProbe
+		if c.deniedPass {
+			kind = probeModel
+		}
+		k.health.mu.Lock()
+		var ch chan struct{}
+		ok := false
+		switch kind {
+		case probeAuth:
+			ch, ok = k.health.auth.claim(now)
+		case probeModel:
+			if mh := k.health.models[model]; mh != nil {
+				if c.deniedPass && mh.denied.busy == nil {
+					// Sent through a running rest: the one request at a
+					// time a denied key still carries.
+					mh.denied.busy = make(chan struct{})
+					ch, ok = mh.denied.busy, true
+				} else {
+					ch, ok = mh.denied.claim(now)
+				}
+			}
+		}
+		k.health.mu.Unlock()
+		if !ok {
+			for _, p := range got[:n] {
+				j.endProbe(p, outcomeNone)
+			}
+			return false
+		}
+		got[n] = heldProbe{ch: ch, kind: kind, target: c.pl.target, key: c.pl.key, model: model}
+		n++
+	}
+	for _, p := range got[:n] {
+		j.hold(p)
+	}
+	return true
+}
+
+// hold adds p to the probes the request holds.
+func (j *journey) hold(p heldProbe) {
+	for i := range j.probes {
+		if j.probes[i].ch == nil {
+			j.probes[i] = p
+			return
+		}
+	}
+	j.endProbe(p, outcomeNone) // cannot happen: an attempt holds two at most
+}
+
+// outcome is how an attempt ended, for the probes it held.
+type outcome uint8
+
+const (
+	outcomeNone   outcome = iota // neither: cancelled, or a failure that proves nothing of it
+	outcomePassed                // the probed target or key served
+	outcomeFailed                // it failed as before: a longer rest starts (record starts it)
+)
+
+// endProbe ends one probe.
+func (j *journey) endProbe(p heldProbe, o outcome) {
+	if p.ch == nil {
+		return
+	}
+	ts := j.rt.targets[p.target]
+	switch p.kind {
+	case probeTarget:
+		ts.health.mu.Lock()
+		ts.health.eject.endProbe(p.ch, o == outcomePassed)
+		ts.health.mu.Unlock()
+	case probeAuth, probeModel:
+		k := ts.keys[p.key]
+		k.health.mu.Lock()
+		if p.kind == probeAuth {
+			k.health.auth.endProbe(p.ch, o == outcomePassed)
+		} else if mh := k.health.models[p.model]; mh != nil {
+			mh.denied.endProbe(p.ch, o == outcomePassed)
+		}
+		k.health.mu.Unlock()
+	}
+}
+
+// release ends every probe the request still holds, as neither passed nor
+// failed. It runs on every way out of the loop (a deferred call), a panic
+// in an observer's hook included, so no probe is ever lost.
+func (j *journey) release() {
+	for i, p := range j.probes {
+		j.endProbe(p, outcomeNone)
+		j.probes[i] = heldProbe{}
+	}
+}
+
+// moveTo sends the journey's next attempt to c (whose probes are
+// claimed), counting a first visit to a target as a request in that
+// target's budget.
+func (j *journey) moveTo(c choice) {
+	pl := c.pl
+	if pl.target != j.at.target || j.visited == 0 {
+		j.fails, j.onTarget = 0, 0
+		if j.visited&(1<<pl.target) == 0 {
+			if b := j.rt.targets[pl.target].budget; b != nil {
+				b.OnRequest()
+			}
+		}
+		j.visited |= 1 << pl.target
+	}
+	j.at = pl
+}
+
+// start finds the first placement of req: waiting first when every key
+// that could serve it is in the fleet's cooldown, or when the one key left
+// (denied the model) is carrying another request.
+func (t *Transport) start(req *http.Request) (journey, error) {
+	j := journey{rt: t.route, req: req, canReplay: replayable(req)}
+	if err := t.checkRequest(&j); err != nil {
+		return journey{}, err
+	}
+	for tries := 0; ; tries++ {
+		now := t.cfg.clock.Now()
+		c, ok := j.choose(t, 0, now)
+		if !ok {
+			v := verdict{cause: "no target or key for model " + upstreamWord(j.modelName()), reason: ReasonUnavailable}
+			return journey{}, t.giveUp(req, nil, 0, v, errUnavailable, nil)
+		}
+		switch {
+		case c.waitFor != nil:
+			if err := t.awaitTurn(req, c.waitFor); err != nil {
+				return journey{}, err
+			}
+			continue
+		case c.wait > 0:
+			// The key's cooldown ends after the wait: it goes there then.
+			if err := t.hold(req, c.wait); err != nil {
+				return journey{}, err
+			}
+			now = t.cfg.clock.Now()
+			c.wait = 0
+			if !j.claim(c, now) {
+				c.targetProbe, c.keyProbe = false, 0
+			}
+		case !j.claim(c, now):
+			if tries < 8 {
+				continue // another request claimed a probe first
+			}
+			c.targetProbe, c.keyProbe, c.deniedPass = false, 0, false
+		}
+		j.moveTo(c)
+		return j, nil
+	}
+}
+
+// awaitTurn waits for the request in flight on a denied key to end.
+func (t *Transport) awaitTurn(req *http.Request, done <-chan struct{}) error {
+	ctx := req.Context()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return t.giveUp(req, nil, 0, verdict{cause: "waiting for a denied key's turn", reason: ReasonContextDone}, ctx.Err(), nil)
+	}
+}
