@@ -289,8 +289,11 @@ func TestTimeoutBoundsASyncWhateverTheClientsOptions(t *testing.T) {
 		t.Fatalf("%d scripts sent while one was in flight, want 1", n)
 	}
 	g.release()
-	s.awaitFlight()
-	syncAll(t, s)
+	s.awaitFlight() // the late reply lands, and is applied
+	if got, c := redisCounts(t, s, "req"), s.Counts(); got != 7 || c.Requests != 7 {
+		t.Fatalf("after the late reply: Redis counted %d requests, the State %d, for 7", got, c.Requests)
+	}
+	syncAll(t, s) // the batch is acknowledged: not sent again
 	if got := redisCounts(t, s, "req"); got != 7 {
 		t.Fatalf("Redis counted %d requests for 7", got)
 	}
