@@ -32,8 +32,10 @@ type AttemptResult struct {
 	// Load is how many attempts the Transport had in flight when this one
 	// was sent, itself included.
 	Load int
-	// Abandoned: the retry was granted but never sent (its wait was
-	// cancelled).
+	// Abandoned: the retry was granted but never sent: its wait was
+	// cancelled. It no longer counts as under way, and, not having been
+	// sent, it says nothing of the load (Failed and Load are ignored). Only
+	// a retry (Retry set) can be abandoned.
 	Abandoned bool
 }
 
@@ -119,7 +121,7 @@ func (b *RatioBudget) AllowRetry() bool {
 	now := b.cfg.Clock.Now()
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if !RetryAllowed(b.w.sum(now), b.cfg.Ratio, b.cfg.Reserve) {
+	if !RetryAllowed(BudgetBooks{Own: b.w.sum(now)}, b.cfg.Ratio, b.cfg.Reserve) {
 		return false
 	}
 	b.w.add(now, BudgetCounts{Retries: 1})
@@ -148,6 +150,14 @@ func (b *RatioBudget) OnAttempt(r AttemptResult) {
 // the running mean of the load. b.mu is held.
 func (b *RatioBudget) attemptCounts(r AttemptResult) BudgetCounts {
 	var c BudgetCounts
+	if r.Abandoned {
+		// Never sent: it ends its time under way, and is no sample of
+		// the load.
+		if r.Retry {
+			c.RetriesAbandoned = 1
+		}
+		return c
+	}
 	switch {
 	case r.Retry && r.Failed:
 		c.RetriesFailed = 1
@@ -187,9 +197,10 @@ func (b *RatioBudget) Counts() BudgetCounts {
 // BudgetCounts are what a budget counts over its window.
 type BudgetCounts struct {
 	// Requests are first attempts; Retries, the retries granted;
-	// RetriesOK and RetriesFailed, those that have ended, without and with
-	// a retryable failure. The rest are still under way.
-	Requests, Retries, RetriesOK, RetriesFailed int64
+	// RetriesOK and RetriesFailed, those that were sent and have ended,
+	// without and with a retryable failure; RetriesAbandoned, those whose
+	// wait was cancelled, never sent. The rest are still under way.
+	Requests, Retries, RetriesOK, RetriesFailed, RetriesAbandoned int64
 	// The load signal: attempts sent at a load above the running mean
 	// (High) or not (Low), and how many of each failed.
 	LowSent, LowFailed, HighSent, HighFailed int64
@@ -200,6 +211,7 @@ func (c *BudgetCounts) add(d BudgetCounts) {
 	c.Retries += d.Retries
 	c.RetriesOK += d.RetriesOK
 	c.RetriesFailed += d.RetriesFailed
+	c.RetriesAbandoned += d.RetriesAbandoned
 	c.LowSent += d.LowSent
 	c.LowFailed += d.LowFailed
 	c.HighSent += d.HighSent
@@ -231,36 +243,99 @@ func (c BudgetCounts) LoadDriven() bool {
 	return hi-lo >= loadMinGap && (se == 0 || (hi-lo)/se >= loadMinZ)
 }
 
-// RetryAllowed is the budget rule, shared with the fleet budget. With
-// limit = max(reserve, ratio x requests): one more retry is allowed while
-// the retries that failed, less those that worked, stay within limit.
+// BudgetBooks are the counts the budget rule decides on. A local budget
+// keeps all its counts in Own; a fleet that shares a budget (redisstate)
+// keeps, in each process, the fleet's counts as of its last sync and its
+// own counts since.
+type BudgetBooks struct {
+	// Fleet is the fleet's counts over the window at the last sync, this
+	// process's published ones among them. Zero with no fleet.
+	Fleet BudgetCounts
+	// Procs is how many processes spend from Fleet between syncs, this one
+	// included; 0 counts as 1.
+	Procs int
+	// Own is what this process counted since that sync, and not yet in
+	// Fleet; with no fleet, the whole window.
+	Own BudgetCounts
+}
+
+// RetryAllowed is the budget rule, one for a local budget and a fleet's.
+// With T = Fleet + Own, and for any counts c:
 //
-// A retry not yet ended (waiting out its backoff, or in flight) counts by
-// what it is expected to cost: with attempts failing at rate q now, it
-// fails with q and pays back with 1-q, so 2q-1, and never less than a
-// tenth. So retries granted at the start of a run of failures, before any
-// has ended, neither lock the budget (at 50% failures they cost nothing on
-// balance) nor escape it (in an outage each costs one). The retry asked
-// for is counted the same way.
+//	limit(c)    = max(reserve, ratio × c.Requests)
+//	underWay(c) = max(c.Retries − c.RetriesOK − c.RetriesFailed − c.RetriesAbandoned, 0)
+//	spent(c)    = c.RetriesFailed − c.RetriesOK + cost × underWay(c)
+//	headroom(c) = limit(c) − spent(c)
+//
+// one more retry is allowed while
+//
+//	share + (headroom(T) − headroom(Fleet)) ≥ cost
+//	share = headroom(Fleet)/Procs, or headroom(Fleet) when it is below 0
+//
+// that is, this process's share of the fleet's headroom at the last sync,
+// plus what its own counts since have added to that headroom or taken
+// from it. Between syncs every process spends from the same snapshot,
+// unseen by the others, so each takes only its share of it. A deficit is
+// not shared out: while the fleet is past its limit, each process must
+// see the whole of it paid before it spends again. The limit is not linear
+// in the requests (the reserve is a floor, not an addition), so a
+// process's requests since the sync raise it by limit(T) − limit(Fleet),
+// not by a ratio of themselves; and as the limit is convex, the rises the
+// processes count each on their own add up to no more than the rise that
+// all their requests make together. So the fleet as a whole stays within
+// the rule applied to all its counts.
+//
+// A local budget is the case of no fleet (Fleet zero, Procs 1), where the
+// rule is headroom(Own) ≥ cost; a fleet of one process decides exactly as
+// a local budget given the same counts, so neither book disagrees with the
+// other when one takes over.
+//
+// In words: one more retry is allowed while the retries that failed, less
+// those that worked, stay within the limit. A retry not yet ended (waiting
+// out its backoff, or in flight) counts by what it is expected to cost:
+// with attempts failing at rate q now, it fails with q and pays back with
+// 1−q, so cost = max(2q−1, 0.1). So retries granted at the start of a run
+// of failures, before any has ended, neither lock the budget (at 50%
+// failures they cost next to nothing on balance) nor escape it (in an
+// outage each costs one). The retry asked for is counted the same way. A
+// retry whose wait was cancelled (RetriesAbandoned) was never sent, and
+// costs nothing.
 //
 // When the counts are LoadDriven, a success no longer pays for a failure:
-// the failed retries (and those under way, at the rate attempts fail) stay
-// within limit.
-func RetryAllowed(c BudgetCounts, ratio float64, reserve int) bool {
-	limit := max(float64(reserve), ratio*float64(c.Requests))
+// spent(c) = c.RetriesFailed + q × underWay(c), and cost = q.
+//
+// q and LoadDriven are read from the load fields of T (LowSent and the
+// rest); a fleet that keeps the load signal per process puts the
+// process's own in Own. With no attempt sent yet, q is 1.
+func RetryAllowed(b BudgetBooks, ratio float64, reserve int) bool {
+	t := b.Fleet
+	t.add(b.Own)
 	q := 1.0
-	if sent := c.LowSent + c.HighSent; sent > 0 {
-		q = float64(c.LowFailed+c.HighFailed) / float64(sent)
+	if sent := t.LowSent + t.HighSent; sent > 0 {
+		q = float64(t.LowFailed+t.HighFailed) / float64(sent)
 	}
-	underWay := float64(max(c.Retries-c.RetriesOK-c.RetriesFailed, 0))
-	if c.LoadDriven() {
-		// A success no longer pays for a failure: failed retries, and
-		// those under way at the rate they fail, stay within limit.
-		return float64(c.RetriesFailed)+q*underWay+q <= limit
-	}
+	loadDriven := t.LoadDriven()
 	cost := max(2*q-1, 0.1) // of a retry not yet ended
-	spent := float64(c.RetriesFailed-c.RetriesOK) + cost*underWay
-	return spent+cost <= limit
+	if loadDriven {
+		cost = q
+	}
+	headroom := func(c BudgetCounts) float64 {
+		limit := max(float64(reserve), ratio*float64(c.Requests))
+		underWay := float64(max(c.Retries-c.RetriesOK-c.RetriesFailed-c.RetriesAbandoned, 0))
+		if loadDriven {
+			// A success no longer pays for a failure.
+			return limit - float64(c.RetriesFailed) - q*underWay
+		}
+		return limit - float64(c.RetriesFailed-c.RetriesOK) - cost*underWay
+	}
+	h := headroom(t)
+	if fleet := headroom(b.Fleet); fleet > 0 {
+		// share + h − headroom(Fleet), written so that with one process
+		// it is h exactly: a fleet of one decides as a local budget, to
+		// the last bit.
+		h -= (1 - 1/float64(max(b.Procs, 1))) * fleet
+	}
+	return h >= cost
 }
 
 // window counts in budgetBuckets slices of span.

@@ -57,8 +57,100 @@ func TestRetryAllowed(t *testing.T) {
 		{BudgetCounts{Requests: 1000, Retries: 99, RetriesOK: 50, LowSent: 500, HighSent: 500, HighFailed: 400}, true},
 	}
 	for _, tc := range cases {
-		if got := RetryAllowed(tc.c, 0.1, 10); got != tc.want {
+		if got := RetryAllowed(BudgetBooks{Own: tc.c}, 0.1, 10); got != tc.want {
 			t.Errorf("RetryAllowed(%+v) = %v", tc.c, got)
+		}
+	}
+}
+
+// A retry cancelled during its wait was never sent, yet it stayed under
+// way, at its expected cost, for its whole window: in an outage each one
+// cost a whole retry of the budget.
+func TestAbandonedRetryIsNoLongerUnderWay(t *testing.T) {
+	clk := newFakeClock()
+	b := NewRatioBudget(BudgetConfig{Clock: clk})
+	for i := range 10 {
+		if !b.AllowRetry() {
+			t.Fatalf("reserve retry %d refused", i+1)
+		}
+		b.OnAttempt(AttemptResult{Retry: true, Abandoned: true, Failed: true, Load: 3})
+	}
+	c := b.Counts()
+	if c.Retries != 10 || c.RetriesAbandoned != 10 || c.RetriesOK != 0 || c.RetriesFailed != 0 {
+		t.Fatalf("counts %+v, want 10 retries, all abandoned", c)
+	}
+	if c.LowSent+c.HighSent != 0 {
+		t.Fatalf("counts %+v: a retry never sent counted as a sample of the load", c)
+	}
+	for i := range 10 {
+		if !b.AllowRetry() {
+			t.Fatalf("retry %d refused: the abandoned ones still count as under way", i+1)
+		}
+	}
+	if b.AllowRetry() {
+		t.Fatal("a retry beyond the reserve of 10 allowed")
+	}
+}
+
+// The rule's fleet case, which redisstate decides on: each process takes
+// its share of the fleet's headroom at the last sync, plus what its own
+// counts since add; the limit's reserve is a floor, so requests since the
+// sync earn only what they raise it by.
+func TestRetryAllowedFleetShare(t *testing.T) {
+	// grants is how many retries, each under way, the books allow.
+	grants := func(b BudgetBooks, ratio float64) int {
+		n := 0
+		for n < 10000 && RetryAllowed(b, ratio, 10) {
+			b.Own.Retries++
+			n++
+		}
+		return n
+	}
+	cases := []struct {
+		name string
+		b    BudgetBooks
+		want int
+	}{
+		{"no fleet: the local budget", BudgetBooks{Own: BudgetCounts{Requests: 200}}, 20},
+		{"one process: as local", BudgetBooks{Fleet: BudgetCounts{Requests: 150}, Procs: 1, Own: BudgetCounts{Requests: 50}}, 20},
+		{"two processes: half each", BudgetBooks{Fleet: BudgetCounts{Requests: 200}, Procs: 2}, 10},
+		{"requests since, within the reserve", BudgetBooks{Fleet: BudgetCounts{Requests: 50}, Procs: 1, Own: BudgetCounts{Requests: 50}}, 10},
+		{"requests since, past the reserve", BudgetBooks{Fleet: BudgetCounts{Requests: 50}, Procs: 2, Own: BudgetCounts{Requests: 150}}, 15},
+		{"retries spent since", BudgetBooks{Fleet: BudgetCounts{Requests: 200}, Procs: 2, Own: BudgetCounts{Retries: 4, RetriesFailed: 4}}, 6},
+		{"retries under way at the sync that worked since pay back", BudgetBooks{Fleet: BudgetCounts{Requests: 200, Retries: 2}, Procs: 1, Own: BudgetCounts{RetriesOK: 2}}, 22},
+		{"a deficit is not shared out", BudgetBooks{Fleet: BudgetCounts{Requests: 200, Retries: 40, RetriesFailed: 40}, Procs: 4, Own: BudgetCounts{Requests: 250}}, 5},
+	}
+	for _, tc := range cases {
+		if got := grants(tc.b, 0.1); got != tc.want {
+			t.Errorf("%s: %d retries granted, want %d", tc.name, got, tc.want)
+		}
+	}
+
+	// However the fleet's requests fall, its processes together never
+	// grant more than one budget holding all their counts would. (A ratio
+	// of 1/8 and failure rates of 1 and 3/4 keep the sums exact.)
+	rng := rand.New(rand.NewPCG(3, 4))
+	for range 2000 {
+		procs := 1 + rng.IntN(6)
+		var fleet BudgetCounts
+		fleet.Requests = int64(rng.IntN(400))
+		fleet.Retries = int64(rng.IntN(80))
+		fleet.RetriesFailed = int64(rng.IntN(int(fleet.Retries) + 1))
+		if rng.IntN(2) == 0 { // attempts failing at 3/4: a retry under way costs a half
+			fleet.LowSent, fleet.LowFailed = 400, 300
+		}
+		all := fleet
+		sum := 0
+		for range procs {
+			own := BudgetCounts{Requests: int64(rng.IntN(200))}
+			n := grants(BudgetBooks{Fleet: fleet, Procs: procs, Own: own}, 0.125)
+			sum += n
+			own.Retries = int64(n)
+			all.add(own)
+		}
+		all.Retries -= int64(sum) // one budget's own grants, counted afresh
+		if one := grants(BudgetBooks{Own: all}, 0.125); sum > one {
+			t.Fatalf("fleet %+v, %d processes: they granted %d retries, one budget grants %d", fleet, procs, sum, one)
 		}
 	}
 }

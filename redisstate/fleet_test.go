@@ -27,7 +27,7 @@ func fleetAttempts(t testing.TB, states []*State, perProc, conc int) float64 {
 		s.Start()
 		base := &http.Transport{MaxIdleConnsPerHost: conc}
 		defer base.CloseIdleConnections()
-		c := &http.Client{Transport: llmretry.NewTransport(base, llmretry.WithBudget(s), llmretry.WithCooldowns(s),
+		c := &http.Client{Transport: llmretry.NewTransport(base, llmretry.WithBudget(s),
 			llmretry.WithPolicy(llmretry.Policy{BaseDelay: time.Millisecond, MaxDelay: time.Millisecond}))}
 		jobs := make(chan struct{})
 		for range conc {

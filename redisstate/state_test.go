@@ -3,7 +3,6 @@ package redisstate
 import (
 	"bytes"
 	"context"
-	"errors"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -77,66 +76,6 @@ func TestConcurrentSyncsAddUp(t *testing.T) {
 	}
 }
 
-func TestCooldownIsSharedAcrossProcesses(t *testing.T) {
-	ss := shared(t, 2)
-	a, b := ss[0], ss[1]
-	up := llmretry.Upstream{Scheme: "https", Host: "api.openai.com", Credential: "abc123"}
-	now := time.Now()
-	a.Extend(up, now, 30*time.Second)
-	if b.Active(now) {
-		t.Fatal("b knew before any sync")
-	}
-	syncAll(t, a, b)
-	if !b.Active(now) {
-		t.Fatal("b does not see a's cooldown")
-	}
-	until := b.Until(up)
-	if d := until.Sub(now); d < 29*time.Second || d > 31*time.Second {
-		t.Fatalf("b's cooldown ends in %v, want about 30s", d)
-	}
-	if other := b.Until(llmretry.Upstream{Scheme: "https", Host: "api.openai.com", Credential: "other"}); !other.IsZero() {
-		t.Fatal("another credential shares the cooldown")
-	}
-}
-
-// Through real Transports: a 429 seen by process A makes process B wait
-// before its first attempt.
-func TestCooldownThroughTransports(t *testing.T) {
-	var hits atomic.Int32
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if hits.Add(1) == 1 {
-			w.Header().Set("Retry-After", "30")
-			w.Header().Set("X-Ratelimit-Remaining-Requests", "0") // the bucket is empty: the limit binds for all
-			w.WriteHeader(429)
-			return
-		}
-		w.WriteHeader(200)
-	}))
-	defer srv.Close()
-	ss := shared(t, 2)
-	base := &http.Transport{}
-	defer base.CloseIdleConnections()
-	ca := &http.Client{Transport: llmretry.NewTransport(base, llmretry.WithCooldowns(ss[0]), llmretry.WithBudget(ss[0]),
-		llmretry.WithPolicy(llmretry.Policy{MaxAttempts: 1}))}
-	var stops []llmretry.StopEvent
-	cb := &http.Client{Transport: llmretry.NewTransport(base, llmretry.WithCooldowns(ss[1]), llmretry.WithBudget(ss[1]),
-		llmretry.WithOnStop(func(e llmretry.StopEvent) { stops = append(stops, e) }))}
-	resp, err := ca.Get(srv.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	syncAll(t, ss[0], ss[1])
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	req, _ := http.NewRequestWithContext(ctx, "GET", srv.URL, nil)
-	_, err = cb.Do(req)
-	var e *llmretry.Error
-	if err == nil || !errors.As(err, &e) || e.Reason != llmretry.ReasonDeadline || e.Attempts != 0 || hits.Load() != 1 {
-		t.Fatalf("b: %v, hits %d", err, hits.Load())
-	}
-}
-
 // With Redis gone, requests go on with local state, and a warning says so
 // once.
 func TestRedisDownNeverFailsARequest(t *testing.T) {
@@ -159,7 +98,7 @@ func TestRedisDownNeverFailsARequest(t *testing.T) {
 	defer srv.Close()
 	base := &http.Transport{}
 	defer base.CloseIdleConnections()
-	c := &http.Client{Transport: llmretry.NewTransport(base, llmretry.WithBudget(s), llmretry.WithCooldowns(s),
+	c := &http.Client{Transport: llmretry.NewTransport(base, llmretry.WithBudget(s),
 		llmretry.WithPolicy(llmretry.Policy{BaseDelay: time.Millisecond}))}
 	resp, err := c.Get(srv.URL)
 	if err != nil {
