@@ -10,9 +10,12 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
+
+	"github.com/llmretry/llmretry/llmretrytest"
 )
 
 // Regression tests for failover health (issue 20): each is named for the
@@ -269,7 +272,7 @@ func TestSynctest_RetryCancelledDuringItsWaitIsNotUnderWay(t *testing.T) {
 		cancel()
 		<-done
 		c := budget.Counts()
-		if under := c.Retries - c.RetriesOK - c.RetriesFailed; c.Retries != 1 || under != 0 {
+		if under := c.Retries - c.RetriesOK - c.RetriesFailed - c.RetriesAbandoned; c.Retries != 1 || under != 0 {
 			t.Fatalf("counts %+v: the cancelled retry is still under way", c)
 		}
 	})
@@ -333,5 +336,343 @@ func TestFailoverGeminiModelPathCannotSidestepTheAllowList(t *testing.T) {
 	}
 	if n := len(g.requests()); n != 0 {
 		t.Fatalf("%d requests sent: first to %s", n, g.requests()[0].path)
+	}
+}
+
+// ejectedThenDue sets up targets a (failing) and b (down, then healthy),
+// both ejected after one failure each, with their ejections over: the next
+// request probes a, fails, and moves to b as b's probe.
+func ejectedThenDue(t *testing.T, b http.HandlerFunc, opts ...Option) (*http.Client, *provider, func()) {
+	t.Helper()
+	var mu sync.Mutex
+	bUp := false
+	a := newProvider(t, always(status(503, `{}`)))
+	bp := newProvider(t, func(string) http.HandlerFunc {
+		mu.Lock()
+		defer mu.Unlock()
+		if bUp {
+			return b
+		}
+		return status(503, `{}`)
+	})
+	clk := newFakeClock()
+	_, c := failoverTransport(t, clk, Failover{
+		AttemptsPerTarget: 1,
+		Outliers:          Outliers{Failures: 1, Ejection: 30 * time.Second},
+		Targets:           []Target{{Name: "a", BaseURL: a.URL}, {Name: "b", BaseURL: bp.URL}},
+	}, append([]Option{WithPolicy(Policy{MaxAttempts: 2})}, opts...)...)
+	send(t, c, a.URL, "m")
+	mu.Lock()
+	bUp = true
+	mu.Unlock()
+	clk.Advance(31 * time.Second)
+	return c, a, func() {
+		mu.Lock()
+		defer mu.Unlock()
+		bUp = true
+	}
+}
+
+// A probe ends on every path: a request that holds one and ends by any
+// way (its client leaving during the send, a panic in an observer's hook)
+// gives it back, and the target is probed again by the next request.
+func TestFailoverProbeIsGivenBackWhereverTheRequestEnds(t *testing.T) {
+	t.Run("cancelled during the send", func(t *testing.T) {
+		release := make(chan struct{})
+		inSend := make(chan struct{}, 1)
+		var calls sync.Mutex
+		n := 0
+		c, a, _ := ejectedThenDue(t, func(w http.ResponseWriter, r *http.Request) {
+			calls.Lock()
+			n++
+			first := n == 1
+			calls.Unlock()
+			if first {
+				inSend <- struct{}{}
+				select { // the probe's send hangs until its client leaves
+				case <-r.Context().Done():
+				case <-release:
+				}
+				return
+			}
+			status(200, okJSON)(w, r)
+		})
+		defer close(release)
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error)
+		go func() {
+			resp, err := c.Do(post(t, a.URL+"/chat/completions", `{"model":"m"}`).WithContext(ctx))
+			if err == nil {
+				resp.Body.Close()
+			}
+			done <- err
+		}()
+		<-inSend
+		cancel()
+		if err := <-done; err == nil {
+			t.Fatal("the cancelled request succeeded")
+		}
+		resp, _ := send(t, c, a.URL, "m")
+		if resp.Header.Get(TargetHeader) != "b" {
+			t.Fatalf("served by %q: b's probe was lost with the cancelled send", resp.Header.Get(TargetHeader))
+		}
+	})
+	t.Run("cancelled during a wait", func(t *testing.T) {
+		// b's probe fails with a short wait and b is the only place left:
+		// the request waits to retry b, and its client leaves then.
+		var mu sync.Mutex
+		bAnswer := status(503, `{}`, "Retry-After", "1")
+		var cancelOnWait func()
+		c, a, _ := ejectedThenDue(t, func(w http.ResponseWriter, r *http.Request) {
+			mu.Lock()
+			h := bAnswer
+			mu.Unlock()
+			h(w, r)
+		}, WithPolicy(Policy{MaxAttempts: 3}), WithOnRetry(func(e RetryEvent) {
+			if e.Wait > 0 && cancelOnWait != nil {
+				cancelOnWait()
+			}
+		}))
+		ctx, cancel := context.WithCancel(context.Background())
+		cancelOnWait = cancel
+		if resp, err := c.Do(post(t, a.URL+"/chat/completions", `{"model":"m"}`).WithContext(ctx)); err == nil {
+			resp.Body.Close()
+		}
+		cancelOnWait = nil
+		mu.Lock()
+		bAnswer = status(200, okJSON)
+		mu.Unlock()
+		clk := c.Transport.(*Transport).cfg.clock.(*llmretrytest.Clock)
+		clk.Advance(2 * time.Minute) // past b's longer ejection
+		resp, _ := send(t, c, a.URL, "m")
+		if resp.Header.Get(TargetHeader) != "b" {
+			t.Fatalf("served by %q: b was not probed again after a request was cancelled in its wait", resp.Header.Get(TargetHeader))
+		}
+	})
+	t.Run("panic in OnRetry", func(t *testing.T) {
+		var armed atomic.Bool
+		c, a, _ := ejectedThenDue(t, status(200, okJSON), WithOnRetry(func(RetryEvent) {
+			if armed.CompareAndSwap(true, false) {
+				panic("observer's bug") // b's probe is claimed: the move is being reported
+			}
+		}))
+		armed.Store(true)
+		func() {
+			defer func() { _ = recover() }()
+			resp, err := c.Do(post(t, a.URL+"/chat/completions", `{"model":"m"}`))
+			if err == nil {
+				resp.Body.Close()
+			}
+		}()
+		resp, _ := send(t, c, a.URL, "m")
+		if resp.Header.Get(TargetHeader) != "b" {
+			t.Fatalf("served by %q: b's probe was lost to the panic", resp.Header.Get(TargetHeader))
+		}
+	})
+	t.Run("panic in OnHealth", func(t *testing.T) {
+		// Key a's recheck is the probe; the target's ejection is reported
+		// while it is held.
+		var mu sync.Mutex
+		answerA := status(401, `{"error":{"type":"invalid_api_key"}}`)
+		p := newProvider(t, func(key string) http.HandlerFunc {
+			mu.Lock()
+			defer mu.Unlock()
+			if key == "sk-a" {
+				return answerA
+			}
+			return status(200, okJSON)
+		})
+		var armed atomic.Bool
+		clk := newFakeClock()
+		_, c := failoverTransport(t, clk, Failover{Recheck: time.Minute, Outliers: Outliers{Failures: 1, Ejection: 30 * time.Second},
+			Targets: []Target{{Name: "o", BaseURL: p.URL, Keys: []Key{NewKey("a", "sk-a"), NewKey("b", "sk-b")}}}},
+			WithOnHealth(func(e HealthEvent) {
+				if e.Health == TargetEjected && armed.CompareAndSwap(true, false) {
+					panic("observer's bug")
+				}
+			}))
+		send(t, c, p.URL, "m") // a refused: out until its recheck
+		mu.Lock()
+		answerA = status(503, `{}`)
+		mu.Unlock()
+		clk.Advance(61 * time.Second)
+		armed.Store(true)
+		func() { // a's recheck gets a 503: the target is ejected, and the report panics
+			defer func() { _ = recover() }()
+			resp, err := c.Do(post(t, p.URL+"/chat/completions", `{"model":"m"}`))
+			if err == nil {
+				resp.Body.Close()
+			}
+		}()
+		mu.Lock()
+		answerA = status(200, okJSON)
+		mu.Unlock()
+		clk.Advance(31 * time.Second)
+		send(t, c, p.URL, "m")
+		if got := p.keys(); got[len(got)-1] != "sk-a" {
+			t.Fatalf("keys %v: a's recheck was lost to the panic", got)
+		}
+	})
+}
+
+// A 404 for an unknown model rests the key for that model and may move
+// the request to another target that serves it, but never walks through
+// the keys of one target.
+func TestFailover404ForAModelMovesOnWithoutWalkingKeys(t *testing.T) {
+	const notFound = `{"error":{"message":"The model ` + "`gpt-9`" + ` does not exist or you do not have access to it.","type":"invalid_request_error","code":"model_not_found"}}`
+	a := newProvider(t, always(status(404, notFound)))
+	b := newProvider(t, always(status(200, okJSON)))
+	clk := newFakeClock()
+	var health []HealthEvent
+	_, c := failoverTransport(t, clk, Failover{Targets: []Target{
+		{Name: "a", BaseURL: a.URL, Keys: []Key{NewKey("a1", "sk-a1"), NewKey("a2", "sk-a2")}},
+		{Name: "b", BaseURL: b.URL, Keys: []Key{NewKey("b1", "sk-b1")}},
+	}}, WithOnHealth(func(e HealthEvent) { health = append(health, e) }))
+	resp, _ := send(t, c, a.URL, "gpt-9")
+	if resp.Header.Get(TargetHeader) != "b" || fmt.Sprint(a.keys()) != "[sk-a1]" {
+		t.Fatalf("served by %q after a's keys %v: want one key of a, then b", resp.Header.Get(TargetHeader), a.keys())
+	}
+	if len(health) != 1 || health[0].Health != KeyDenied || health[0].Key != "a1" || health[0].Model != "gpt-9" {
+		t.Fatalf("health %+v: want a1 denied gpt-9", health)
+	}
+	// With one target, the 404 is the caller's: handed over at once.
+	only := newProvider(t, always(status(404, notFound)))
+	_, c = failoverTransport(t, clk, Failover{Targets: []Target{
+		{Name: "o", BaseURL: only.URL, Keys: []Key{NewKey("k1", "sk-1"), NewKey("k2", "sk-2")}},
+	}})
+	resp, body := send(t, c, only.URL, "gpt-9")
+	if resp.StatusCode != 404 || !strings.Contains(body, "model_not_found") || len(only.requests()) != 1 {
+		t.Fatalf("status %d after %d requests: want the upstream's 404 after one", resp.StatusCode, len(only.requests()))
+	}
+}
+
+// A 403 about the request (a region block, a gateway's quota, a CDN's
+// page) rests no key and is handed over at once.
+func TestFailover403AboutTheRequestRestsNoKey(t *testing.T) {
+	for name, body := range map[string]string{
+		"region":  `{"error":{"code":"unsupported_country_region_territory","message":"Country, region, or territory not supported","type":"request_forbidden"}}`,
+		"gateway": `{"statusCode":403,"message":"Out of call volume quota. Quota will be replenished in 00:00:06."}`,
+		"html":    `<html><body>Access denied</body></html>`,
+		"empty":   ``,
+	} {
+		t.Run(name, func(t *testing.T) {
+			p := newProvider(t, always(status(403, body)))
+			var health []HealthEvent
+			_, c := failoverTransport(t, newFakeClock(), Failover{Targets: []Target{
+				{Name: "o", BaseURL: p.URL, Keys: []Key{NewKey("k1", "sk-1"), NewKey("k2", "sk-2")}},
+			}}, WithOnHealth(func(e HealthEvent) { health = append(health, e) }))
+			resp, _ := send(t, c, p.URL, "m")
+			resp2, _ := send(t, c, p.URL, "m")
+			if resp.StatusCode != 403 || resp2.StatusCode != 403 || fmt.Sprint(p.keys()) != "[sk-1 sk-1]" || len(health) != 0 {
+				t.Fatalf("keys %v, health %+v: want k1 each time, at once, and no rest", p.keys(), health)
+			}
+		})
+	}
+}
+
+// When every key is denied a model, requests for it are still sent, one
+// at a time, each to one key: the caller gets the upstream's own answer,
+// never a local refusal, and a success brings the key back for it.
+func TestFailoverDeniedModelIsStillSentOneRequestAtATime(t *testing.T) {
+	var mu sync.Mutex
+	granted := false
+	inFlight, most := 0, 0
+	hold := make(chan struct{})
+	p := newProvider(t, func(string) http.HandlerFunc {
+		return func(w http.ResponseWriter, r *http.Request) {
+			mu.Lock()
+			inFlight++
+			most = max(most, inFlight)
+			g := granted
+			mu.Unlock()
+			if g {
+				<-hold
+			}
+			mu.Lock()
+			inFlight--
+			mu.Unlock()
+			if g {
+				status(200, okJSON)(w, r)
+				return
+			}
+			status(403, modelDenied403)(w, r)
+		}
+	})
+	clk := newFakeClock()
+	var health []HealthEvent
+	var hmu sync.Mutex
+	_, c := failoverTransport(t, clk, Failover{Targets: []Target{
+		{Name: "o", BaseURL: p.URL, Keys: []Key{NewKey("k1", "sk-1")}},
+	}}, WithOnHealth(func(e HealthEvent) { hmu.Lock(); health = append(health, e); hmu.Unlock() }))
+	resp, _ := send(t, c, p.URL, "o1-pro")
+	if resp.StatusCode != 403 {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+	// Access is granted; three requests at once: one is sent while the
+	// others wait their turn.
+	mu.Lock()
+	granted = true
+	mu.Unlock()
+	var wg sync.WaitGroup
+	codes := make(chan int, 3)
+	for range 3 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			resp, err := c.Do(post(t, p.URL+"/chat/completions", `{"model":"o1-pro"}`))
+			if err != nil {
+				codes <- 0
+				return
+			}
+			resp.Body.Close()
+			codes <- resp.StatusCode
+		}()
+	}
+	for {
+		mu.Lock()
+		n := inFlight
+		mu.Unlock()
+		if n == 1 {
+			break
+		}
+		runtime.Gosched()
+	}
+	close(hold)
+	wg.Wait()
+	close(codes)
+	for code := range codes {
+		if code != 200 {
+			t.Fatalf("a request got %d", code)
+		}
+	}
+	if most != 1 {
+		t.Fatalf("%d requests were in flight at once on the denied key, want 1", most)
+	}
+	hmu.Lock()
+	defer hmu.Unlock()
+	if last := health[len(health)-1]; last.Health != KeyRestored || last.Model != "o1-pro" {
+		t.Fatalf("health %+v: want k1 restored for o1-pro", health)
+	}
+}
+
+// A flood of model names cannot grow a key's per-model state without end.
+func TestFailoverPerModelStateIsBounded(t *testing.T) {
+	p := newProvider(t, always(status(403, modelDenied403)))
+	tr, c := failoverTransport(t, newFakeClock(), Failover{Targets: []Target{
+		{Name: "o", BaseURL: p.URL, Keys: []Key{NewKey("k1", "sk-1")}},
+	}}, WithPolicy(Policy{MaxAttempts: 1}))
+	for i := range maxModelHealth + 200 {
+		resp, err := c.Do(post(t, p.URL+"/chat/completions", fmt.Sprintf(`{"model":"m%d"}`, i)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+	}
+	k := tr.route.targets[0].keys[0]
+	k.health.mu.Lock()
+	n := len(k.health.models)
+	k.health.mu.Unlock()
+	if n > maxModelHealth {
+		t.Fatalf("%d models remembered, cap %d", n, maxModelHealth)
 	}
 }

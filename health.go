@@ -37,10 +37,10 @@ func (p *probation) state(now time.Time) probeState {
 	switch {
 	case !p.on:
 		return serving
+	case p.busy != nil: // a probe, or a denied key's one request, is in flight
+		return probing
 	case now.Before(p.until):
 		return resting
-	case p.busy != nil:
-		return probing
 	}
 	return due
 }

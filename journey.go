@@ -543,9 +543,10 @@ func (t *Transport) start(req *http.Request) (journey, error) {
 			}
 		case !j.claim(c, now):
 			if tries < 8 {
-				continue // another request claimed a probe first
+				continue // another request claimed it first: it is busy now
 			}
-			c.targetProbe, c.keyProbe, c.deniedPass = false, 0, false
+			v := verdict{cause: "every place for model " + upstreamWord(j.modelName()) + " is being probed", reason: ReasonUnavailable}
+			return journey{}, t.giveUp(req, nil, 0, v, errUnavailable, nil)
 		}
 		j.moveTo(c)
 		return j, nil

@@ -77,7 +77,7 @@ func BenchmarkTimeToFailover(b *testing.B) {
 			b.Cleanup(base.CloseIdleConnections)
 			// On a clock of its own, moved on after each request, so that
 			// the key told to wait is free again for the next.
-			tr, err := llmretry.NewFailoverTransport(base, f, llmretry.WithClock(clk), llmretry.WithCooldowns(nil), llmretry.WithBudget(nil))
+			tr, err := llmretry.NewFailoverTransport(base, f, llmretry.WithClock(clk), llmretry.WithHealthStore(nil), llmretry.WithBudget(nil))
 			if err != nil {
 				b.Fatal(err)
 			}

@@ -3,6 +3,7 @@ package redisstate
 import (
 	"bytes"
 	"context"
+	"errors"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -73,6 +74,44 @@ func TestConcurrentSyncsAddUp(t *testing.T) {
 	syncAll(t, ss[0])
 	if c := ss[0].Counts(); c.Requests != 400 {
 		t.Fatalf("fleet requests %d, want 400", c.Requests)
+	}
+}
+
+// Through real Transports: a 429 seen by process A makes process B wait
+// before its first attempt.
+func TestCooldownThroughTransports(t *testing.T) {
+	var hits atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if hits.Add(1) == 1 {
+			w.Header().Set("Retry-After", "30")
+			w.Header().Set("X-Ratelimit-Remaining-Requests", "0") // the bucket is empty: the limit binds for all
+			w.WriteHeader(429)
+			return
+		}
+		w.WriteHeader(200)
+	}))
+	defer srv.Close()
+	ss := shared(t, 2)
+	base := &http.Transport{}
+	defer base.CloseIdleConnections()
+	ca := &http.Client{Transport: llmretry.NewTransport(base, llmretry.WithHealthStore(ss[0]), llmretry.WithBudget(ss[0]),
+		llmretry.WithPolicy(llmretry.Policy{MaxAttempts: 1}))}
+	var stops []llmretry.StopEvent
+	cb := &http.Client{Transport: llmretry.NewTransport(base, llmretry.WithHealthStore(ss[1]), llmretry.WithBudget(ss[1]),
+		llmretry.WithOnStop(func(e llmretry.StopEvent) { stops = append(stops, e) }))}
+	resp, err := ca.Get(srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	syncAll(t, ss[0], ss[1])
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, "GET", srv.URL, nil)
+	_, err = cb.Do(req)
+	var e *llmretry.Error
+	if err == nil || !errors.As(err, &e) || e.Reason != llmretry.ReasonDeadline || e.Attempts != 0 || hits.Load() != 1 {
+		t.Fatalf("b: %v, hits %d", err, hits.Load())
 	}
 }
 

@@ -175,7 +175,7 @@ import (
 
 func main() {
 	st, _ := redisstate.New(redisstate.Config{Client: redis.NewClient(&redis.Options{})})
-	_ = &http.Client{Transport: llmretry.NewTransport(nil, llmretry.WithBudget(st), llmretry.WithCooldowns(st))}
+	_ = &http.Client{Transport: llmretry.NewTransport(nil, llmretry.WithBudget(st), llmretry.WithHealthStore(st))}
 }
 `,
 	}

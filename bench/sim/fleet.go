@@ -40,7 +40,7 @@ func fleetRun(procs, perProc int) (float64, error) {
 		defer st.Close()
 		base := &http.Transport{MaxIdleConnsPerHost: 4}
 		defer base.CloseIdleConnections()
-		c := &http.Client{Transport: llmretry.NewTransport(base, llmretry.WithBudget(st), llmretry.WithCooldowns(st),
+		c := &http.Client{Transport: llmretry.NewTransport(base, llmretry.WithBudget(st), llmretry.WithHealthStore(st),
 			llmretry.WithClock(llmretrytest.NewClock(time.Now())))}
 		jobs := make(chan struct{})
 		for range 4 {

@@ -29,10 +29,10 @@ type stormPolicy struct {
 
 var stormPolicies = []stormPolicy{
 	{"no storm control", func() []llmretry.Option {
-		return []llmretry.Option{llmretry.WithBudget(nil), llmretry.WithCooldowns(nil)}
+		return []llmretry.Option{llmretry.WithBudget(nil), llmretry.WithHealthStore(nil)}
 	}},
 	{"old budget", func() []llmretry.Option {
-		return []llmretry.Option{llmretry.WithBudget(&windowBudget{ratio: 0.1, reserve: 10}), llmretry.WithCooldowns(&hostKeyCooldowns{llmretry.NewLocalCooldowns()})}
+		return []llmretry.Option{llmretry.WithBudget(&windowBudget{ratio: 0.1, reserve: 10}), llmretry.WithHealthStore(&hostKeyCooldowns{llmretry.NewLocalHealthStore()})}
 	}},
 	{"gRPC throttle (10, 0.1)", func() []llmretry.Option { return peer(newGRPCThrottle()) }},
 	{"AWS standard quota (500/5/+1)", func() []llmretry.Option { return peer(newAWSQuota()) }},
@@ -83,16 +83,16 @@ func (b *windowBudget) OnAttempt(llmretry.AttemptResult) {}
 // hostKeyCooldowns scopes cooldowns as they were: by host and key, whatever
 // the model. (What started one is the Transport's, and now only a 429 does;
 // the old Transport also let a 503's or 529's wait start one.)
-type hostKeyCooldowns struct{ *llmretry.LocalCooldowns }
+type hostKeyCooldowns struct{ *llmretry.LocalHealthStore }
 
-func (c *hostKeyCooldowns) Until(up llmretry.Upstream) time.Time {
-	up.Model = ""
-	return c.LocalCooldowns.Until(up)
+func (c *hostKeyCooldowns) Until(m llmretry.Mark) time.Time {
+	m.Model = ""
+	return c.LocalHealthStore.Until(m)
 }
 
-func (c *hostKeyCooldowns) Extend(up llmretry.Upstream, now time.Time, wait time.Duration) {
-	up.Model = ""
-	c.LocalCooldowns.Extend(up, now, wait)
+func (c *hostKeyCooldowns) Put(m llmretry.Mark, until time.Time) {
+	m.Model = ""
+	c.LocalHealthStore.Put(m, until)
 }
 
 // upstream models a provider: given a request's id, model and attempt

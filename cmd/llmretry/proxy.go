@@ -159,7 +159,7 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			if err != nil {
 				return err
 			}
-			cfg.Cooldowns = cd
+			cfg.Store = cd
 		}
 		rt, err := proxy.NewRouter(fc, cfg)
 		if err != nil {
@@ -172,7 +172,7 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			if err != nil {
 				return err
 			}
-			cfg.Budget, cfg.Cooldowns = st, st
+			cfg.Budget, cfg.Store = st, st
 		}
 		p, err := proxy.New(cfg)
 		if err != nil {
@@ -204,7 +204,7 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 // makes: one, named name, for the cooldowns of every route (the keys and
 // targets resting), and unless budgetOff one budget per target, named
 // name + the route's prefix + "/" + the target's name.
-func shareThroughRedis(fc *proxy.FileConfig, name string, budgetOff bool, newState func(string) (*redisstate.State, error)) (llmretry.Cooldowns, error) {
+func shareThroughRedis(fc *proxy.FileConfig, name string, budgetOff bool, newState func(string) (*redisstate.State, error)) (llmretry.HealthStore, error) {
 	cd, err := newState(name)
 	if err != nil {
 		return nil, err

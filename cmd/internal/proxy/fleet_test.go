@@ -45,7 +45,7 @@ func TestProxiesShareCooldownsThroughRedis(t *testing.T) {
 		st := fleetState(t, rs.Addr)
 		base := &http.Transport{}
 		t.Cleanup(base.CloseIdleConnections)
-		px, err := New(Config{Upstream: u, Base: base, Policy: p, Budget: st, Cooldowns: st,
+		px, err := New(Config{Upstream: u, Base: base, Policy: p, Budget: st, Store: st,
 			Options: []llmretry.Option{llmretry.WithClock(clock)}})
 		if err != nil {
 			t.Fatal(err)
@@ -118,7 +118,7 @@ func TestTwoRoutersSharingRedisBothAvoidARestingKey(t *testing.T) {
 		base := &http.Transport{}
 		t.Cleanup(base.CloseIdleConnections)
 		clk := llmretrytest.NewClock(time.Now())
-		rt, err := NewRouter(fc, Config{Base: base, Cooldowns: st, Options: []llmretry.Option{llmretry.WithClock(clk)}})
+		rt, err := NewRouter(fc, Config{Base: base, Store: st, Options: []llmretry.Option{llmretry.WithClock(clk)}})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -58,10 +58,10 @@ type Config struct {
 	// settings if nil). UpstreamTimeout and MaxUpstreamHeader are set on
 	// the proxy's own transport only: a Base given here keeps its own.
 	Base http.RoundTripper
-	// Budget and Cooldowns replace the proxy's own in-process ones, to
-	// share them across a fleet of proxies (redisstate.State is both).
-	Budget    llmretry.Budget
-	Cooldowns llmretry.Cooldowns
+	// Budget and Store replace the proxy's own in-process ones, to share
+	// them across a fleet of proxies (redisstate.State is both).
+	Budget llmretry.Budget
+	Store  llmretry.HealthStore
 	// BudgetRatio sets the in-process budget's ratio (llmretry's default
 	// when 0). BudgetOff and CooldownsOff turn storm control off.
 	BudgetRatio  float64
@@ -72,7 +72,7 @@ type Config struct {
 	// Failover, when set, sends requests to its targets (see
 	// llmretry.NewFailoverTransport) and Upstream is left out: the first
 	// target's base URL takes its place. Budget and BudgetRatio then apply
-	// to each target that has no budget of its own; Cooldowns are shared
+	// to each target that has no budget of its own; Store is shared
 	// by all, so that a fleet knows which keys and targets rest.
 	Failover *llmretry.Failover
 }
@@ -207,9 +207,9 @@ func newProxy(cfg Config, sh *shared) (*Proxy, error) {
 	}
 	switch {
 	case cfg.CooldownsOff:
-		opts = append(opts, llmretry.WithCooldowns(nil))
-	case cfg.Cooldowns != nil:
-		opts = append(opts, llmretry.WithCooldowns(cfg.Cooldowns))
+		opts = append(opts, llmretry.WithHealthStore(nil))
+	case cfg.Store != nil:
+		opts = append(opts, llmretry.WithHealthStore(cfg.Store))
 	}
 	if cfg.IdleTimeout > 0 {
 		opts = append(opts, llmretry.WithIdleTimeout(cfg.IdleTimeout))
@@ -448,6 +448,11 @@ func (p *Proxy) fail(w http.ResponseWriter, r *http.Request, err error) {
 		code = 499 // the client went away; nobody reads this
 	case errors.As(err, &e) && (e.Reason == llmretry.ReasonDeadline || e.Timeout()):
 		code = http.StatusGatewayTimeout
+	case errors.As(err, &e) && e.Reason == llmretry.ReasonInvalidRequest:
+		// Refused before anything was sent (a body the targets' allow-list
+		// cannot read one way only, a path that could leave a target's
+		// base): the client's to fix.
+		code = http.StatusBadRequest
 	case errors.As(err, &e) && e.Reason == llmretry.ReasonUnavailable:
 		// Every key that could serve it is out (refused, or out of quota):
 		// the proxy's state, not a bad gateway.
