@@ -128,11 +128,7 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if *redisURL != "" {
 		ropts, err := redis.ParseURL(*redisURL)
 		if err != nil {
-			got := "no scheme"
-			if ru, perr := url.Parse(*redisURL); perr == nil && ru.Scheme != "" {
-				got = "scheme " + strconv.Quote(ru.Scheme)
-			}
-			return usageErr(fs, stderr, "--redis %q: want redis://HOST:PORT/DB (or rediss:// for TLS); it has %s", *redisURL, got)
+			return usageErr(fs, stderr, "%s", redisURLProblem(*redisURL, err))
 		}
 		routeRedisLogs(logger)
 		rc := redis.NewClient(ropts)
