@@ -98,6 +98,7 @@ type Proxy struct {
 	admin   *http.ServeMux
 	held    *atomic.Int64 // bytes of request bodies held now
 	label   string        // the upstream, in metrics
+	route   string        // the config route's prefix, in metrics ("/" for the root); "" without a config
 }
 
 // shared is what the routes of one config file share: their metrics and
@@ -109,14 +110,14 @@ type shared struct {
 
 // New returns a Proxy for cfg.
 func New(cfg Config) (*Proxy, error) {
-	return newProxy(cfg, newShared())
+	return newProxy(cfg, newShared(false), "")
 }
 
 // newShared makes the metrics and held-bytes count of one proxy, or of
-// every route of one config.
-func newShared() *shared {
+// every route of one config (routes: its series name the route).
+func newShared(routes bool) *shared {
 	held := new(atomic.Int64)
-	return &shared{metrics: newMetrics(held.Load), held: held}
+	return &shared{metrics: newMetrics(held.Load, routes), held: held}
 }
 
 // adminMux serves /healthz and m's /metrics, for a listener of their own.
@@ -130,8 +131,9 @@ func adminMux(m *Metrics) *http.ServeMux {
 	return mux
 }
 
-// newProxy returns a Proxy for cfg that counts in sh.
-func newProxy(cfg Config, sh *shared) (*Proxy, error) {
+// newProxy returns a Proxy for cfg that counts in sh, under route when it
+// serves a config's route.
+func newProxy(cfg Config, sh *shared, route string) (*Proxy, error) {
 	if cfg.Failover != nil && len(cfg.Failover.Targets) > 0 {
 		u, err := url.Parse(cfg.Failover.Targets[0].BaseURL)
 		if err != nil {
@@ -183,7 +185,7 @@ func newProxy(cfg Config, sh *shared) (*Proxy, error) {
 		// opening one connection first.
 		base = &firstConn{next: h1.NewTransport(t), idle: t.IdleConnTimeout}
 	}
-	p := &Proxy{cfg: cfg, admin: adminMux(sh.metrics), metrics: sh.metrics, held: sh.held, label: cfg.Upstream.Host}
+	p := &Proxy{cfg: cfg, admin: adminMux(sh.metrics), metrics: sh.metrics, held: sh.held, label: cfg.Upstream.Host, route: route}
 	budgetFor := func() llmretry.Budget {
 		switch {
 		case cfg.BudgetOff:
@@ -195,7 +197,7 @@ func newProxy(cfg Config, sh *shared) (*Proxy, error) {
 	}
 	addBudget := func(label string, b llmretry.Budget) {
 		if c, ok := b.(interface{ Counts() llmretry.BudgetCounts }); ok {
-			p.metrics.addBudget(label, c.Counts)
+			p.metrics.addBudget(p.route, label, c.Counts)
 		}
 	}
 	opts := []llmretry.Option{
@@ -203,7 +205,7 @@ func newProxy(cfg Config, sh *shared) (*Proxy, error) {
 		llmretry.WithLogger(cfg.Logger),
 		llmretry.WithOnRetry(p.onRetry),
 		llmretry.WithOnStop(p.onStop),
-		llmretry.WithOnHealth(p.metrics.onHealth),
+		llmretry.WithOnHealth(p.onHealth),
 	}
 	switch {
 	case cfg.CooldownsOff:
@@ -223,7 +225,7 @@ func newProxy(cfg Config, sh *shared) (*Proxy, error) {
 				f.Targets[i].Budget = budgetFor()
 			}
 			addBudget(f.Targets[i].Name, f.Targets[i].Budget)
-			p.metrics.addUpstream(f.Targets[i].Name)
+			p.metrics.addUpstream(p.route, f.Targets[i].Name)
 		}
 		if cfg.BudgetOff {
 			opts = append(opts, llmretry.WithBudget(nil))
@@ -236,7 +238,7 @@ func newProxy(cfg Config, sh *shared) (*Proxy, error) {
 	} else {
 		budget := budgetFor()
 		addBudget(p.label, budget)
-		p.metrics.addUpstream(p.label)
+		p.metrics.addUpstream(p.route, p.label)
 		opts = append(opts, llmretry.WithBudget(budget))
 		opts = append(opts, cfg.Options...)
 		transport = llmretry.NewTransport(countAttempts{base, p.metrics}, opts...)
@@ -265,7 +267,7 @@ func newProxy(cfg Config, sh *shared) (*Proxy, error) {
 		ModifyResponse: func(resp *http.Response) error {
 			p.metrics.request(resp.StatusCode)
 			if cfg.Failover != nil { // only a failover Transport names a target
-				p.metrics.served.WithLabelValues(resp.Header.Get(llmretry.TargetHeader)).Inc()
+				p.metrics.servedBy(p.route, resp.Header.Get(llmretry.TargetHeader))
 			}
 			sse := false // read from the map: the name is canonical
 			if ct := resp.Header["Content-Type"]; len(ct) > 0 {
@@ -429,10 +431,13 @@ func isTimeout(err error) bool {
 // HeldBytes is how many bytes of request bodies the proxy holds now.
 func (p *Proxy) HeldBytes() int64 { return p.held.Load() }
 
-// onRetry and onStop count in the metrics under the request's upstream:
-// the host, or with failover the target.
-func (p *Proxy) onRetry(e llmretry.RetryEvent) { p.metrics.onRetry(e, cmp.Or(e.Target, p.label)) }
-func (p *Proxy) onStop(e llmretry.StopEvent)   { p.metrics.onStop(e, cmp.Or(e.Target, p.label)) }
+// onRetry, onStop and onHealth count in the metrics under the request's
+// route and upstream: the host, or with failover the target.
+func (p *Proxy) onRetry(e llmretry.RetryEvent) {
+	p.metrics.onRetry(e, p.route, cmp.Or(e.Target, p.label))
+}
+func (p *Proxy) onStop(e llmretry.StopEvent)     { p.metrics.onStop(e, p.route, cmp.Or(e.Target, p.label)) }
+func (p *Proxy) onHealth(e llmretry.HealthEvent) { p.metrics.onHealth(e, p.route) }
 
 func (p *Proxy) tooLarge(w http.ResponseWriter) {
 	p.metrics.request(http.StatusRequestEntityTooLarge)

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"cmp"
 	"crypto/sha256"
 	"crypto/subtle"
 	"errors"
@@ -34,7 +35,7 @@ func NewRouter(fc *FileConfig, base Config) (*Router, error) {
 	if fc == nil || len(fc.Routes) == 0 {
 		return nil, errors.New("no routes")
 	}
-	rt := &Router{sh: newShared()}
+	rt := &Router{sh: newShared(true)}
 	rt.admin = adminMux(rt.sh.metrics)
 	for _, c := range fc.Clients {
 		rt.clients = append(rt.clients, clientToken{id: c.ID, sum: sha256.Sum256([]byte(c.token))})
@@ -44,7 +45,7 @@ func NewRouter(fc *FileConfig, base Config) (*Router, error) {
 		cfg.Upstream = nil
 		f := route.Failover
 		cfg.Failover = &f
-		p, err := newProxy(cfg, rt.sh)
+		p, err := newProxy(cfg, rt.sh, cmp.Or(route.Prefix, "/"))
 		if err != nil {
 			return nil, err
 		}

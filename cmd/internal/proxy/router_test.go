@@ -166,8 +166,8 @@ routes:
 		t.Fatalf("primary got %+v", primary.seen())
 	}
 	m := rt.Metrics()
-	if metricOf(t, m, `llmretry_failovers_total{from="primary",to="fallback"}`) != 1 ||
-		metricOf(t, m, `llmretry_target_responses_total{target="fallback"}`) != 1 {
+	if metricOf(t, m, `llmretry_failovers_total{from="primary",route="/openai",to="fallback"}`) != 1 ||
+		metricOf(t, m, `llmretry_target_responses_total{route="/openai",target="fallback"}`) != 1 {
 		t.Fatal("the failover is not counted")
 	}
 }
@@ -214,7 +214,7 @@ routes:
 	if resp := do(t, "POST", url+"/o/chat/completions", `{"model":"m"}`); resp.StatusCode != 200 {
 		t.Fatalf("status %d", resp.StatusCode)
 	}
-	if metricOf(t, rt.Metrics(), `llmretry_health_changes_total{change="key_resting",key="first",target="up"}`) != 1 {
+	if metricOf(t, rt.Metrics(), `llmretry_health_changes_total{change="key_resting",key="first",route="/o",target="up"}`) != 1 {
 		t.Fatal("the resting key is not counted by its id")
 	}
 	for _, text := range []string{scrape(t, rt.Metrics()), logs.String()} {
