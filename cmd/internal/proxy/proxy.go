@@ -40,11 +40,14 @@ type Config struct {
 	// IdleTimeout ends a response stream that sends nothing for this long.
 	IdleTimeout time.Duration
 	// BodyTimeout bounds how long a client may take to send its request
-	// body: BodyTimeout, plus a second for every 256 KiB it declares. A
-	// body that is not in by then gets 408. Default 30 s.
+	// body: BodyTimeout, plus a second for every 256 KiB that has arrived
+	// (not that it declares: a declared length costs a client nothing to
+	// send). A body that is not in by then gets 408. Default 30 s.
 	BodyTimeout time.Duration
 	// MaxHeld caps the bytes of request bodies held at once, across
-	// requests; past it a request gets 503 with Retry-After. Default 256 MiB.
+	// requests, counted as they arrive (and the memory for them grows as
+	// they do); past it a request gets 503 with Retry-After. Default
+	// 256 MiB.
 	MaxHeld int64
 	// UpstreamTimeout bounds the wait for an attempt's response headers
 	// (a model may think for minutes before its first byte). Default 10 min.
@@ -86,8 +89,8 @@ const (
 	DefaultMaxUpstreamHeader = 256 << 10
 )
 
-// bodyRate is the least rate a declared body is given time for, on top of
-// BodyTimeout: a second for each 256 KiB.
+// bodyRate is the least rate a body is given time for, on top of
+// BodyTimeout: a second for each 256 KiB that arrives.
 const bodyRate = 256 << 10
 
 // Proxy is an http.Handler.
@@ -349,16 +352,29 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request) {
 	rp.ServeHTTP(w, r) // the held body is not used after this returns
 }
 
-// hold reads r's body within its time bound into memory of its own size
-// (a declared length is allocated once; a chunked body grows), counted
-// against MaxHeld. reserved is what it counted, to give back when the
+// firstChunk is the most memory a request body is given before its bytes
+// arrive. A body declared no larger is read into one buffer of its own
+// size, allocated once; a larger one, or one of unknown length, starts
+// there and doubles as it fills, to its declared size at most. So a client
+// that declares 32 MiB and sends nothing holds 32 KiB of MaxHeld, not
+// 32 MiB: eight of them once took the whole default MaxHeld and made
+// every other request with a body get 503.
+const firstChunk = 32 << 10
+
+// hold reads r's body within its time bound into memory counted against
+// MaxHeld as it grows. reserved is what it counted, to give back when the
 // request is done. A code other than 0 is the answer instead.
+//
+// The time bound grows with the bytes too: BodyTimeout, plus a second for
+// each bodyRate bytes that have arrived. A client sending at bodyRate or
+// faster is never cut; one that sends nothing is cut after BodyTimeout,
+// whatever it declared.
 func (p *Proxy) hold(w http.ResponseWriter, r *http.Request) (body []byte, reserved int64, code int, msg string) {
 	declared := r.ContentLength
-	allowed := p.cfg.BodyTimeout + time.Duration(max(declared, 0)/bodyRate)*time.Second
-	deadline := time.Now().Add(allowed)
+	start := time.Now()
+	var granted time.Duration // on top of BodyTimeout, for the bytes arrived
 	rc := http.NewResponseController(w)
-	_ = rc.SetReadDeadline(deadline)
+	_ = rc.SetReadDeadline(start.Add(p.cfg.BodyTimeout))
 	defer func() {
 		if code == 0 {
 			_ = rc.SetReadDeadline(time.Time{})
@@ -377,44 +393,49 @@ func (p *Proxy) hold(w http.ResponseWriter, r *http.Request) (body []byte, reser
 		reserved += n
 		return true
 	}
-	busy := func() (int, string) {
-		return http.StatusServiceUnavailable, fmt.Sprintf("the proxy is holding its limit of %d bytes of request bodies; retry shortly", p.cfg.MaxHeld)
+	limit := declared
+	if declared < 0 {
+		limit = p.cfg.MaxBody + 1 // a byte past MaxBody tells a chunked body too large
 	}
+	var buf []byte
 	var err error
-	if declared >= 0 {
-		if !reserve(declared) {
-			c, m := busy()
-			return nil, reserved, c, m
-		}
-		body = make([]byte, declared)
-		_, err = io.ReadFull(r.Body, body)
-	} else { // chunked: grow, reserving as it grows
-		var buf bytes.Buffer
-		chunk := make([]byte, 32<<10)
-		for {
-			n, rerr := r.Body.Read(chunk)
-			if int64(buf.Len()+n) > p.cfg.MaxBody {
-				return nil, reserved, http.StatusRequestEntityTooLarge, fmt.Sprintf("request body larger than %d bytes", p.cfg.MaxBody)
-			}
-			if n > 0 && !reserve(int64(n)) {
-				c, m := busy()
-				return nil, reserved, c, m
-			}
-			buf.Write(chunk[:n])
-			if rerr != nil {
-				if rerr != io.EOF {
-					err = rerr
-				}
+	for {
+		if len(buf) == cap(buf) {
+			if int64(len(buf)) >= limit {
 				break
 			}
+			size := min(max(2*int64(cap(buf)), firstChunk), limit)
+			if !reserve(size - int64(cap(buf))) {
+				return nil, reserved, http.StatusServiceUnavailable,
+					fmt.Sprintf("the proxy is holding its limit of %d bytes of request bodies; retry shortly", p.cfg.MaxHeld)
+			}
+			grown := make([]byte, len(buf), size)
+			copy(grown, buf)
+			buf = grown
 		}
-		body = buf.Bytes()
+		n, rerr := r.Body.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
+		if rerr != nil {
+			if rerr != io.EOF {
+				err = rerr
+			} else if declared >= 0 && int64(len(buf)) < declared {
+				err = io.ErrUnexpectedEOF
+			}
+			break
+		}
+		if g := time.Duration(int64(len(buf))/bodyRate) * time.Second; g > granted {
+			granted = g
+			_ = rc.SetReadDeadline(start.Add(p.cfg.BodyTimeout + granted))
+		}
 	}
 	switch {
+	case err == nil && int64(len(buf)) > p.cfg.MaxBody:
+		return nil, reserved, http.StatusRequestEntityTooLarge, fmt.Sprintf("request body larger than %d bytes", p.cfg.MaxBody)
 	case err == nil:
-		return body, reserved, 0, ""
+		return buf, reserved, 0, ""
 	case isTimeout(err):
-		return nil, reserved, http.StatusRequestTimeout, fmt.Sprintf("request body not received within %v", allowed)
+		return nil, reserved, http.StatusRequestTimeout, fmt.Sprintf("request body not received within %v: %d bytes arrived (the bound grows by a second for each %d KiB)",
+			p.cfg.BodyTimeout+granted, len(buf), bodyRate>>10)
 	default:
 		return nil, reserved, http.StatusBadRequest, "reading the request body: " + err.Error()
 	}
