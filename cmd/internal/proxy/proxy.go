@@ -307,32 +307,31 @@ func (p *Proxy) Metrics() *Metrics { return p.metrics }
 // ServeHTTP forwards every request upstream, its path byte for byte: no
 // ServeMux here, which would answer "//v1/models" or "/v1/./models" with a
 // redirect of its own.
-func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) { p.forward(w, r) }
+func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	r, info := withRequest(r, w.Header())
+	p.forward(w, r, info)
+}
 
 // forward holds the request body (so that a retry can send it again) and
-// sends the request on. A body above MaxBody is refused before anything
-// goes upstream; one that does not arrive in time gets 408; one that would
-// take the bodies held past MaxHeld gets 503.
-func (p *Proxy) forward(w http.ResponseWriter, r *http.Request) {
+// sends the request on; r carries info (withRequest). A body above MaxBody
+// is refused before anything goes upstream; one that does not arrive in
+// time gets 408; one that would take the bodies held past MaxHeld gets 503.
+func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, info *requestInfo) {
 	// The upstream's answers are stamped in ModifyResponse; the proxy's
-	// own, here. (Stamping w's headers up front would not do: an error
-	// answer must carry the attempts made by then.)
-	r, info := withRequest(r, w.Header())
+	// own, in refuse and fail. (Stamping w's headers up front would not
+	// do: an error answer must carry the attempts made by then.)
 	if r.ContentLength > p.cfg.MaxBody {
-		stamp(w.Header(), info)
-		p.tooLarge(w)
+		p.refuse(w, r, http.StatusRequestEntityTooLarge, fmt.Sprintf("request body larger than %d bytes", p.cfg.MaxBody))
 		return
 	}
 	if r.Body != nil && r.Body != http.NoBody {
 		body, reserved, code, msg := p.hold(w, r)
 		defer p.held.Add(-reserved)
 		if code != 0 {
-			stamp(w.Header(), info)
-			p.metrics.request(code)
 			if code == http.StatusServiceUnavailable {
 				w.Header().Set("Retry-After", "1")
 			}
-			p.writeError(w, code, msg)
+			p.refuse(w, r, code, msg)
 			return
 		}
 		// r.Body, read to its end, is closed: over HTTP/2 that frees the
@@ -460,9 +459,19 @@ func (p *Proxy) onRetry(e llmretry.RetryEvent) {
 func (p *Proxy) onStop(e llmretry.StopEvent)     { p.metrics.onStop(e, p.route, cmp.Or(e.Target, p.label)) }
 func (p *Proxy) onHealth(e llmretry.HealthEvent) { p.metrics.onHealth(e, p.route) }
 
-func (p *Proxy) tooLarge(w http.ResponseWriter) {
-	p.metrics.request(http.StatusRequestEntityTooLarge)
-	p.writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("request body larger than %d bytes", p.cfg.MaxBody))
+// refuse answers r with the proxy's own error.
+func (p *Proxy) refuse(w http.ResponseWriter, r *http.Request, code int, msg string) {
+	refuse(w, r, p.metrics, p.cfg.Logger, code, "llmretry_proxy_error", msg)
+}
+
+// refuse answers r with the proxy's own error, of type typ, in the OpenAI
+// shape: counted by code, stamped with the request's id, and logged with
+// the same id (logger adds it: requestIDHandler).
+func refuse(w http.ResponseWriter, r *http.Request, m *Metrics, logger *slog.Logger, code int, typ, msg string) {
+	m.request(code)
+	stamp(w.Header(), requestOf(r.Context()))
+	logger.LogAttrs(r.Context(), slog.LevelInfo, "llmretry proxy: refused", slog.Int("status", code), slog.String("reason", msg))
+	writeErrorAs(w, code, typ, msg)
 }
 
 // fail answers when no upstream response can be returned.

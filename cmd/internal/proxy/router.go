@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"crypto/subtle"
 	"errors"
+	"log/slog"
 	"net/http"
 	"net/url"
 	"strings"
@@ -19,6 +20,7 @@ type Router struct {
 	clients  []clientToken
 	sh       *shared
 	admin    *http.ServeMux
+	logger   *slog.Logger
 }
 
 // clientToken is a client's token, kept as its hash: compared in constant
@@ -35,7 +37,11 @@ func NewRouter(fc *FileConfig, base Config) (*Router, error) {
 	if fc == nil || len(fc.Routes) == 0 {
 		return nil, errors.New("no routes")
 	}
-	rt := &Router{sh: newShared(true)}
+	logger := base.Logger
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	rt := &Router{sh: newShared(true), logger: slog.New(requestIDHandler{logger.Handler()})}
 	rt.admin = adminMux(rt.sh.metrics)
 	for _, c := range fc.Clients {
 		rt.clients = append(rt.clients, clientToken{id: c.ID, sum: sha256.Sum256([]byte(c.token))})
@@ -65,19 +71,19 @@ func (rt *Router) Admin() http.Handler { return rt.admin }
 func (rt *Router) Metrics() *Metrics { return rt.sh.metrics }
 
 // ServeHTTP checks the client's token, then forwards the request on its
-// route.
+// route. Every answer of its own carries the request's id, as the route's
+// do.
 func (rt *Router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	r, info := withRequest(r, w.Header())
 	if len(rt.clients) > 0 && !rt.known(r) {
-		rt.sh.metrics.request(http.StatusUnauthorized)
 		w.Header().Set("Www-Authenticate", `Bearer realm="llmretry"`)
-		writeErrorAs(w, http.StatusUnauthorized, "authentication_error",
+		rt.refuse(w, r, http.StatusUnauthorized, "authentication_error",
 			"llmretry proxy: a client token is required: send the token the proxy's config gives you as the API key")
 		return
 	}
 	p, rest, ok := rt.routeFor(r.URL.EscapedPath())
 	if !ok {
-		rt.sh.metrics.request(http.StatusNotFound)
-		writeErrorAs(w, http.StatusNotFound, "not_found_error",
+		rt.refuse(w, r, http.StatusNotFound, "not_found_error",
 			"llmretry proxy: no route for this path; routes: "+strings.Join(rt.prefixes, ", "))
 		return
 	}
@@ -93,7 +99,12 @@ func (rt *Router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		u.Path = p
 	}
 	r2.URL = &u
-	p.ServeHTTP(w, r2)
+	p.forward(w, r2, info)
+}
+
+// refuse answers r with the Router's own error.
+func (rt *Router) refuse(w http.ResponseWriter, r *http.Request, code int, typ, msg string) {
+	refuse(w, r, rt.sh.metrics, rt.logger, code, typ, msg)
 }
 
 // known reports whether r carries the token of a known client, as an API
