@@ -9,6 +9,8 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -119,4 +121,30 @@ func TestCommandServesOthersBesideEightSilentUploads(t *testing.T) {
 		}
 	}
 	http.DefaultClient.CloseIdleConnections()
+}
+
+// --allow-origin and --allow-host are read strictly, and go with --config.
+func TestAllowFlagsAreChecked(t *testing.T) {
+	cfg := filepath.Join(t.TempDir(), "c.yaml")
+	if err := os.WriteFile(cfg, []byte("routes:\n  - prefix: /a\n    targets: [{name: x, base_url: 'http://127.0.0.1:1/v1'}]\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cancelled, cancel := context.WithCancel(context.Background())
+	cancel()
+	for _, tc := range []struct {
+		args []string
+		want int
+		out  string
+	}{
+		{[]string{"--upstream", "http://127.0.0.1:1", "--allow-origin", "https://app.example.com"}, 2, "--allow-origin and --allow-host go with --config"},
+		{[]string{"--config", cfg, "--allow-origin", "*"}, 2, `--allow-origin: origin "*": a wildcard would let every web page spend the keys`},
+		{[]string{"--config", cfg, "--allow-host", "proxy:8787"}, 2, `--allow-host: host "proxy:8787": want a host name`},
+		{[]string{"--config", cfg, "--listen", "127.0.0.1:0", "--admin-listen", "", "--allow-origin", "https://a.example,http://localhost:3000", "--allow-host", "proxy.internal"}, 0, "llmretry proxy on"},
+	} {
+		var stdout, stderr bytes.Buffer
+		got := run(cancelled, append([]string{"proxy"}, tc.args...), &stdout, &stderr)
+		if all := stdout.String() + stderr.String(); got != tc.want || !strings.Contains(all, tc.out) {
+			t.Errorf("%v: exit %d, want %d; output lacks %q:\n%s", tc.args, got, tc.want, tc.out, all)
+		}
+	}
 }

@@ -102,6 +102,12 @@ func TestConfigErrorsNameTheirLine(t *testing.T) {
 			`c.yaml:4: two routes have the prefix "/a"`},
 		{"two clients", "clients:\n  - {id: ci, env: T}\n  - {id: ci, env: T}\nroutes:\n  - prefix: /a\n    targets: [{name: x, base_url: 'https://x'}]\n",
 			`c.yaml:3: two clients have the id "ci"`},
+		{"wildcard origin", "allow_origins: ['*']\nroutes:\n  - prefix: /a\n    targets: [{name: x, base_url: 'https://x'}]\n",
+			`c.yaml:1: allow_origins: origin "*": a wildcard would let every web page spend the keys`},
+		{"origin with a path", "allow_origins:\n  - https://app.example.com/chat\nroutes:\n  - prefix: /a\n    targets: [{name: x, base_url: 'https://x'}]\n",
+			`c.yaml:2: allow_origins: origin "https://app.example.com/chat": an origin has no path`},
+		{"host with a port", "allow_hosts: [proxy.internal:8787]\nroutes:\n  - prefix: /a\n    targets: [{name: x, base_url: 'https://x'}]\n",
+			`c.yaml:1: allow_hosts: host "proxy.internal:8787": want a host name`},
 		{"two names", "routes:\n  - prefix: /a\n    targets:\n      - {name: x, base_url: 'https://x'}\n      - {name: x, base_url: 'https://y'}\n",
 			`c.yaml:5: two targets are named "x"`},
 	} {
@@ -233,6 +239,7 @@ func acceptedConfigs(t *testing.T) map[string]string {
 		"models":              "routes:\n  - prefix: /a\n    targets: [{name: x, base_url: 'https://x', models: {a: b}}]\n",
 		"gemini at the root":  "{routes: [{prefix: /, targets: [{name: a, base_url: 'http://h', api: gemini}]}]}",
 		"shared target names": sharedTargetNames,
+		"perimeter":           "allow_origins: [https://app.example.com]\nallow_hosts: [proxy.internal]\n" + sharedTargetNames,
 	}
 }
 

@@ -72,6 +72,10 @@ type Config struct {
 	CooldownsOff bool
 	// Options are further Transport options.
 	Options []llmretry.Option
+	// Perimeter says which web pages and Host names may reach the routes
+	// of a config (NewRouter only: without keys to spend, New lets every
+	// request through to its upstream).
+	Perimeter Perimeter
 	// Failover, when set, sends requests to its targets (see
 	// llmretry.NewFailoverTransport) and Upstream is left out: the first
 	// target's base URL takes its place. Budget and BudgetRatio then apply
@@ -280,6 +284,9 @@ func newProxy(cfg Config, sh *shared, route string) (*Proxy, error) {
 			if info != nil {
 				info.buffers.stream = sse
 				unstamped(resp.Header)
+				if info.origin != "" {
+					dropCORS(resp.Header)
+				}
 				stamp(info.out, info)
 				p.metrics.responded(info.start)
 			}
@@ -465,8 +472,9 @@ func (p *Proxy) refuse(w http.ResponseWriter, r *http.Request, code int, msg str
 }
 
 // refuse answers r with the proxy's own error, of type typ, in the OpenAI
-// shape: counted by code, stamped with the request's id, and logged with
-// the same id (logger adds it: requestIDHandler).
+// shape: counted by code, stamped with the request's id (and for a listed
+// page, the CORS headers that let it read the answer), and logged with the
+// same id (logger adds it: requestIDHandler).
 func refuse(w http.ResponseWriter, r *http.Request, m *Metrics, logger *slog.Logger, code int, typ, msg string) {
 	m.request(code)
 	stamp(w.Header(), requestOf(r.Context()))

@@ -150,8 +150,10 @@ func TestEveryOwnAnswerCarriesTheRequestIDAndALogLine(t *testing.T) {
 	}
 	checkOwnAnswer(t, "no token", post("/openai/chat/completions"), logs, 401)
 	checkOwnAnswer(t, "wrong token", post("/openai/chat/completions", "X-Api-Key", "sk-wrong-0123456789"), logs, 401)
+	checkOwnAnswer(t, "foreign origin", post("/openai/chat/completions", append(auth, "Origin", "https://evil.example")...), logs, 403)
+	resp, _ := rawDo(t, base, "POST /openai/chat/completions HTTP/1.1\r\nHost: rebind.evil.example\r\n", `{}`)
+	checkOwnAnswer(t, "rebinding host", resp, logs, 403)
 	checkOwnAnswer(t, "no route", post("/nowhere/chat/completions", auth...), logs, 404)
-	var resp *http.Response
 
 	// A route whose only key the upstream refused: then 503, with no key left.
 	refusing := newWireLog(t, func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusUnauthorized) })

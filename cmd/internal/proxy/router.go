@@ -11,15 +11,18 @@ import (
 	"strings"
 )
 
-// Router serves the routes of a config file: it lets in only the clients
-// it knows, when it knows any, and hands each request to the route whose
-// prefix its path is under, with the prefix taken off.
+// Router serves the routes of a config file, which hold keys, behind their
+// perimeter: it lets in only the web pages and Host names the operator
+// allowed (perimeter.go), and only the clients it knows when it knows any;
+// it hands each request to the route whose prefix its path is under, with
+// the prefix taken off.
 type Router struct {
 	prefixes []string
 	routes   []*Proxy
 	clients  []clientToken
 	sh       *shared
-	admin    *http.ServeMux
+	admin    http.Handler
+	pm       *perimeter
 	logger   *slog.Logger
 }
 
@@ -31,18 +34,29 @@ type clientToken struct {
 }
 
 // NewRouter builds the routes of fc. base holds the settings every route
-// shares (policy, bounds, logger, storm control); its Upstream and
-// Failover are ignored.
+// shares (policy, bounds, logger, storm control, and the Perimeter, whose
+// origins and hosts are added to the config's); its Upstream and Failover
+// are ignored.
 func NewRouter(fc *FileConfig, base Config) (*Router, error) {
 	if fc == nil || len(fc.Routes) == 0 {
 		return nil, errors.New("no routes")
+	}
+	per := base.Perimeter
+	per.Origins = append(append([]string(nil), fc.AllowOrigins...), per.Origins...)
+	per.Hosts = append(append([]string(nil), fc.AllowHosts...), per.Hosts...)
+	pm, err := newPerimeter(per)
+	if err != nil {
+		return nil, err
 	}
 	logger := base.Logger
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	rt := &Router{sh: newShared(true), logger: slog.New(requestIDHandler{logger.Handler()})}
+	rt := &Router{sh: newShared(true), pm: pm, logger: slog.New(requestIDHandler{logger.Handler()})}
 	rt.admin = adminMux(rt.sh.metrics)
+	if pm.checkAdminHost {
+		rt.admin = pm.guardHost(rt.admin)
+	}
 	for _, c := range fc.Clients {
 		rt.clients = append(rt.clients, clientToken{id: c.ID, sum: sha256.Sum256([]byte(c.token))})
 	}
@@ -65,16 +79,35 @@ func NewRouter(fc *FileConfig, base Config) (*Router, error) {
 func (rt *Router) Prefixes() []string { return append([]string(nil), rt.prefixes...) }
 
 // Admin is the router's /healthz and /metrics, for a listener of their own.
+// On loopback it answers only to loopback names and listed hosts: its
+// /metrics names the targets and the keys' ids.
 func (rt *Router) Admin() http.Handler { return rt.admin }
 
 // Metrics returns the counters of every route.
 func (rt *Router) Metrics() *Metrics { return rt.sh.metrics }
 
-// ServeHTTP checks the client's token, then forwards the request on its
+// ServeHTTP checks the request at the perimeter, then forwards it on its
 // route. Every answer of its own carries the request's id, as the route's
 // do.
 func (rt *Router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	r, info := withRequest(r, w.Header())
+	if rt.pm.checkHost && !rt.pm.hostAllowed(r.Host) {
+		rt.refuse(w, r, http.StatusForbidden, "permission_error", msgHost)
+		return
+	}
+	if origin, fromPage := pageOrigin(r); fromPage {
+		if !rt.pm.originAllowed(origin) {
+			rt.refuse(w, r, http.StatusForbidden, "permission_error", msgOrigin)
+			return
+		}
+		info.origin = origin
+		if isPreflight(r) { // a browser sends no credential with it
+			rt.sh.metrics.request(http.StatusNoContent)
+			stamp(w.Header(), info)
+			preflight(w, r)
+			return
+		}
+	}
 	if len(rt.clients) > 0 && !rt.known(r) {
 		w.Header().Set("Www-Authenticate", `Bearer realm="llmretry"`)
 		rt.refuse(w, r, http.StatusUnauthorized, "authentication_error",
