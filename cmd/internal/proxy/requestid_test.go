@@ -154,6 +154,7 @@ func TestEveryOwnAnswerCarriesTheRequestIDAndALogLine(t *testing.T) {
 	resp, _ := rawDo(t, base, "POST /openai/chat/completions HTTP/1.1\r\nHost: rebind.evil.example\r\n", `{}`)
 	checkOwnAnswer(t, "rebinding host", resp, logs, 403)
 	checkOwnAnswer(t, "no route", post("/nowhere/chat/completions", auth...), logs, 404)
+	checkOwnAnswer(t, "bad query", post("/openai/chat/completions?a=%zz", auth...), logs, 400)
 
 	// A route whose only key the upstream refused: then 503, with no key left.
 	refusing := newWireLog(t, func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusUnauthorized) })

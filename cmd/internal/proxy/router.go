@@ -3,19 +3,22 @@ package proxy
 import (
 	"cmp"
 	"crypto/sha256"
-	"crypto/subtle"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"net/url"
 	"strings"
+
+	"github.com/llmretry/llmretry/internal/wire"
 )
 
 // Router serves the routes of a config file, which hold keys, behind their
 // perimeter: it lets in only the web pages and Host names the operator
-// allowed (perimeter.go), and only the clients it knows when it knows any;
-// it hands each request to the route whose prefix its path is under, with
-// the prefix taken off.
+// allowed (perimeter.go), and only the clients it knows when it knows any
+// (clients.go); it removes every credential a request carries, and hands
+// the request to the route whose prefix its path is under, with the
+// prefix taken off.
 type Router struct {
 	prefixes []string
 	routes   []*Proxy
@@ -24,13 +27,6 @@ type Router struct {
 	admin    http.Handler
 	pm       *perimeter
 	logger   *slog.Logger
-}
-
-// clientToken is a client's token, kept as its hash: compared in constant
-// time, and never printed.
-type clientToken struct {
-	id  string
-	sum [32]byte
 }
 
 // NewRouter builds the routes of fc. base holds the settings every route
@@ -86,6 +82,12 @@ func (rt *Router) Admin() http.Handler { return rt.admin }
 // Metrics returns the counters of every route.
 func (rt *Router) Metrics() *Metrics { return rt.sh.metrics }
 
+// Messages of the Router's other refusals.
+const (
+	msgBadQuery = "llmretry proxy: the query has a part that does not decode (a bad %-escape, or a ';'): " +
+		"it could hide a key, so the request is not sent"
+)
+
 // ServeHTTP checks the request at the perimeter, then forwards it on its
 // route. Every answer of its own carries the request's id, as the route's
 // do.
@@ -108,12 +110,25 @@ func (rt *Router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	if len(rt.clients) > 0 && !rt.known(r) {
-		w.Header().Set("Www-Authenticate", `Bearer realm="llmretry"`)
-		rt.refuse(w, r, http.StatusUnauthorized, "authentication_error",
-			"llmretry proxy: a client token is required: send the token the proxy's config gives you as the API key")
+	if _, dropped := wire.ParseQuery(r.URL.RawQuery); dropped > 0 {
+		rt.refuse(w, r, http.StatusBadRequest, "invalid_request_error", msgBadQuery)
 		return
 	}
+	if len(rt.clients) > 0 {
+		if wrongIn, ok := judge(rt.clients, r.Header, r.URL.RawQuery); !ok {
+			msg := msgNoToken
+			if wrongIn != "" {
+				msg = fmt.Sprintf(msgWrongToken, place(wrongIn))
+			}
+			w.Header().Set("Www-Authenticate", `Bearer realm="llmretry"`)
+			rt.refuse(w, r, http.StatusUnauthorized, "authentication_error", msg)
+			return
+		}
+	}
+	// Removed whether or not clients are configured: without, they are an
+	// SDK's placeholder, or a key of the caller's own that is not the
+	// target's to see. The header is the request's own: no copy.
+	query, _ := wire.StripCredentials(r.Header, r.URL.RawQuery)
 	p, rest, ok := rt.routeFor(r.URL.EscapedPath())
 	if !ok {
 		rt.refuse(w, r, http.StatusNotFound, "not_found_error",
@@ -131,6 +146,7 @@ func (rt *Router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if p, err := url.PathUnescape(rest); err == nil {
 		u.Path = p
 	}
+	u.RawQuery = query
 	r2.URL = &u
 	p.forward(w, r2, info)
 }
@@ -138,32 +154,6 @@ func (rt *Router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // refuse answers r with the Router's own error.
 func (rt *Router) refuse(w http.ResponseWriter, r *http.Request, code int, typ, msg string) {
 	refuse(w, r, rt.sh.metrics, rt.logger, code, typ, msg)
-}
-
-// known reports whether r carries the token of a known client, as an API
-// key in any of the places SDKs put one. Every token is compared, in
-// constant time, whether or not an earlier one matched.
-func (rt *Router) known(r *http.Request) bool {
-	var presented []string
-	if v, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer "); ok {
-		presented = append(presented, v)
-	}
-	for _, h := range []string{"X-Api-Key", "Api-Key", "X-Goog-Api-Key"} {
-		if v := r.Header.Get(h); v != "" {
-			presented = append(presented, v)
-		}
-	}
-	if v := r.URL.Query().Get("key"); v != "" {
-		presented = append(presented, v)
-	}
-	match := 0
-	for _, p := range presented {
-		sum := sha256.Sum256([]byte(p))
-		for _, c := range rt.clients {
-			match |= subtle.ConstantTimeCompare(sum[:], c.sum[:])
-		}
-	}
-	return match == 1
 }
 
 // routeFor returns the route whose prefix is the longest that path is
