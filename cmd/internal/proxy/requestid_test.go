@@ -144,6 +144,7 @@ func checkOwnAnswer(t *testing.T, name string, resp *http.Response, logs *logBuf
 func TestEveryOwnAnswerCarriesTheRequestIDAndALogLine(t *testing.T) {
 	up := newWireLog(t, nil)
 	base, _, logs := startRouter(t, keyedRoute(up.URL, "clients: [{id: app, env: TOKEN}]\n", ""), map[string]string{"KEY": "sk-upstream", "TOKEN": testToken})
+	addr := strings.TrimPrefix(base, "http://")
 	auth := []string{"Authorization", "Bearer " + testToken}
 	post := func(path string, header ...string) *http.Response {
 		return do(t, http.MethodPost, base+path, `{"model":"gpt-4o"}`, header...)
@@ -154,6 +155,8 @@ func TestEveryOwnAnswerCarriesTheRequestIDAndALogLine(t *testing.T) {
 	resp, _ := rawDo(t, base, "POST /openai/chat/completions HTTP/1.1\r\nHost: rebind.evil.example\r\n", `{}`)
 	checkOwnAnswer(t, "rebinding host", resp, logs, 403)
 	checkOwnAnswer(t, "no route", post("/nowhere/chat/completions", auth...), logs, 404)
+	resp, _ = rawDo(t, base, "POST /openai/../x HTTP/1.1\r\nHost: "+addr+"\r\nAuthorization: Bearer "+testToken+"\r\n", `{}`)
+	checkOwnAnswer(t, "dot segment", resp, logs, 400)
 	checkOwnAnswer(t, "bad query", post("/openai/chat/completions?a=%zz", auth...), logs, 400)
 
 	// A route whose only key the upstream refused: then 503, with no key left.

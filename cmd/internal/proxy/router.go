@@ -18,7 +18,8 @@ import (
 // allowed (perimeter.go), and only the clients it knows when it knows any
 // (clients.go); it removes every credential a request carries, and hands
 // the request to the route whose prefix its path is under, with the
-// prefix taken off.
+// prefix taken off, unless the rest of the path could climb out of the
+// target's base path.
 type Router struct {
 	prefixes []string
 	routes   []*Proxy
@@ -86,6 +87,8 @@ func (rt *Router) Metrics() *Metrics { return rt.sh.metrics }
 const (
 	msgBadQuery = "llmretry proxy: the query has a part that does not decode (a bad %-escape, or a ';'): " +
 		"it could hide a key, so the request is not sent"
+	msgDotSegment = "llmretry proxy: the path has a . or .. segment after the route's prefix (in some spelling: " +
+		"%2e, %252e, ..;, with %2f, %5c or \\ as a separator): it could leave the target's base path, so it is not sent"
 )
 
 // ServeHTTP checks the request at the perimeter, then forwards it on its
@@ -133,6 +136,10 @@ func (rt *Router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		rt.refuse(w, r, http.StatusNotFound, "not_found_error",
 			"llmretry proxy: no route for this path; routes: "+strings.Join(rt.prefixes, ", "))
+		return
+	}
+	if wire.HasDotSegment(rest) {
+		rt.refuse(w, r, http.StatusBadRequest, "invalid_request_error", msgDotSegment)
 		return
 	}
 	r2 := new(http.Request)
