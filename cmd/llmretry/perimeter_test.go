@@ -76,6 +76,104 @@ func (u *upstreamLog) seen() []string {
 	return append([]string(nil), u.reqs...)
 }
 
+// send writes a request as given on a connection of its own and reads the
+// answer, so that no client library tidies its path or headers.
+func send(t *testing.T, base, head, body string) (int, http.Header, string) {
+	t.Helper()
+	conn, err := net.Dial("tcp", strings.TrimPrefix(base, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_, _ = fmt.Fprintf(conn, "%sContent-Length: %d\r\nConnection: close\r\n\r\n%s", head, len(body), body)
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	return resp.StatusCode, resp.Header, string(b)
+}
+
+// The proxy with the README's kind of config, on loopback, held a web
+// page's way in to its keys, forwarded a client token sent as ?%6Bey=,
+// sent dot-segments on with a tenant's key, and answered /metrics with 500
+// for two routes whose targets share a name. Through the command: a
+// browser-like request gets 403 and reaches no upstream, the token never
+// reaches the upstream, /a/../../b gets 400, /metrics answers 200; and a
+// page of an origin given with --allow-origin can use the routes.
+func TestCommandHoldsItsPerimeter(t *testing.T) {
+	up := &upstreamLog{}
+	srv := httptest.NewServer(up)
+	defer srv.Close()
+	cfg := filepath.Join(t.TempDir(), "llmretry.yaml")
+	text := "routes:\n" +
+		"  - prefix: /a\n    targets: [{name: openai, base_url: '" + srv.URL + "/a/v1', keys: [{id: ka, env: LLMRETRY_P_KEY_A}]}]\n" +
+		"  - prefix: /b\n    targets: [{name: openai, base_url: '" + srv.URL + "/b/v1', keys: [{id: kb, env: LLMRETRY_P_KEY_B}]}]\n"
+	if err := os.WriteFile(cfg, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("LLMRETRY_P_KEY_A", "sk-tenant-a")
+	t.Setenv("LLMRETRY_P_KEY_B", "sk-tenant-b")
+	base, admin := startCommand(t, "--config", cfg, "--allow-origin", "http://localhost:5173")
+	addr := strings.TrimPrefix(base, "http://")
+	_, port, _ := net.SplitHostPort(addr)
+	const token = "tok-0123456789abcdef"
+
+	for name, head := range map[string]string{
+		"foreign origin, text/plain": "POST /a/chat/completions HTTP/1.1\r\nHost: " + addr + "\r\nOrigin: https://evil.example\r\nContent-Type: text/plain\r\n",
+		"rebinding host":             "POST /a/chat/completions HTTP/1.1\r\nHost: evil.example:" + port + "\r\nContent-Type: text/plain\r\n",
+		"cross-site":                 "POST /a/chat/completions HTTP/1.1\r\nHost: " + addr + "\r\nSec-Fetch-Site: cross-site\r\nContent-Type: text/plain\r\n",
+	} {
+		if code, _, body := send(t, base, head, `{"model":"gpt-4o","messages":[]}`); code != http.StatusForbidden {
+			t.Errorf("%s: status %d, want 403: %s", name, code, body)
+		}
+	}
+	if n := len(up.seen()); n != 0 {
+		t.Fatalf("the upstream got %d requests from web pages", n)
+	}
+	for _, target := range []string{"/a/../../b/v1/chat/completions", "/a/%2e%2e/%2e%2e/b/v1/chat/completions"} {
+		if code, _, body := send(t, base, "POST "+target+" HTTP/1.1\r\nHost: "+addr+"\r\n", `{}`); code != http.StatusBadRequest {
+			t.Errorf("%s: status %d, want 400: %s", target, code, body)
+		}
+	}
+	if n := len(up.seen()); n != 0 {
+		t.Fatalf("the upstream got %d requests with dot segments", n)
+	}
+	for _, q := range []string{"%6Bey=" + token, "ke%79=" + token, "key=" + token, "access_token=" + token} {
+		code, _, body := send(t, base, "POST /a/chat/completions?alt=sse&"+q+" HTTP/1.1\r\nHost: "+addr+"\r\n", `{}`)
+		if got := up.seen(); code != 200 || strings.Contains(got[len(got)-1], token) || !strings.Contains(got[len(got)-1], "Bearer sk-tenant-a") {
+			t.Errorf("?%s: status %d (%s), the upstream got:\n%s", q, code, body, got[len(got)-1])
+		}
+	}
+
+	// The listed origin's page: a preflight, then its request.
+	code, h, _ := send(t, base, "OPTIONS /b/chat/completions HTTP/1.1\r\nHost: "+addr+"\r\nOrigin: http://localhost:5173\r\n"+
+		"Access-Control-Request-Method: POST\r\nAccess-Control-Request-Headers: authorization, content-type\r\n", "")
+	if code != http.StatusNoContent || h.Get("Access-Control-Allow-Origin") != "http://localhost:5173" || h.Get("Access-Control-Allow-Headers") != "authorization, content-type" {
+		t.Fatalf("preflight: status %d, headers %v", code, h)
+	}
+	code, h, _ = send(t, base, "POST /b/chat/completions HTTP/1.1\r\nHost: "+addr+"\r\nOrigin: http://localhost:5173\r\nContent-Type: application/json\r\n", `{"model":"gpt-4o"}`)
+	if code != 200 || h.Get("Access-Control-Allow-Origin") != "http://localhost:5173" {
+		t.Fatalf("the listed page's request: status %d, headers %v", code, h)
+	}
+
+	resp, err := http.Get(admin + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || !strings.Contains(string(metrics), `llmretry_target_responses_total{route="/b",target="openai"} 1`) {
+		t.Fatalf("/metrics: status %d:\n%s", resp.StatusCode, metrics)
+	}
+	code, _, _ = send(t, admin, "GET /metrics HTTP/1.1\r\nHost: evil.example\r\n", "")
+	if code != http.StatusForbidden {
+		t.Fatalf("/metrics under a rebinding Host: status %d, want 403", code)
+	}
+	http.DefaultClient.CloseIdleConnections()
+}
+
 // Eight clients that each declared 32 MiB and sent nothing took the whole
 // default --max-held, and every other request with a body got 503 for
 // 158 s at a time. Through the command, at the default --max-held: a
