@@ -189,7 +189,7 @@ func TestProxyServesAConfigEndToEnd(t *testing.T) {
 	}
 	metrics, _ := io.ReadAll(m.Body)
 	m.Body.Close()
-	if !strings.Contains(string(metrics), `llmretry_failovers_total{from="primary",to="fallback"} 1`) {
+	if !strings.Contains(string(metrics), `llmretry_failovers_total{from="primary",route="/openai",to="fallback"} 1`) {
 		t.Fatalf("metrics lack the failover:\n%s", metrics)
 	}
 	cancel()

@@ -33,8 +33,8 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	maxDelay := fs.Duration("max-delay", d.MaxDelay, "cap on the backoff")
 	maxRetryAfter := fs.Duration("max-retry-after", d.MaxRetryAfter, "longest server-requested wait honoured; longer returns the response at once")
 	maxBody := fs.Int64("max-body", proxy.DefaultMaxBody, "largest request body in bytes; larger gets 413 without contacting the upstream")
-	bodyTimeout := fs.Duration("body-timeout", proxy.DefaultBodyTimeout, "time a client has to send its request body, plus 1s per 256 KiB it declares; later gets 408")
-	maxHeld := fs.Int64("max-held", proxy.DefaultMaxHeld, "bytes of request bodies held at once, across requests; past it a request gets 503 with Retry-After")
+	bodyTimeout := fs.Duration("body-timeout", proxy.DefaultBodyTimeout, "time a client has to send its request body, plus 1s per 256 KiB received; later gets 408")
+	maxHeld := fs.Int64("max-held", proxy.DefaultMaxHeld, "bytes of request bodies held at once, across requests, counted as they arrive; past it a request gets 503 with Retry-After")
 	upstreamTimeout := fs.Duration("upstream-timeout", proxy.DefaultUpstreamTimeout, "longest wait for an attempt's response headers (a model may think for minutes)")
 	maxUpstreamHeader := fs.Int64("max-upstream-header", proxy.DefaultMaxUpstreamHeader, "largest upstream response header block in bytes; larger is a 502")
 	idle := fs.Duration("idle-timeout", 5*time.Minute, "end a response stream that sends nothing for this long (0: never)")
@@ -46,6 +46,9 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	redisName := fs.String("redis-name", "", "the shared budget's name (default: the upstream's host)")
 	budgetFlag := fs.String("budget", "on", "the retry budget: on, off, or on with a ratio such as 0.2 (the share of requests that failing retries may add)")
 	cooldownsFlag := fs.String("cooldowns", "on", "cooldowns, which hold requests for a key and model that got a 429 with a wait: on or off")
+	var allowOrigins, allowHosts listFlag
+	fs.Var(&allowOrigins, "allow-origin", "with --config: a web `ORIGIN` whose pages may use the routes, such as https://app.example.com (repeat it, or separate with commas); pages of other origins get 403")
+	fs.Var(&allowHosts, "allow-host", "with --config on a loopback --listen: a Host `NAME` the proxy answers to besides localhost and loopback addresses (repeat it, or separate with commas); others get 403")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: llmretry proxy --upstream URL [flags]\n       llmretry proxy --config FILE [flags]\n\nA retrying reverse proxy: point any client at it, e.g.\n  OPENAI_BASE_URL=http://127.0.0.1:8787/v1\nWith --config, each route's prefix stands for its first target's base URL:\n  OPENAI_BASE_URL=http://127.0.0.1:8787/openai\n\nIts own /healthz and /metrics (Prometheus text) are on --admin-listen.\n\n")
 		fs.PrintDefaults()
@@ -73,6 +76,8 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		}
 	case *upstream == "":
 		return usageErr(fs, stderr, "--upstream or --config is required")
+	case len(allowOrigins) > 0 || len(allowHosts) > 0:
+		return usageErr(fs, stderr, "--allow-origin and --allow-host go with --config: with --upstream the proxy holds no keys, and checks no origin or host")
 	default:
 		var err error
 		u, err = url.Parse(*upstream)
@@ -109,6 +114,17 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		MaxBody:  *maxBody, IdleTimeout: *idle, Logger: logger, Options: opts,
 		BodyTimeout: *bodyTimeout, MaxHeld: *maxHeld, UpstreamTimeout: *upstreamTimeout, MaxUpstreamHeader: *maxUpstreamHeader,
 		BudgetOff: budgetOff, BudgetRatio: ratio, CooldownsOff: cooldownsOff,
+		Perimeter: proxy.Perimeter{Origins: allowOrigins, Hosts: allowHosts, Listen: *listen, AdminListen: *adminListen},
+	}
+	for _, o := range allowOrigins {
+		if _, err := proxy.ParseOrigin(o); err != nil {
+			return usageErr(fs, stderr, "--allow-origin: %v", err)
+		}
+	}
+	for _, h := range allowHosts {
+		if _, err := proxy.ParseHost(h); err != nil {
+			return usageErr(fs, stderr, "--allow-host: %v", err)
+		}
 	}
 	if err := checkListen(fs, stderr, *listen); err != nil {
 		return err
@@ -128,11 +144,7 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if *redisURL != "" {
 		ropts, err := redis.ParseURL(*redisURL)
 		if err != nil {
-			got := "no scheme"
-			if ru, perr := url.Parse(*redisURL); perr == nil && ru.Scheme != "" {
-				got = "scheme " + strconv.Quote(ru.Scheme)
-			}
-			return usageErr(fs, stderr, "--redis %q: want redis://HOST:PORT/DB (or rediss:// for TLS); it has %s", *redisURL, got)
+			return usageErr(fs, stderr, "%s", redisURLProblem(*redisURL, err))
 		}
 		routeRedisLogs(logger)
 		rc := redis.NewClient(ropts)
@@ -259,4 +271,19 @@ func parseOnOff(v string) (off, ok bool) {
 		return true, true
 	}
 	return false, false
+}
+
+// listFlag is a flag that may be given more than once, each value a
+// comma-separated list.
+type listFlag []string
+
+func (l *listFlag) String() string { return strings.Join(*l, ",") }
+
+func (l *listFlag) Set(v string) error {
+	for part := range strings.SplitSeq(v, ",") {
+		if part = strings.TrimSpace(part); part != "" {
+			*l = append(*l, part)
+		}
+	}
+	return nil
 }

@@ -10,8 +10,9 @@ const maxDecodeRounds = 3
 // HasDotSegment reports whether an escaped path holds a "." or ".."
 // segment in any spelling an upstream, or a CDN in front of it, might
 // resolve: written plainly, percent-encoded in either case ("%2e",
-// "%2E", mixed with dots), encoded again ("%252e"), and with "%2f",
-// "%5c" or "\" standing for a separator.
+// "%2E", mixed with dots), encoded again ("%252e"), with "%2f", "%5c" or
+// "\" standing for a separator, and with a path parameter after it
+// ("..;x", which servlet containers resolve as "..").
 func HasDotSegment(escapedPath string) bool {
 	p := escapedPath
 	for round := 0; ; round++ {
@@ -27,9 +28,10 @@ func HasDotSegment(escapedPath string) bool {
 }
 
 // dotSegment looks for a "." or ".." segment in p, taking '/' and '\' as
-// separators.
+// separators, and a segment's parameters (after a ';') as no part of it.
 func dotSegment(p string) bool {
 	for seg := range strings.FieldsFuncSeq(p, func(r rune) bool { return r == '/' || r == '\\' }) {
+		seg, _, _ = strings.Cut(seg, ";")
 		if seg == "." || seg == ".." {
 			return true
 		}

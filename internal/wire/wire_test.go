@@ -89,6 +89,9 @@ func TestHasDotSegmentInEverySpelling(t *testing.T) {
 		"/a/../b", "/a/./b", "/..", "/.", "/a/..", "..", "/a/%2e%2e/b", "/a/%2E%2E/b", "/a/.%2e/b", "/a/%2e./b",
 		"/a/%2e/b", "/a/%252e%252e/b", "/a/%25252e%25252e/b", "/a%2f..%2fb", "/a%2F..%2Fb", "/a%5c..%5cb", `/a\..\b`,
 		"/a/%2e%2e%2fb", "/tenant-a/../../tenant-b/v1/chat/completions",
+		// A path parameter: servlet containers (and gateways built on
+		// them) drop ";..." from a segment before resolving it.
+		"/a/..;/b", "/a/.;x=1/b", "/a/%2e%2e;/b", "/a/..%3b/b", "/a/..%3B/b",
 	} {
 		if !HasDotSegment(p) {
 			t.Errorf("HasDotSegment(%q) = false", p)
@@ -97,6 +100,7 @@ func TestHasDotSegmentInEverySpelling(t *testing.T) {
 	for _, p := range []string{
 		"/v1/chat/completions", "/a/...", "/a/.b", "/a/b.", "/v1beta/models/gemini-2.5-flash:generateContent",
 		"/a/%2e%2e%2e", "//v1/models", "/a/%zz/b", "/a/file.tar.gz", "",
+		"/a/...;/b", "/a/x;..", "/a/;../b",
 	} {
 		if HasDotSegment(p) {
 			t.Errorf("HasDotSegment(%q) = true", p)

@@ -24,6 +24,11 @@ import (
 type FileConfig struct {
 	Clients []Client
 	Routes  []Route
+	// AllowOrigins and AllowHosts are the web origins whose pages may use
+	// the routes, and the Host names they answer to on loopback besides
+	// localhost and loopback addresses (Perimeter).
+	AllowOrigins []string
+	AllowHosts   []string
 }
 
 // Client is one client allowed in, by its token.
@@ -106,6 +111,34 @@ func ParseConfig(name string, data []byte, getenv func(string) string) (*FileCon
 					}
 				}
 				cfg.Clients = append(cfg.Clients, c)
+				return nil
+			})
+		},
+		"allow_origins": func(n *yaml.Node) error {
+			return r.list(n, "allow_origins", func(item *yaml.Node) error {
+				var s string
+				if err := r.scalar(item, "an origin", &s); err != nil {
+					return err
+				}
+				o, err := ParseOrigin(s)
+				if err != nil {
+					return r.errf(item, "allow_origins: %v", err)
+				}
+				cfg.AllowOrigins = append(cfg.AllowOrigins, o)
+				return nil
+			})
+		},
+		"allow_hosts": func(n *yaml.Node) error {
+			return r.list(n, "allow_hosts", func(item *yaml.Node) error {
+				var s string
+				if err := r.scalar(item, "a host", &s); err != nil {
+					return err
+				}
+				h, err := ParseHost(s)
+				if err != nil {
+					return r.errf(item, "allow_hosts: %v", err)
+				}
+				cfg.AllowHosts = append(cfg.AllowHosts, h)
 				return nil
 			})
 		},

@@ -1,7 +1,11 @@
 package proxy
 
 import (
+	"cmp"
 	"errors"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -98,6 +102,12 @@ func TestConfigErrorsNameTheirLine(t *testing.T) {
 			`c.yaml:4: two routes have the prefix "/a"`},
 		{"two clients", "clients:\n  - {id: ci, env: T}\n  - {id: ci, env: T}\nroutes:\n  - prefix: /a\n    targets: [{name: x, base_url: 'https://x'}]\n",
 			`c.yaml:3: two clients have the id "ci"`},
+		{"wildcard origin", "allow_origins: ['*']\nroutes:\n  - prefix: /a\n    targets: [{name: x, base_url: 'https://x'}]\n",
+			`c.yaml:1: allow_origins: origin "*": a wildcard would let every web page spend the keys`},
+		{"origin with a path", "allow_origins:\n  - https://app.example.com/chat\nroutes:\n  - prefix: /a\n    targets: [{name: x, base_url: 'https://x'}]\n",
+			`c.yaml:2: allow_origins: origin "https://app.example.com/chat": an origin has no path`},
+		{"host with a port", "allow_hosts: [proxy.internal:8787]\nroutes:\n  - prefix: /a\n    targets: [{name: x, base_url: 'https://x'}]\n",
+			`c.yaml:1: allow_hosts: host "proxy.internal:8787": want a host name`},
 		{"two names", "routes:\n  - prefix: /a\n    targets:\n      - {name: x, base_url: 'https://x'}\n      - {name: x, base_url: 'https://y'}\n",
 			`c.yaml:5: two targets are named "x"`},
 	} {
@@ -175,7 +185,8 @@ func FuzzParseConfig(f *testing.F) {
 	f.Add([]byte("{routes: [{prefix: /, targets: [{name: a, base_url: 'http://h', api: gemini}]}]}"))
 	f.Add([]byte("- a\n- b\n"))
 	f.Add([]byte("&a [*a]"))
-	vars := env(map[string]string{"K": "sk-k", "CI_TOKEN": "client-token-0123456789", "OPENAI_A": "a", "OPENROUTER": "o", "ANTHROPIC": "n"})
+	f.Add([]byte(sharedTargetNames))
+	vars := env(acceptedVars)
 	f.Fuzz(func(t *testing.T, data []byte) {
 		fc, err := ParseConfig("f.yaml", data, vars)
 		if err != nil {
@@ -193,5 +204,88 @@ func FuzzParseConfig(f *testing.F) {
 				t.Fatalf("route %q with no targets was accepted", r.Prefix)
 			}
 		}
+		scrapeConfig(t, fc)
 	})
+}
+
+// sharedTargetNames is a config whose two routes name their targets alike:
+// the same upstream, with other keys. /metrics answered 500 for it.
+const sharedTargetNames = `routes:
+  - prefix: /team-a
+    targets: [{name: openai, base_url: 'https://api.openai.com/v1', keys: [{id: main, env: K}]}]
+  - prefix: /team-b
+    targets: [{name: openai, base_url: 'https://api.openai.com/v1', keys: [{id: main, env: K}]}]
+  - prefix: /
+    targets: [{name: openai, base_url: 'https://api.openai.com/v1'}]
+`
+
+// acceptedConfigs are the configs the config tests accept, with the
+// environment their secrets come from.
+func acceptedConfigs(t *testing.T) map[string]string {
+	keyFile := filepath.Join(t.TempDir(), "b.key")
+	if err := os.WriteFile(keyFile, []byte("sk-from-file\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	readme, err := os.ReadFile(filepath.Join("..", "..", "..", "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, rest, _ := strings.Cut(string(readme), "```yaml\n")
+	readmeBlock, _, _ := strings.Cut(rest, "```")
+	return map[string]string{
+		"good":                strings.Replace(goodConfig, "KEYFILE", keyFile, 1),
+		"readme":              strings.Replace(readmeBlock, "/run/secrets/openai_spare", keyFile, 1),
+		"one family":          "routes:\n  - prefix: /chat\n    targets:\n      - name: openai\n        base_url: https://anthropic-proxy.example\n        api: anthropic\n      - name: claude\n        base_url: https://api.anthropic.com\n",
+		"models":              "routes:\n  - prefix: /a\n    targets: [{name: x, base_url: 'https://x', models: {a: b}}]\n",
+		"gemini at the root":  "{routes: [{prefix: /, targets: [{name: a, base_url: 'http://h', api: gemini}]}]}",
+		"shared target names": sharedTargetNames,
+		"perimeter":           "allow_origins: [https://app.example.com]\nallow_hosts: [proxy.internal]\n" + sharedTargetNames,
+	}
+}
+
+var acceptedVars = map[string]string{
+	"K": "sk-k", "CI_TOKEN": "client-token-0123456789", "OPENAI_A": "sk-a", "OPENROUTER": "sk-or", "ANTHROPIC": "sk-ant",
+	"LLMRETRY_TOKEN_BACKEND": "a-token-long-enough-to-pass", "OPENAI_KEY_MAIN": "sk-main", "OPENROUTER_API_KEY": "sk-or",
+	"ANTHROPIC_API_KEY": "sk-ant",
+}
+
+// scrapeConfig serves fc's admin endpoints and fails t unless /metrics
+// answers 200 with every target's series, under its route.
+func scrapeConfig(t *testing.T, fc *FileConfig) {
+	t.Helper()
+	rt, err := NewRouter(fc, Config{})
+	if err != nil {
+		t.Fatalf("a config that parses is refused by NewRouter: %v", err)
+	}
+	w := httptest.NewRecorder()
+	req := httptest.NewRequest(http.MethodGet, "/metrics", nil)
+	req.Host = "127.0.0.1:8786"
+	rt.Admin().ServeHTTP(w, req)
+	if w.Code != http.StatusOK {
+		t.Fatalf("/metrics: status %d: %s", w.Code, w.Body)
+	}
+	for _, r := range fc.Routes {
+		for _, tg := range r.Failover.Targets {
+			for _, name := range []string{"llmretry_budget_requests", "llmretry_budget_refused_total", "llmretry_cooldown_held_total"} {
+				series := fmt.Sprintf(`%s{route=%q,upstream=%q}`, name, cmp.Or(r.Prefix, "/"), tg.Name)
+				if !strings.Contains(w.Body.String(), series) {
+					t.Fatalf("/metrics lacks %s:\n%s", series, w.Body)
+				}
+			}
+		}
+	}
+}
+
+// Two routes with a target of the same name made /metrics answer 500 (two
+// series of one name and labels), on a config accepted without a word.
+// Per-target series carry the route now: /metrics answers for every
+// config the config tests accept.
+func TestMetricsAnswerForEveryAcceptedConfig(t *testing.T) {
+	for name, text := range acceptedConfigs(t) {
+		fc, err := ParseConfig(name+".yaml", []byte(text), env(acceptedVars))
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		t.Run(name, func(t *testing.T) { scrapeConfig(t, fc) })
+	}
 }

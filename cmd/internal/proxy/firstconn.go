@@ -8,7 +8,7 @@ import (
 )
 
 // firstConn lets one request open the first connection to an HTTPS host
-// while the others wait for it, and no longer.
+// while the others wait for it, and not for long.
 //
 // net/http's Transport starts a dial for every request that finds no
 // connection to its host, and learns only after each TLS handshake that
@@ -17,13 +17,22 @@ import (
 // reconnecting) opened up to thousands of TLS connections at once and, in
 // one run, took the proxy past its 20,000 file descriptors: a fifth of the
 // streams failed. Requests wait only until the first connection is up
-// (httptrace's GotConn), not for its reply, which may take minutes. If the
-// first request fails before it has a connection, those waiting go on as
-// before, each on its own, and the next request opens again. A host left
-// without requests for longer than net/http keeps an idle connection is
-// opened again as new: its connection has likely been closed, and the next
-// burst would dial as the first did. (If it has not, the one opening finds
-// it at once.)
+// (httptrace's GotConn), not for its reply, which may take minutes.
+//
+// A first connection can hang in its handshake (a packet lost, a stuck
+// load balancer) for as long as the TLS handshake timeout; everyone
+// waiting behind it waited as long (10 requests took 10 s each). So when
+// no connection is up within openBound, one more request may open one,
+// and one more each openBound after, until one is up: then every waiting
+// request goes on it. A burst still opens a handful of connections, one a
+// second at most, never one each.
+//
+// If a request opening fails before it has a connection, those waiting go
+// on as before, each on its own, and the next request opens again. A host
+// left without requests for longer than net/http keeps an idle connection
+// is opened again as new: its connection has likely been closed, and the
+// next burst would dial as the first did. (If it has not, the one opening
+// finds it at once.)
 //
 // Plain-HTTP requests pass straight on: over HTTP/1.1 every open stream
 // needs a connection of its own anyway.
@@ -36,22 +45,37 @@ type firstConn struct {
 	hosts map[string]*hostConn
 }
 
+// openBound is how long the requests opening a host's first connections
+// have before one more request may open another: about as long as a TLS
+// handshake takes on a bad path (a few round trips of up to a few hundred
+// milliseconds), and well below the TLS handshake timeout (10 s).
+const openBound = time.Second
+
 type hostConn struct {
 	up      bool      // a connection was made: no more waiting
 	last    time.Time // the last request sent
-	opening *opening  // non-nil while one request opens the first
+	opening *opening  // non-nil while requests open the first
 }
 
-// opening is one request's attempt at the first connection.
+// opening is the attempt at a host's first connection, by one request or,
+// if that one is slow, a few.
 type opening struct {
-	done   chan struct{} // closed when it has a connection, or has given up
-	failed bool          // the upstream could not be reached: the others go on alone
+	done    chan struct{} // closed when a connection is up, or the attempt has given up
+	failed  bool          // the upstream could not be reached: the others go on alone
+	openers int           // requests opening now
+	next    time.Time     // when one more request may open
 }
 
 func (f *firstConn) RoundTrip(req *http.Request) (*http.Response, error) {
 	if req.URL.Scheme != "https" {
 		return f.next.RoundTrip(req)
 	}
+	var timer *time.Timer // while waiting: for the next turn to open
+	defer func() {
+		if timer != nil {
+			timer.Stop()
+		}
+	}()
 	for {
 		f.mu.Lock()
 		h := f.hosts[req.URL.Host]
@@ -75,37 +99,62 @@ func (f *firstConn) RoundTrip(req *http.Request) (*http.Response, error) {
 		if o == nil {
 			o = &opening{done: make(chan struct{})}
 			h.opening = o
+		}
+		if o.openers == 0 || !now.Before(o.next) {
+			// The first, or the turn of one more: those opening are slow.
+			o.openers++
+			o.next = now.Add(openBound)
 			f.mu.Unlock()
 			return f.open(req, h, o)
 		}
+		wait := o.next.Sub(now)
 		f.mu.Unlock()
+		if timer == nil {
+			timer = time.NewTimer(wait)
+		} else {
+			timer.Reset(wait)
+		}
 		select {
 		case <-o.done:
+			if o.failed {
+				return f.next.RoundTrip(req)
+			}
+			// Up now, or every opener's own client left: look again.
+		case <-timer.C:
+			// Perhaps this one's turn to open: look again.
 		case <-req.Context().Done():
 			if req.Body != nil {
 				_ = req.Body.Close()
 			}
 			return nil, req.Context().Err()
 		}
-		if o.failed {
-			return f.next.RoundTrip(req)
-		}
-		// Up now, or the opener's own client left: look again.
 	}
 }
 
-// open sends req as the one that opens h's first connection.
+// open sends req as one of the requests opening h's first connection.
 func (f *firstConn) open(req *http.Request, h *hostConn, o *opening) (*http.Response, error) {
 	var once sync.Once
 	end := func(up, failed bool) {
 		once.Do(func() {
 			f.mu.Lock()
-			if up {
-				h.up = true
+			defer f.mu.Unlock()
+			o.openers--
+			select {
+			case <-o.done:
+				return // another opener ended the attempt
+			default:
 			}
-			o.failed = failed
-			h.opening = nil
-			f.mu.Unlock()
+			switch {
+			case up:
+				h.up = true
+			case failed:
+				o.failed = true
+			case o.openers > 0:
+				return // only this one's client left; the others go on opening
+			}
+			if h.opening == o {
+				h.opening = nil
+			}
 			close(o.done)
 		})
 	}

@@ -2,10 +2,12 @@ package proxy
 
 import (
 	"bufio"
+	"bytes"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -139,5 +141,146 @@ func TestHeldBodiesAreSizedAndCapped(t *testing.T) {
 	}
 	if held := p.HeldBytes(); held != 0 {
 		t.Fatalf("%d bytes still held after both requests", held)
+	}
+}
+
+// silentUpload declares a body of size, with Expect: 100-continue, and
+// returns once the proxy has begun to read it (its 100 Continue, which
+// net/http sends at the body's first read): the reservation, if any, is
+// made by then. It sends nothing more.
+func silentUpload(t *testing.T, base string, size int) *bufio.Reader {
+	t.Helper()
+	conn := rawPost(t, base, fmt.Sprintf("Content-Length: %d\r\nExpect: 100-continue\r\n", size), "")
+	_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second)) // a guard: the proxy answers long before
+	br := bufio.NewReader(conn)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil || resp.StatusCode != http.StatusContinue {
+		t.Fatalf("no 100 Continue: %v %v", resp, err)
+	}
+	return br
+}
+
+// --max-held was reserved from the declared Content-Length before a byte
+// arrived: at the defaults, 8 connections that declared 32 MiB and sent
+// nothing made every other request with a body get 503, for 158 s at a
+// time (the body timeout grew with the declared length too). The
+// reservation and the buffer now grow with the bytes that arrive, and so
+// does the time bound: the silent ones hold 32 KiB each, others are
+// served, and the silent ones are ended by the body timeout.
+func TestSilentClientsDeclaringLargeBodiesLockNobodyOut(t *testing.T) {
+	base, p, _ := start(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		_, _ = io.WriteString(w, "{}")
+	}), func(c *Config) { c.BodyTimeout = 200 * time.Millisecond }) // MaxHeld and MaxBody at their defaults
+	var silent []*bufio.Reader
+	for range 8 {
+		silent = append(silent, silentUpload(t, base, DefaultMaxBody))
+	}
+	if held := p.HeldBytes(); held != 8*firstChunk {
+		t.Fatalf("8 silent clients hold %d bytes, want %d: what arrived (nothing) and a first chunk each", held, 8*firstChunk)
+	}
+	body := `{"model":"gpt-4o","input":"` + strings.Repeat("x", 100<<10) + `"}`
+	resp, err := client(t).Post(base+"/v1/embeddings", "application/json", strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("a ninth client: status %d, %s", resp.StatusCode, b)
+	}
+	for i, br := range silent {
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatalf("silent client %d: %v", i, err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusRequestTimeout || !strings.Contains(string(b), "not received within 200ms: 0 bytes arrived") {
+			t.Fatalf("silent client %d: status %d, %s", i, resp.StatusCode, b)
+		}
+	}
+	if held := p.HeldBytes(); held != 0 {
+		t.Fatalf("%d bytes still held", held)
+	}
+}
+
+// A body arriving in pieces is held in a buffer that doubles as it fills,
+// to its declared size and no more, and the time bound grows with it: a
+// second for each 256 KiB.
+func TestHeldBodyGrowsWithWhatArrives(t *testing.T) {
+	got := make(chan int, 1)
+	base, p, _ := start(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		got <- len(b)
+	}), func(c *Config) { c.BodyTimeout = 5 * time.Second })
+	const size = 300 << 10
+	conn := rawPost(t, base, fmt.Sprintf("Content-Length: %d\r\nExpect: 100-continue\r\n", size), "")
+	br := bufio.NewReader(conn)
+	if resp, err := http.ReadResponse(br, nil); err != nil || resp.StatusCode != http.StatusContinue {
+		t.Fatalf("no 100 Continue: %v %v", resp, err)
+	}
+	if held := p.HeldBytes(); held != firstChunk {
+		t.Fatalf("held %d before any byte, want %d", held, firstChunk)
+	}
+	if _, err := io.WriteString(conn, strings.Repeat("x", size)); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.ReadResponse(br, nil)
+	for err == nil && resp.StatusCode == http.StatusContinue { // the upstream's own, passed on
+		resp, err = http.ReadResponse(br, nil)
+	}
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("%v %v", resp, err)
+	}
+	if n := <-got; n != size {
+		t.Fatalf("the upstream got %d bytes, want %d", n, size)
+	}
+	if held := p.HeldBytes(); held != 0 {
+		t.Fatalf("%d bytes still held", held)
+	}
+}
+
+// An ordinary body, of a known small size, is read into one buffer of its
+// own size: the allocations of the path every request takes stay as they
+// were before bodies were counted as they arrive.
+func TestSmallBodyIsHeldInOneAllocation(t *testing.T) {
+	if raceEnabled {
+		t.Skip("allocations are counted without the race detector, which allocates on its own")
+	}
+	_, p, _ := start(t, http.NotFoundHandler())
+	body := []byte(`{"model":"gpt-4o","messages":[{"role":"user","content":"Say hello."}]}`)
+	rd := bytes.NewReader(body)
+	r := httptest.NewRequest(http.MethodPost, "/v1/chat/completions", io.NopCloser(rd))
+	r.ContentLength = int64(len(body))
+	w := httptest.NewRecorder()
+	allocs := testing.AllocsPerRun(100, func() {
+		rd.Reset(body)
+		got, reserved, code, _ := p.hold(w, r)
+		p.held.Add(-reserved)
+		if code != 0 || len(got) != len(body) || cap(got) != len(body) || reserved != int64(len(body)) {
+			t.Fatalf("code %d, %d bytes in a buffer of %d, reserved %d", code, len(got), cap(got), reserved)
+		}
+	})
+	if allocs > 5 { // 5 before, with the whole declared length reserved at once
+		t.Fatalf("%v allocations to hold a small body, want 5 at most", allocs)
+	}
+}
+
+// The time a body is given grows by a second for each 256 KiB that
+// arrives: a client that has sent 256 KiB and then stalls is cut a second
+// after one that sent nothing would be.
+func TestBodyTimeoutGrowsWithTheBytesReceived(t *testing.T) {
+	base, _, _ := start(t, http.NotFoundHandler(), func(c *Config) { c.BodyTimeout = 100 * time.Millisecond })
+	conn := rawPost(t, base, fmt.Sprintf("Content-Length: %d\r\n", 1<<20), strings.Repeat("x", bodyRate))
+	_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second)) // a guard
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusRequestTimeout || !strings.Contains(string(b), fmt.Sprintf("not received within 1.1s: %d bytes arrived", bodyRate)) {
+		t.Fatalf("status %d, %s", resp.StatusCode, b)
 	}
 }

@@ -40,11 +40,14 @@ type Config struct {
 	// IdleTimeout ends a response stream that sends nothing for this long.
 	IdleTimeout time.Duration
 	// BodyTimeout bounds how long a client may take to send its request
-	// body: BodyTimeout, plus a second for every 256 KiB it declares. A
-	// body that is not in by then gets 408. Default 30 s.
+	// body: BodyTimeout, plus a second for every 256 KiB that has arrived
+	// (not that it declares: a declared length costs a client nothing to
+	// send). A body that is not in by then gets 408. Default 30 s.
 	BodyTimeout time.Duration
 	// MaxHeld caps the bytes of request bodies held at once, across
-	// requests; past it a request gets 503 with Retry-After. Default 256 MiB.
+	// requests, counted as they arrive (and the memory for them grows as
+	// they do); past it a request gets 503 with Retry-After. Default
+	// 256 MiB.
 	MaxHeld int64
 	// UpstreamTimeout bounds the wait for an attempt's response headers
 	// (a model may think for minutes before its first byte). Default 10 min.
@@ -69,6 +72,10 @@ type Config struct {
 	CooldownsOff bool
 	// Options are further Transport options.
 	Options []llmretry.Option
+	// Perimeter says which web pages and Host names may reach the routes
+	// of a config (NewRouter only: without keys to spend, New lets every
+	// request through to its upstream).
+	Perimeter Perimeter
 	// Failover, when set, sends requests to its targets (see
 	// llmretry.NewFailoverTransport) and Upstream is left out: the first
 	// target's base URL takes its place. Budget and BudgetRatio then apply
@@ -86,8 +93,8 @@ const (
 	DefaultMaxUpstreamHeader = 256 << 10
 )
 
-// bodyRate is the least rate a declared body is given time for, on top of
-// BodyTimeout: a second for each 256 KiB.
+// bodyRate is the least rate a body is given time for, on top of
+// BodyTimeout: a second for each 256 KiB that arrives.
 const bodyRate = 256 << 10
 
 // Proxy is an http.Handler.
@@ -98,6 +105,7 @@ type Proxy struct {
 	admin   *http.ServeMux
 	held    *atomic.Int64 // bytes of request bodies held now
 	label   string        // the upstream, in metrics
+	route   string        // the config route's prefix, in metrics ("/" for the root); "" without a config
 }
 
 // shared is what the routes of one config file share: their metrics and
@@ -109,14 +117,14 @@ type shared struct {
 
 // New returns a Proxy for cfg.
 func New(cfg Config) (*Proxy, error) {
-	return newProxy(cfg, newShared())
+	return newProxy(cfg, newShared(false), "")
 }
 
 // newShared makes the metrics and held-bytes count of one proxy, or of
-// every route of one config.
-func newShared() *shared {
+// every route of one config (routes: its series name the route).
+func newShared(routes bool) *shared {
 	held := new(atomic.Int64)
-	return &shared{metrics: newMetrics(held.Load), held: held}
+	return &shared{metrics: newMetrics(held.Load, routes), held: held}
 }
 
 // adminMux serves /healthz and m's /metrics, for a listener of their own.
@@ -130,8 +138,9 @@ func adminMux(m *Metrics) *http.ServeMux {
 	return mux
 }
 
-// newProxy returns a Proxy for cfg that counts in sh.
-func newProxy(cfg Config, sh *shared) (*Proxy, error) {
+// newProxy returns a Proxy for cfg that counts in sh, under route when it
+// serves a config's route.
+func newProxy(cfg Config, sh *shared, route string) (*Proxy, error) {
 	if cfg.Failover != nil && len(cfg.Failover.Targets) > 0 {
 		u, err := url.Parse(cfg.Failover.Targets[0].BaseURL)
 		if err != nil {
@@ -183,7 +192,7 @@ func newProxy(cfg Config, sh *shared) (*Proxy, error) {
 		// opening one connection first.
 		base = &firstConn{next: h1.NewTransport(t), idle: t.IdleConnTimeout}
 	}
-	p := &Proxy{cfg: cfg, admin: adminMux(sh.metrics), metrics: sh.metrics, held: sh.held, label: cfg.Upstream.Host}
+	p := &Proxy{cfg: cfg, admin: adminMux(sh.metrics), metrics: sh.metrics, held: sh.held, label: cfg.Upstream.Host, route: route}
 	budgetFor := func() llmretry.Budget {
 		switch {
 		case cfg.BudgetOff:
@@ -195,7 +204,7 @@ func newProxy(cfg Config, sh *shared) (*Proxy, error) {
 	}
 	addBudget := func(label string, b llmretry.Budget) {
 		if c, ok := b.(interface{ Counts() llmretry.BudgetCounts }); ok {
-			p.metrics.addBudget(label, c.Counts)
+			p.metrics.addBudget(p.route, label, c.Counts)
 		}
 	}
 	opts := []llmretry.Option{
@@ -203,7 +212,7 @@ func newProxy(cfg Config, sh *shared) (*Proxy, error) {
 		llmretry.WithLogger(cfg.Logger),
 		llmretry.WithOnRetry(p.onRetry),
 		llmretry.WithOnStop(p.onStop),
-		llmretry.WithOnHealth(p.metrics.onHealth),
+		llmretry.WithOnHealth(p.onHealth),
 	}
 	switch {
 	case cfg.CooldownsOff:
@@ -223,7 +232,7 @@ func newProxy(cfg Config, sh *shared) (*Proxy, error) {
 				f.Targets[i].Budget = budgetFor()
 			}
 			addBudget(f.Targets[i].Name, f.Targets[i].Budget)
-			p.metrics.addUpstream(f.Targets[i].Name)
+			p.metrics.addUpstream(p.route, f.Targets[i].Name)
 		}
 		if cfg.BudgetOff {
 			opts = append(opts, llmretry.WithBudget(nil))
@@ -236,7 +245,7 @@ func newProxy(cfg Config, sh *shared) (*Proxy, error) {
 	} else {
 		budget := budgetFor()
 		addBudget(p.label, budget)
-		p.metrics.addUpstream(p.label)
+		p.metrics.addUpstream(p.route, p.label)
 		opts = append(opts, llmretry.WithBudget(budget))
 		opts = append(opts, cfg.Options...)
 		transport = llmretry.NewTransport(countAttempts{base, p.metrics}, opts...)
@@ -265,7 +274,7 @@ func newProxy(cfg Config, sh *shared) (*Proxy, error) {
 		ModifyResponse: func(resp *http.Response) error {
 			p.metrics.request(resp.StatusCode)
 			if cfg.Failover != nil { // only a failover Transport names a target
-				p.metrics.served.WithLabelValues(resp.Header.Get(llmretry.TargetHeader)).Inc()
+				p.metrics.servedBy(p.route, resp.Header.Get(llmretry.TargetHeader))
 			}
 			sse := false // read from the map: the name is canonical
 			if ct := resp.Header["Content-Type"]; len(ct) > 0 {
@@ -275,6 +284,9 @@ func newProxy(cfg Config, sh *shared) (*Proxy, error) {
 			if info != nil {
 				info.buffers.stream = sse
 				unstamped(resp.Header)
+				if info.origin != "" {
+					dropCORS(resp.Header)
+				}
 				stamp(info.out, info)
 				p.metrics.responded(info.start)
 			}
@@ -302,32 +314,31 @@ func (p *Proxy) Metrics() *Metrics { return p.metrics }
 // ServeHTTP forwards every request upstream, its path byte for byte: no
 // ServeMux here, which would answer "//v1/models" or "/v1/./models" with a
 // redirect of its own.
-func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) { p.forward(w, r) }
+func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	r, info := withRequest(r, w.Header())
+	p.forward(w, r, info)
+}
 
 // forward holds the request body (so that a retry can send it again) and
-// sends the request on. A body above MaxBody is refused before anything
-// goes upstream; one that does not arrive in time gets 408; one that would
-// take the bodies held past MaxHeld gets 503.
-func (p *Proxy) forward(w http.ResponseWriter, r *http.Request) {
+// sends the request on; r carries info (withRequest). A body above MaxBody
+// is refused before anything goes upstream; one that does not arrive in
+// time gets 408; one that would take the bodies held past MaxHeld gets 503.
+func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, info *requestInfo) {
 	// The upstream's answers are stamped in ModifyResponse; the proxy's
-	// own, here. (Stamping w's headers up front would not do: an error
-	// answer must carry the attempts made by then.)
-	r, info := withRequest(r, w.Header())
+	// own, in refuse and fail. (Stamping w's headers up front would not
+	// do: an error answer must carry the attempts made by then.)
 	if r.ContentLength > p.cfg.MaxBody {
-		stamp(w.Header(), info)
-		p.tooLarge(w)
+		p.refuse(w, r, http.StatusRequestEntityTooLarge, fmt.Sprintf("request body larger than %d bytes", p.cfg.MaxBody))
 		return
 	}
 	if r.Body != nil && r.Body != http.NoBody {
 		body, reserved, code, msg := p.hold(w, r)
 		defer p.held.Add(-reserved)
 		if code != 0 {
-			stamp(w.Header(), info)
-			p.metrics.request(code)
 			if code == http.StatusServiceUnavailable {
 				w.Header().Set("Retry-After", "1")
 			}
-			p.writeError(w, code, msg)
+			p.refuse(w, r, code, msg)
 			return
 		}
 		// r.Body, read to its end, is closed: over HTTP/2 that frees the
@@ -347,16 +358,29 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request) {
 	rp.ServeHTTP(w, r) // the held body is not used after this returns
 }
 
-// hold reads r's body within its time bound into memory of its own size
-// (a declared length is allocated once; a chunked body grows), counted
-// against MaxHeld. reserved is what it counted, to give back when the
+// firstChunk is the most memory a request body is given before its bytes
+// arrive. A body declared no larger is read into one buffer of its own
+// size, allocated once; a larger one, or one of unknown length, starts
+// there and doubles as it fills, to its declared size at most. So a client
+// that declares 32 MiB and sends nothing holds 32 KiB of MaxHeld, not
+// 32 MiB: eight of them once took the whole default MaxHeld and made
+// every other request with a body get 503.
+const firstChunk = 32 << 10
+
+// hold reads r's body within its time bound into memory counted against
+// MaxHeld as it grows. reserved is what it counted, to give back when the
 // request is done. A code other than 0 is the answer instead.
+//
+// The time bound grows with the bytes too: BodyTimeout, plus a second for
+// each bodyRate bytes that have arrived. A client sending at bodyRate or
+// faster is never cut; one that sends nothing is cut after BodyTimeout,
+// whatever it declared.
 func (p *Proxy) hold(w http.ResponseWriter, r *http.Request) (body []byte, reserved int64, code int, msg string) {
 	declared := r.ContentLength
-	allowed := p.cfg.BodyTimeout + time.Duration(max(declared, 0)/bodyRate)*time.Second
-	deadline := time.Now().Add(allowed)
+	start := time.Now()
+	var granted time.Duration // on top of BodyTimeout, for the bytes arrived
 	rc := http.NewResponseController(w)
-	_ = rc.SetReadDeadline(deadline)
+	_ = rc.SetReadDeadline(start.Add(p.cfg.BodyTimeout))
 	defer func() {
 		if code == 0 {
 			_ = rc.SetReadDeadline(time.Time{})
@@ -375,44 +399,49 @@ func (p *Proxy) hold(w http.ResponseWriter, r *http.Request) (body []byte, reser
 		reserved += n
 		return true
 	}
-	busy := func() (int, string) {
-		return http.StatusServiceUnavailable, fmt.Sprintf("the proxy is holding its limit of %d bytes of request bodies; retry shortly", p.cfg.MaxHeld)
+	limit := declared
+	if declared < 0 {
+		limit = p.cfg.MaxBody + 1 // a byte past MaxBody tells a chunked body too large
 	}
+	var buf []byte
 	var err error
-	if declared >= 0 {
-		if !reserve(declared) {
-			c, m := busy()
-			return nil, reserved, c, m
-		}
-		body = make([]byte, declared)
-		_, err = io.ReadFull(r.Body, body)
-	} else { // chunked: grow, reserving as it grows
-		var buf bytes.Buffer
-		chunk := make([]byte, 32<<10)
-		for {
-			n, rerr := r.Body.Read(chunk)
-			if int64(buf.Len()+n) > p.cfg.MaxBody {
-				return nil, reserved, http.StatusRequestEntityTooLarge, fmt.Sprintf("request body larger than %d bytes", p.cfg.MaxBody)
-			}
-			if n > 0 && !reserve(int64(n)) {
-				c, m := busy()
-				return nil, reserved, c, m
-			}
-			buf.Write(chunk[:n])
-			if rerr != nil {
-				if rerr != io.EOF {
-					err = rerr
-				}
+	for {
+		if len(buf) == cap(buf) {
+			if int64(len(buf)) >= limit {
 				break
 			}
+			size := min(max(2*int64(cap(buf)), firstChunk), limit)
+			if !reserve(size - int64(cap(buf))) {
+				return nil, reserved, http.StatusServiceUnavailable,
+					fmt.Sprintf("the proxy is holding its limit of %d bytes of request bodies; retry shortly", p.cfg.MaxHeld)
+			}
+			grown := make([]byte, len(buf), size)
+			copy(grown, buf)
+			buf = grown
 		}
-		body = buf.Bytes()
+		n, rerr := r.Body.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
+		if rerr != nil {
+			if rerr != io.EOF {
+				err = rerr
+			} else if declared >= 0 && int64(len(buf)) < declared {
+				err = io.ErrUnexpectedEOF
+			}
+			break
+		}
+		if g := time.Duration(int64(len(buf))/bodyRate) * time.Second; g > granted {
+			granted = g
+			_ = rc.SetReadDeadline(start.Add(p.cfg.BodyTimeout + granted))
+		}
 	}
 	switch {
+	case err == nil && int64(len(buf)) > p.cfg.MaxBody:
+		return nil, reserved, http.StatusRequestEntityTooLarge, fmt.Sprintf("request body larger than %d bytes", p.cfg.MaxBody)
 	case err == nil:
-		return body, reserved, 0, ""
+		return buf, reserved, 0, ""
 	case isTimeout(err):
-		return nil, reserved, http.StatusRequestTimeout, fmt.Sprintf("request body not received within %v", allowed)
+		return nil, reserved, http.StatusRequestTimeout, fmt.Sprintf("request body not received within %v: %d bytes arrived (the bound grows by a second for each %d KiB)",
+			p.cfg.BodyTimeout+granted, len(buf), bodyRate>>10)
 	default:
 		return nil, reserved, http.StatusBadRequest, "reading the request body: " + err.Error()
 	}
@@ -429,14 +458,28 @@ func isTimeout(err error) bool {
 // HeldBytes is how many bytes of request bodies the proxy holds now.
 func (p *Proxy) HeldBytes() int64 { return p.held.Load() }
 
-// onRetry and onStop count in the metrics under the request's upstream:
-// the host, or with failover the target.
-func (p *Proxy) onRetry(e llmretry.RetryEvent) { p.metrics.onRetry(e, cmp.Or(e.Target, p.label)) }
-func (p *Proxy) onStop(e llmretry.StopEvent)   { p.metrics.onStop(e, cmp.Or(e.Target, p.label)) }
+// onRetry, onStop and onHealth count in the metrics under the request's
+// route and upstream: the host, or with failover the target.
+func (p *Proxy) onRetry(e llmretry.RetryEvent) {
+	p.metrics.onRetry(e, p.route, cmp.Or(e.Target, p.label))
+}
+func (p *Proxy) onStop(e llmretry.StopEvent)     { p.metrics.onStop(e, p.route, cmp.Or(e.Target, p.label)) }
+func (p *Proxy) onHealth(e llmretry.HealthEvent) { p.metrics.onHealth(e, p.route) }
 
-func (p *Proxy) tooLarge(w http.ResponseWriter) {
-	p.metrics.request(http.StatusRequestEntityTooLarge)
-	p.writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("request body larger than %d bytes", p.cfg.MaxBody))
+// refuse answers r with the proxy's own error.
+func (p *Proxy) refuse(w http.ResponseWriter, r *http.Request, code int, msg string) {
+	refuse(w, r, p.metrics, p.cfg.Logger, code, "llmretry_proxy_error", msg)
+}
+
+// refuse answers r with the proxy's own error, of type typ, in the OpenAI
+// shape: counted by code, stamped with the request's id (and for a listed
+// page, the CORS headers that let it read the answer), and logged with the
+// same id (logger adds it: requestIDHandler).
+func refuse(w http.ResponseWriter, r *http.Request, m *Metrics, logger *slog.Logger, code int, typ, msg string) {
+	m.request(code)
+	stamp(w.Header(), requestOf(r.Context()))
+	logger.LogAttrs(r.Context(), slog.LevelInfo, "llmretry proxy: refused", slog.Int("status", code), slog.String("reason", msg))
+	writeErrorAs(w, code, typ, msg)
 }
 
 // fail answers when no upstream response can be returned.

@@ -532,7 +532,7 @@ type closeRecorder struct {
 func (c *closeRecorder) Close() error { c.closed.Store(true); return nil }
 
 func TestRequestsAreCountedByCode(t *testing.T) {
-	m := newMetrics(nil)
+	m := newMetrics(nil, false)
 	for _, code := range []int{200, 413, 200, 999, 1000, -1} {
 		m.request(code)
 	}

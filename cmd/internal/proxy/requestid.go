@@ -30,6 +30,7 @@ type requestInfo struct {
 	attempts atomic.Int32
 	broke    sync.Once // the mid-stream break is logged once
 	buffers  copyBuffers
+	origin   string // a listed web page's origin, whose page may read the answer
 }
 
 type requestKey struct{}
@@ -65,6 +66,9 @@ func stamp(h http.Header, info *requestInfo) {
 	vals := []string{info.id, strconv.Itoa(int(info.attempts.Load()))}
 	h[RequestIDHeader] = vals[0:1:1]
 	h[AttemptsHeader] = vals[1:2:2]
+	if info.origin != "" {
+		corsHeaders(h, info.origin)
+	}
 }
 
 // unstamped removes the upstream's own values of the stamped headers (an

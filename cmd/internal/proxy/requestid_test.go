@@ -1,12 +1,17 @@
 package proxy
 
 import (
+	"bufio"
 	"io"
 	"net/http"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
+
+	"github.com/llmretry/llmretry"
 )
 
 // Every answer says which request it was and how many attempts went
@@ -112,5 +117,96 @@ func TestBrokenJSONReplyIsLoggedWithTheRequestID(t *testing.T) {
 	}
 	if strings.Contains(logs.String(), "ReverseProxy read error") {
 		t.Fatalf("ReverseProxy's unlabelled line is logged:\n%s", logs.String())
+	}
+}
+
+// checkOwnAnswer fails t unless resp has status code, a request id, and a
+// log line with the same id that says why.
+func checkOwnAnswer(t *testing.T, name string, resp *http.Response, logs *logBuffer, code int) {
+	t.Helper()
+	id := resp.Header.Get(RequestIDHeader)
+	if resp.StatusCode != code || !regexp.MustCompile(`^[0-9a-f]{16}$`).MatchString(id) {
+		t.Errorf("%s: status %d, %s %q; want %d and an id", name, resp.StatusCode, RequestIDHeader, id, code)
+		return
+	}
+	for line := range strings.Lines(logs.String()) {
+		if strings.Contains(line, "request_id="+id) &&
+			(strings.Contains(line, "llmretry proxy: refused") && strings.Contains(line, "status="+strconv.Itoa(code)) || strings.Contains(line, "llmretry: giving up")) {
+			return
+		}
+	}
+	t.Errorf("%s: no log line says why, with request_id=%s:\n%s", name, id, logs.String())
+}
+
+// The proxy's own 401, 404, 408, 413 and 503 carried no request id, and
+// were logged nowhere. Every answer the proxy's handler writes itself now
+// carries X-Llmretry-Request-Id, and a log line with the same id says why.
+func TestEveryOwnAnswerCarriesTheRequestIDAndALogLine(t *testing.T) {
+	up := newWireLog(t, nil)
+	base, _, logs := startRouter(t, keyedRoute(up.URL, "clients: [{id: app, env: TOKEN}]\n", ""), map[string]string{"KEY": "sk-upstream", "TOKEN": testToken})
+	addr := strings.TrimPrefix(base, "http://")
+	auth := []string{"Authorization", "Bearer " + testToken}
+	post := func(path string, header ...string) *http.Response {
+		return do(t, http.MethodPost, base+path, `{"model":"gpt-4o"}`, header...)
+	}
+	checkOwnAnswer(t, "no token", post("/openai/chat/completions"), logs, 401)
+	checkOwnAnswer(t, "wrong token", post("/openai/chat/completions", "X-Api-Key", "sk-wrong-0123456789"), logs, 401)
+	checkOwnAnswer(t, "foreign origin", post("/openai/chat/completions", append(auth, "Origin", "https://evil.example")...), logs, 403)
+	resp, _ := rawDo(t, base, "POST /openai/chat/completions HTTP/1.1\r\nHost: rebind.evil.example\r\n", `{}`)
+	checkOwnAnswer(t, "rebinding host", resp, logs, 403)
+	checkOwnAnswer(t, "no route", post("/nowhere/chat/completions", auth...), logs, 404)
+	resp, _ = rawDo(t, base, "POST /openai/../x HTTP/1.1\r\nHost: "+addr+"\r\nAuthorization: Bearer "+testToken+"\r\n", `{}`)
+	checkOwnAnswer(t, "dot segment", resp, logs, 400)
+	checkOwnAnswer(t, "bad query", post("/openai/chat/completions?a=%zz", auth...), logs, 400)
+
+	// A route whose only key the upstream refused: then 503, with no key left.
+	refusing := newWireLog(t, func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusUnauthorized) })
+	base2, _, logs2 := startRouter(t, keyedRoute(refusing.URL, "", ""), map[string]string{"KEY": "sk-revoked"})
+	do(t, http.MethodPost, base2+"/openai/chat/completions", `{"model":"gpt-4o"}`)
+	checkOwnAnswer(t, "every key out", do(t, http.MethodPost, base2+"/openai/chat/completions", `{"model":"gpt-4o"}`), logs2, 503)
+
+	// Without a config.
+	slow := make(chan struct{})
+	defer close(slow)
+	proxyBase, _, plogs := start(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/hangup":
+			conn, _, _ := http.NewResponseController(w).Hijack()
+			conn.Close()
+		case "/slow":
+			select {
+			case <-slow:
+			case <-r.Context().Done():
+			}
+		}
+	}), func(c *Config) {
+		c.Base = nil // the proxy's own transport, for UpstreamTimeout
+		c.MaxBody = 1000
+		c.BodyTimeout, c.UpstreamTimeout = 100*time.Millisecond, 100*time.Millisecond
+		c.Policy = llmretry.Policy{MaxAttempts: 1}
+	})
+	checkOwnAnswer(t, "declared too large", do(t, http.MethodPost, proxyBase+"/v1/x", strings.Repeat("x", 2000)), plogs, 413)
+	resp, _ = rawDo(t, proxyBase, "POST /v1/x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n", "7d0\r\n"+strings.Repeat("x", 2000)+"\r\n0\r\n\r\n")
+	checkOwnAnswer(t, "chunked too large", resp, plogs, 413)
+	fullBase, _, flogs := start(t, http.NotFoundHandler(), func(c *Config) { c.MaxHeld = 500 })
+	checkOwnAnswer(t, "held full", do(t, http.MethodPost, fullBase+"/v1/x", strings.Repeat("x", 600)), flogs, 503)
+	resp, _ = rawDo(t, proxyBase, "POST /v1/x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n", "zz\r\n")
+	checkOwnAnswer(t, "bad chunk", resp, plogs, 400)
+	conn := rawPost(t, proxyBase, "Content-Length: 100\r\n", `{"mo`)
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkOwnAnswer(t, "slow body", resp, plogs, 408)
+	checkOwnAnswer(t, "upstream hung up", do(t, http.MethodPost, proxyBase+"/hangup", `{}`), plogs, 502)
+	checkOwnAnswer(t, "upstream silent", do(t, http.MethodPost, proxyBase+"/slow", `{}`), plogs, 504)
+
+	// net/http answers a malformed request before any handler runs: the
+	// README says that those answers carry no id.
+	for _, base := range []string{base, proxyBase} {
+		resp, _ = rawDo(t, base, "GET /v1/models HTTP/1.1\r\nHost: a b\r\n", "")
+		if resp.StatusCode != http.StatusBadRequest || resp.Header.Get(RequestIDHeader) != "" {
+			t.Errorf("a malformed Host: status %d, id %q; want net/http's own 400", resp.StatusCode, resp.Header.Get(RequestIDHeader))
+		}
 	}
 }

@@ -166,8 +166,8 @@ routes:
 		t.Fatalf("primary got %+v", primary.seen())
 	}
 	m := rt.Metrics()
-	if metricOf(t, m, `llmretry_failovers_total{from="primary",to="fallback"}`) != 1 ||
-		metricOf(t, m, `llmretry_target_responses_total{target="fallback"}`) != 1 {
+	if metricOf(t, m, `llmretry_failovers_total{from="primary",route="/openai",to="fallback"}`) != 1 ||
+		metricOf(t, m, `llmretry_target_responses_total{route="/openai",target="fallback"}`) != 1 {
 		t.Fatal("the failover is not counted")
 	}
 }
@@ -185,8 +185,8 @@ routes:
 	if resp := do(t, "GET", url+"/a/b/models", ""); resp.Header.Get(llmretry.TargetHeader) != "ab" {
 		t.Fatalf("/a/b/models went to %q", resp.Header.Get(llmretry.TargetHeader))
 	}
-	do(t, "GET", url+"/a//x/y/%2F", "")
-	if got := a.seen(); len(got) != 1 || got[0].path != "/base//x/y/%2F" {
+	do(t, "GET", url+"/a//x/y/%2F/%2e%2e.txt", "")
+	if got := a.seen(); len(got) != 1 || got[0].path != "/base//x/y/%2F/%2e%2e.txt" {
 		t.Fatalf("route /a sent %+v, want the path unchanged under its base", got)
 	}
 	if resp := do(t, "GET", url+"/ab/models", ""); resp.StatusCode != 404 {
@@ -214,7 +214,7 @@ routes:
 	if resp := do(t, "POST", url+"/o/chat/completions", `{"model":"m"}`); resp.StatusCode != 200 {
 		t.Fatalf("status %d", resp.StatusCode)
 	}
-	if metricOf(t, rt.Metrics(), `llmretry_health_changes_total{change="key_resting",key="first",target="up"}`) != 1 {
+	if metricOf(t, rt.Metrics(), `llmretry_health_changes_total{change="key_resting",key="first",route="/o",target="up"}`) != 1 {
 		t.Fatal("the resting key is not counted by its id")
 	}
 	for _, text := range []string{scrape(t, rt.Metrics()), logs.String()} {
