@@ -19,11 +19,6 @@ import (
 // or a connection cut mid-event can still be retried. Once the first event
 // is handed over, the stream is the caller's, and it is never sent again.
 
-// utf8BOM may start a stream; the SSE spec says to skip it. It is skipped
-// only to find the first event: the caller still gets it, as the server
-// sent it.
-var utf8BOM = []byte("\xef\xbb\xbf")
-
 // firstEventLimit bounds the bytes held while waiting for the first event.
 // A first event larger than this ends the peek: the response is handed
 // over as it is.
@@ -75,7 +70,7 @@ func (a Attempt) FirstEvent() (ev Event, ok bool, err error) {
 	if hb.broken != nil {
 		return Event{}, false, hb.broken
 	}
-	return Event{Name: hb.event.name, Data: hb.event.data}, hb.hasEvent, nil
+	return Event{Name: string(hb.event.name), Data: hb.event.data}, hb.hasEvent, nil
 }
 
 // StreamFirstEvent is the built-in rule for a stream's commit point: a 2xx
@@ -95,13 +90,13 @@ func StreamFirstEvent(a Attempt) Decision {
 	case !ok:
 		return Decision{Action: Deliver} // the hold passed, or the event outgrew the limit: handed over as it is
 	}
-	return classifyFirstEvent(sseEvent{name: ev.Name, data: ev.Data})
+	return classifyFirstEvent(sseEvent{name: []byte(ev.Name), data: ev.Data})
 }
 
 // classifyFirstEvent decides on a stream's first event: retry only an
 // error event that names a passing state.
 func classifyFirstEvent(ev sseEvent) Decision {
-	isError := ev.name == "error"
+	isError := string(ev.name) == "error"
 	if !isError && !bytes.Contains(ev.data, []byte(`"error"`)) {
 		return Decision{Action: Deliver}
 	}
@@ -193,7 +188,7 @@ func (t *Transport) peekFirstEvent(resp *http.Response) {
 		buf = buf[:len(buf)+n]
 		// Only a line ending can complete an event.
 		if n > 0 && bytes.ContainsAny(buf[len(buf)-n:], "\r\n") {
-			if ev, complete := firstEvent(bytes.TrimPrefix(buf, utf8BOM)); complete {
+			if ev, complete := firstEvent(buf); complete {
 				done(buf, &ev, nil)
 				return
 			}
@@ -210,6 +205,13 @@ func (t *Transport) peekFirstEvent(resp *http.Response) {
 		}
 		return
 	}
+}
+
+// firstEvent returns the first complete event in buf.
+func firstEvent(buf []byte) (sseEvent, bool) {
+	s := sseScanner{limit: firstEventLimit}
+	ev, _, ok := s.scan(buf)
+	return ev, ok
 }
 
 // brokenStream returns why a stream broke before its first event, or nil.

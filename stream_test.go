@@ -260,49 +260,6 @@ func TestSynctest_IdleTimeout(t *testing.T) {
 	})
 }
 
-func TestFirstEventParser(t *testing.T) {
-	cases := []struct {
-		in   string
-		done bool
-		name string
-		data string
-	}{
-		{"data: x\n\n", true, "", "x"},
-		{"data: x\n", false, "", ""},
-		{"event: error\ndata: {}\n\n", true, "error", "{}"},
-		{": c\n\ndata: y\n\n", true, "", "y"},
-		{": only\n\n", false, "", ""},
-		{"data: a\ndata: b\n\n", true, "", "a\nb"},
-		{"data: x\r\n\r\n", true, "", "x"},
-		{"data: x\r\r", true, "", "x"},
-		{"data: x\r", false, "", ""},
-		{"\n\ndata: z\n\n", true, "", "z"},
-		{"id: 1\n\ndata: w\n\n", true, "", "w"},
-		{"data:nospace\n\n", true, "", "nospace"},
-	}
-	for _, tc := range cases {
-		ev, done := firstEvent([]byte(tc.in))
-		if done != tc.done || ev.name != tc.name || string(ev.data) != tc.data {
-			t.Errorf("%q: got %q %q %v", tc.in, ev.name, ev.data, done)
-		}
-	}
-}
-
-func FuzzFirstEvent(f *testing.F) {
-	f.Add([]byte(anthropicOverloaded))
-	f.Add([]byte(openRouterError))
-	f.Add([]byte("data: x\r\r\n"))
-	f.Add([]byte("\xef\xbb\xbfevent: error\ndata: {\"error\":{\"type\":\"overloaded_error\"}}\n\n"))
-	f.Add([]byte(": OPENROUTER PROCESSING\n\ndata: {\"error\":{\"code\":502}}\n\n"))
-	f.Fuzz(func(t *testing.T, b []byte) {
-		ev, done := firstEvent(b)
-		if !done && (ev.data != nil) {
-			t.Fatalf("data without an event")
-		}
-		_ = classifyFirstEvent(ev)
-	})
-}
-
 // A stream with no first event within the hold is handed over as it is,
 // keep-alive comments first, and later bytes follow, none lost or doubled.
 func TestSynctest_FirstEventHoldHandsOver(t *testing.T) {
