@@ -243,7 +243,9 @@ func FuzzFirstEvent(f *testing.F) {
 		for _, f := range []streamFamily{streamUnknown, streamAnthropic, streamOpenAIChat, streamResponses, streamGemini} {
 			for _, ev := range whole {
 				e := sseEvent{name: []byte(ev.name), data: []byte(ev.data)}
-				_ = f.role(e)
+				if role := f.role(e); role.isError() {
+					_ = streamErrorDecision(f, e, testNow)
+				}
 				_, _ = familyOfEvent(e)
 			}
 		}

@@ -2,7 +2,6 @@ package llmretry
 
 import (
 	"bytes"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -90,35 +89,11 @@ func StreamFirstEvent(a Attempt) Decision {
 	case !ok:
 		return Decision{Action: Deliver} // the hold passed, or the event outgrew the limit: handed over as it is
 	}
-	return classifyFirstEvent(sseEvent{name: []byte(ev.Name), data: ev.Data})
-}
-
-// classifyFirstEvent decides on a stream's first event: retry only an
-// error event that names a passing state.
-func classifyFirstEvent(ev sseEvent) Decision {
-	isError := string(ev.name) == "error"
-	if !isError && !bytes.Contains(ev.data, []byte(`"error"`)) {
-		return Decision{Action: Deliver}
+	e := sseEvent{name: []byte(ev.Name), data: ev.Data}
+	if unknownRole(e).isError() {
+		return streamErrorDecision(streamUnknown, e, a.Now)
 	}
-	var probe struct {
-		Error json.RawMessage `json:"error"`
-	}
-	if json.Unmarshal(ev.data, &probe) != nil || len(probe.Error) == 0 || string(probe.Error) == "null" {
-		if isError {
-			return Decision{Action: Stop, Failure: FailureFirstEvent, Cause: "first event: error"}
-		}
-		return Decision{Action: Deliver}
-	}
-	bv, ok := classifyErrorBody(ev.data)
-	cause := "first event: " + firstNonEmpty(bv.cause, "error")
-	if !ok || bv.final || !bv.transient {
-		return Decision{Action: Stop, Failure: FailureFirstEvent, Cause: cause}
-	}
-	d := Decision{Action: Retry, Failure: FailureFirstEvent, Cause: cause}
-	if bv.waitOK {
-		d.Wait, d.Source = bv.wait, bv.src
-	}
-	return d
+	return Decision{Action: Deliver}
 }
 
 // FirstEventTimeoutError is the cause of a retry when no first event came
