@@ -183,3 +183,51 @@ func TestEventRolesAllocateNothing(t *testing.T) {
 		t.Fatalf("%v allocations", allocs)
 	}
 }
+
+// Followed from start to end, each family's stream has its first output
+// where the commit point is, and its terminal event last: a stream that
+// ends before it was cut short.
+func TestWholeStreamsEndWithTheirTerminalEvent(t *testing.T) {
+	cases := []struct {
+		path              string
+		stream            string
+		firstOutput, ends int // index of the first output event and of the first end event
+	}{
+		{"/v1/messages", aStream, 3, 5},
+		{"/v1/chat/completions", oStream, 1, 2},
+		{"/v1/responses", rStream, 3, 4},
+		{"/v1beta/models/g:streamGenerateContent", "data: {\"candidates\":[{\"content\":{}}]}\n\ndata: {\"candidates\":[{\"finishReason\":\"STOP\"}]}\n\n", 0, 1},
+	}
+	for _, tc := range cases {
+		req, _ := http.NewRequest(http.MethodPost, "http://api.test"+tc.path, nil)
+		s := newStreamEvents(req)
+		sc := sseScanner{limit: 1 << 10}
+		var roles []eventRole
+		for p := []byte(tc.stream); len(p) > 0; {
+			e, n, ok := sc.scan(p)
+			p = p[n:]
+			if !ok {
+				break
+			}
+			roles = append(roles, s.role(e))
+		}
+		firstOutput, firstEnd := -1, -1
+		for i, r := range roles {
+			if r.isOutput() && firstOutput < 0 {
+				firstOutput = i
+			}
+			if r.isEnd() && firstEnd < 0 {
+				firstEnd = i
+			}
+			if r.isTerminal() != (i == len(roles)-1) {
+				t.Errorf("%s: event %d of %d terminal: %v", tc.path, i, len(roles), r.isTerminal())
+			}
+			if r.isError() {
+				t.Errorf("%s: event %d is an error", tc.path, i)
+			}
+		}
+		if firstOutput != tc.firstOutput || firstEnd != tc.ends {
+			t.Errorf("%s: first output %d, first end %d; want %d, %d", tc.path, firstOutput, firstEnd, tc.firstOutput, tc.ends)
+		}
+	}
+}

@@ -102,26 +102,6 @@ func TestFirstEventPeekOff(t *testing.T) {
 	}
 }
 
-// Once the first event is handed over, a break is the caller's: never
-// retried, never replayed.
-func TestNoRetryAfterFirstEvent(t *testing.T) {
-	first := "event: message_start\ndata: {\"type\":\"message_start\"}\n\n"
-	srv := newScripted(t, sseThenCut(first, "event: content_block_delta\ndata: {\"par"), sse(okStream))
-	_, c := testTransport(t, newFakeClock())
-	resp, err := c.Do(post(t, srv.URL, "x"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	got, err := io.ReadAll(resp.Body)
-	if err == nil {
-		t.Fatal("want the read error of the cut stream")
-	}
-	if !strings.HasPrefix(string(got), first) || srv.Hits() != 1 {
-		t.Fatalf("hits %d body %q", srv.Hits(), got)
-	}
-}
-
 // The first event reaches the caller before the server sends the second:
 // nothing is buffered beyond the commit point.
 func TestStreamIsLive(t *testing.T) {
@@ -431,7 +411,7 @@ func TestPeekBufferIsLetGoOnceTheHeldBytesAreRead(t *testing.T) {
 	}
 	defer resp.Body.Close()
 	hb, ok := resp.Body.(*heldBody)
-	if !ok || hb.event.data == nil {
+	if !ok || hb.stream.event.data == nil {
 		t.Fatalf("body %T: want the held first event", resp.Body)
 	}
 	buf := make([]byte, 64)
@@ -439,7 +419,7 @@ func TestPeekBufferIsLetGoOnceTheHeldBytesAreRead(t *testing.T) {
 	if err != nil || !strings.HasPrefix(string(buf[:n]), "data: ") {
 		t.Fatalf("read %q, %v", buf[:n], err)
 	}
-	if hb.held != nil || hb.event.data != nil {
+	if hb.held != nil || hb.stream.event.data != nil {
 		t.Fatal("the peek's buffer is still referenced after its bytes were handed over")
 	}
 }
