@@ -44,8 +44,8 @@ func discard(resp *http.Response, clock Clock) {
 }
 
 // heldBody yields the bytes read ahead of the caller (a peek at an error
-// body, or a stream held until its first output) and then the rest of the live body,
-// so that the caller reads exactly what the server sent.
+// body, or a stream held until its first output) and then the rest of the
+// live body, so that the caller reads exactly what the server sent.
 type heldBody struct {
 	held   []byte
 	rc     io.ReadCloser
