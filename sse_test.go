@@ -222,6 +222,10 @@ func FuzzFirstEvent(f *testing.F) {
 	f.Add([]byte("data: {\"choices\":[{\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]}\n\ndata: {\"error\":{\"code\":502}}\n\n"))
 	f.Add([]byte("event: response.created\ndata: {\"type\":\"response.created\"}\n\nevent: response.failed\ndata: {\"type\":\"response.failed\",\"response\":{\"error\":{\"code\":\"server_error\"}}}\n\n"))
 	f.Fuzz(func(t *testing.T, b []byte) {
+		var s sseScanner
+		if ev, _, ok := s.scan(b); !ok && (ev.data != nil || ev.name != nil) {
+			t.Fatalf("data without an event")
+		}
 		whole, wholeEnds := scanPieces(0, b)
 		cut := 0
 		if len(b) > 0 {
