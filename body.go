@@ -44,8 +44,8 @@ func discard(resp *http.Response, clock Clock) {
 }
 
 // heldBody yields the bytes read ahead of the caller (a peek at an error
-// body or at a stream's first event) and then the rest of the live body,
-// so that the caller reads exactly what the server sent.
+// body, or a stream held until its first output) and then the rest of the
+// live body, so that the caller reads exactly what the server sent.
 type heldBody struct {
 	held   []byte
 	rc     io.ReadCloser
@@ -53,14 +53,11 @@ type heldBody struct {
 	// What the peek that made this body found, so that every rule asking
 	// again gets the same answer without reading again: peekErr for a peek
 	// at an error body (errBodyStalled: it ran out of time with the body
-	// still open, so the connection is not worth draining); for a peek at a
-	// stream's first event, eventPeeked, and broken when the stream broke or
-	// ended before it (the body is then closed).
-	peekErr     error
-	eventPeeked bool
-	broken      error
-	event       sseEvent
-	hasEvent    bool
+	// still open, so the connection is not worth draining); for the hold of
+	// a stream until its first output, streamHeld, and what it found.
+	peekErr    error
+	streamHeld bool
+	stream     streamHold
 }
 
 func (b *heldBody) Read(p []byte) (int, error) {
@@ -72,9 +69,9 @@ func (b *heldBody) Read(p []byte) (int, error) {
 		b.held = b.held[n:]
 		if len(b.held) == 0 {
 			// Let the peek's buffer go: the stream may run for minutes. The
-			// first event's data points into it too, and was needed only
+			// deciding event's data points into it too, and was needed only
 			// to decide, before the hand-over.
-			b.held, b.event = nil, sseEvent{}
+			b.held, b.stream.event = nil, sseEvent{}
 		}
 		return n, nil
 	}
@@ -130,7 +127,7 @@ func peekBody(resp *http.Response, limit int, clock Clock, within time.Duration)
 // that reads what an error says. It is read once, for 5 s at most (err is
 // then non-nil and the decision should rest on the status), and put back:
 // the caller still reads every byte the server sent. On a stream whose
-// first event was awaited, it is the bytes held for that.
+// first output was awaited, it is the bytes held for that.
 func (a Attempt) Body() ([]byte, error) {
 	resp := a.Response
 	if resp == nil || resp.Body == nil || resp.Body == http.NoBody {

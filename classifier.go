@@ -71,6 +71,10 @@ type Decision struct {
 	// the attempt.
 	Failure Failure
 	Cause   string
+	// Status is the HTTP status the failure stands for: for an error sent
+	// inside a stream, the status its kind corresponds to (0: the
+	// response's own).
+	Status int
 }
 
 // Attempt is one attempt's outcome, as a Classifier sees it. It is only
@@ -174,7 +178,7 @@ func (t *Transport) decide(a Attempt) verdict {
 			d.Cause = "transport error"
 		}
 	}
-	v := verdict{failure: d.Failure, cause: d.Cause}
+	v := verdict{failure: d.Failure, cause: d.Cause, status: d.Status}
 	if d.Action == Retry {
 		v.retry = true
 		if d.Wait > 0 {

@@ -39,6 +39,9 @@ type verdict struct {
 	// cause says in a few words what went wrong ("status 503",
 	// "connection reset"); it never holds a header value.
 	cause string
+	// status is the HTTP status the failure stands for when it is not the
+	// response's own (an error sent inside a 2xx stream); 0 otherwise.
+	status int
 	// wait is a server-requested wait; waitOK says there is one.
 	wait   time.Duration
 	src    WaitSource

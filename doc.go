@@ -6,8 +6,9 @@
 // Its Transport is an http.RoundTripper that drops into any *http.Client,
 // and so into every official SDK. It retries only before the response is
 // handed over: once the caller holds a response, nothing is sent again for
-// it. For a Server-Sent Events stream, the hand-over point is the first
-// event, so an error sent as the first event is still retried.
+// it. For a Server-Sent Events stream, the hand-over point is its first
+// output, so an error sent before it (after message_start, say) is still
+// retried.
 //
 // NewFailoverTransport retries elsewhere when waiting won't help soon
 // enough: another key of the same target at once after a 429, the next
@@ -24,7 +25,9 @@
 //   - providers.go: provider rules (quota bodies, RetryInfo, reset headers)
 //   - transport.go: the attempt loop that Transport and Do share
 //   - wait.go: deadline-aware waiting on an injectable Clock
-//   - stream.go: the first-event commit point (sse.go parses events)
+//   - stream.go: the commit point at a stream's first output (sse.go scans
+//     events; streamfamily.go, eventrole.go and streamerror.go say what
+//     each means; jsonpeek.go reads their JSON)
 //   - idle.go: the idle timeout on a returned body
 //   - body.go: drained discards, held bytes put back, reads under a time limit
 //   - request.go: each attempt's request, and the caller's body errors

@@ -124,28 +124,34 @@ func WithoutProviderRules() Option {
 }
 
 // WithoutFirstEventPeek hands text/event-stream responses over as soon as
-// their headers arrive, without waiting for the first event. An error sent
-// as the first event is then not retried.
+// their headers arrive, without holding them until their first output. An
+// error sent before the first output, or a cut there, is then not retried.
 func WithoutFirstEventPeek() Option {
 	return func(c *config) { c.firstEventPeek = false }
 }
 
-// WithFirstEventTimeout fails an attempt whose stream sends no first event
+// WithFirstEventTimeout fails an attempt whose stream sends no event at all
 // within d of its response headers, and retries it: nothing has reached the
-// caller yet. Comment lines (keep-alives) do not count as an event. Off by
-// default, as a reasoning model may think for minutes before its first
-// token. It applies only if d is no longer than the first-event hold (see
-// WithFirstEventHold), which otherwise hands the stream over first.
+// caller yet. Comment lines (keep-alives) do not count as an event; any
+// event does, one that carries no output included (Anthropic's
+// message_start), so a reasoning model that opens its stream at once and
+// then thinks is never failed by it: it is handed over when the hold
+// passes. Off by default. It applies only if d is no longer than the hold
+// (see WithFirstEventHold), which otherwise hands the stream over first.
 func WithFirstEventTimeout(d time.Duration) Option {
 	return func(c *config) { c.firstEventTimeout = d }
 }
 
 // WithFirstEventHold sets how long a stream is held waiting for its first
-// event: 10 s by default. When it passes, the stream is handed over as it is
-// (keep-alive comments included) and, as with any stream in the caller's
-// hands, never retried. A longer hold lets a slow first event still be
-// checked; a shorter one passes keep-alives on sooner. 0 or less holds until
-// the first event, the byte limit or the context ends it.
+// output: 10 s by default, counted from its response headers. The events
+// before it that carry nothing (message_start, an empty
+// content_block_start, pings, a role-only chunk, response.created) are held
+// with it, so an error or a cut among them can be retried. When the hold
+// passes, the stream is handed over as it is (opening events and
+// keep-alive comments included) and, as with any stream in the caller's
+// hands, never retried. A longer hold lets a slow first output still be
+// checked; a shorter one passes opening events on sooner. 0 or less holds
+// until the first output, the 64 KiB bound or the context ends it.
 func WithFirstEventHold(d time.Duration) Option {
 	return func(c *config) { c.firstEventHold = d }
 }
@@ -191,7 +197,7 @@ type RetryEvent struct {
 	// Err is the failed attempt's error, nil if a response came.
 	Err error
 	// Failure is the kind of failure; Cause says what went wrong in a few
-	// words ("status 503", "connection reset", "first event:
+	// words ("status 503", "connection reset", "in-stream error:
 	// overloaded_error").
 	Failure Failure
 	Cause   string

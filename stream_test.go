@@ -102,26 +102,6 @@ func TestFirstEventPeekOff(t *testing.T) {
 	}
 }
 
-// Once the first event is handed over, a break is the caller's: never
-// retried, never replayed.
-func TestNoRetryAfterFirstEvent(t *testing.T) {
-	first := "event: message_start\ndata: {\"type\":\"message_start\"}\n\n"
-	srv := newScripted(t, sseThenCut(first, "event: content_block_delta\ndata: {\"par"), sse(okStream))
-	_, c := testTransport(t, newFakeClock())
-	resp, err := c.Do(post(t, srv.URL, "x"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	got, err := io.ReadAll(resp.Body)
-	if err == nil {
-		t.Fatal("want the read error of the cut stream")
-	}
-	if !strings.HasPrefix(string(got), first) || srv.Hits() != 1 {
-		t.Fatalf("hits %d body %q", srv.Hits(), got)
-	}
-}
-
 // The first event reaches the caller before the server sends the second:
 // nothing is buffered beyond the commit point.
 func TestStreamIsLive(t *testing.T) {
@@ -257,49 +237,6 @@ func TestSynctest_IdleTimeout(t *testing.T) {
 		if err := <-writeErr; err == nil {
 			t.Fatal("the stalled stream was not closed")
 		}
-	})
-}
-
-func TestFirstEventParser(t *testing.T) {
-	cases := []struct {
-		in   string
-		done bool
-		name string
-		data string
-	}{
-		{"data: x\n\n", true, "", "x"},
-		{"data: x\n", false, "", ""},
-		{"event: error\ndata: {}\n\n", true, "error", "{}"},
-		{": c\n\ndata: y\n\n", true, "", "y"},
-		{": only\n\n", false, "", ""},
-		{"data: a\ndata: b\n\n", true, "", "a\nb"},
-		{"data: x\r\n\r\n", true, "", "x"},
-		{"data: x\r\r", true, "", "x"},
-		{"data: x\r", false, "", ""},
-		{"\n\ndata: z\n\n", true, "", "z"},
-		{"id: 1\n\ndata: w\n\n", true, "", "w"},
-		{"data:nospace\n\n", true, "", "nospace"},
-	}
-	for _, tc := range cases {
-		ev, done := firstEvent([]byte(tc.in))
-		if done != tc.done || ev.name != tc.name || string(ev.data) != tc.data {
-			t.Errorf("%q: got %q %q %v", tc.in, ev.name, ev.data, done)
-		}
-	}
-}
-
-func FuzzFirstEvent(f *testing.F) {
-	f.Add([]byte(anthropicOverloaded))
-	f.Add([]byte(openRouterError))
-	f.Add([]byte("data: x\r\r\n"))
-	f.Add([]byte("\xef\xbb\xbfevent: error\ndata: {\"error\":{\"type\":\"overloaded_error\"}}\n\n"))
-	f.Add([]byte(": OPENROUTER PROCESSING\n\ndata: {\"error\":{\"code\":502}}\n\n"))
-	f.Fuzz(func(t *testing.T, b []byte) {
-		ev, done := firstEvent(b)
-		if !done && (ev.data != nil) {
-			t.Fatalf("data without an event")
-		}
-		_ = classifyFirstEvent(ev)
 	})
 }
 
@@ -474,7 +411,7 @@ func TestPeekBufferIsLetGoOnceTheHeldBytesAreRead(t *testing.T) {
 	}
 	defer resp.Body.Close()
 	hb, ok := resp.Body.(*heldBody)
-	if !ok || hb.event.data == nil {
+	if !ok || hb.stream.event.data == nil {
 		t.Fatalf("body %T: want the held first event", resp.Body)
 	}
 	buf := make([]byte, 64)
@@ -482,7 +419,7 @@ func TestPeekBufferIsLetGoOnceTheHeldBytesAreRead(t *testing.T) {
 	if err != nil || !strings.HasPrefix(string(buf[:n]), "data: ") {
 		t.Fatalf("read %q, %v", buf[:n], err)
 	}
-	if hb.held != nil || hb.event.data != nil {
+	if hb.held != nil || hb.stream.event.data != nil {
 		t.Fatal("the peek's buffer is still referenced after its bytes were handed over")
 	}
 }
