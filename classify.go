@@ -48,9 +48,6 @@ type verdict struct {
 	waitOK bool
 	// reason is why not to retry, when retry is false for a failure.
 	reason Reason
-	// status is the HTTP status the failure stands for, when it is not
-	// the response's own: an error sent inside a 2xx stream.
-	status int
 	// window, for a stop on a used-up quota, is how long until it resets,
 	// when known.
 	window time.Duration

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"runtime"
 	"strings"
 	"sync"
@@ -674,5 +675,210 @@ func TestFailoverPerModelStateIsBounded(t *testing.T) {
 	k.health.mu.Unlock()
 	if n > maxModelHealth {
 		t.Fatalf("%d models remembered, cap %d", n, maxModelHealth)
+	}
+}
+
+// cutAfterFirstOutput is a stream that sends one content delta, then
+// resets the connection.
+func cutAfterFirstOutput(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "text/event-stream")
+	_, _ = io.WriteString(w, "data: {\"choices\":[{\"delta\":{\"content\":\"Hel\"}}]}\n\n")
+	w.(http.Flusher).Flush()
+	reset(w, r)
+}
+
+// A target that cut every stream after its first output kept all the
+// traffic; a stream broken mid-way now counts against its target.
+func TestFailoverStreamsCutMidwayEjectTheirTarget(t *testing.T) {
+	primary := httptest.NewServer(http.HandlerFunc(cutAfterFirstOutput))
+	defer primary.Close()
+	fallback := newProvider(t, always(status(200, okJSON)))
+	clk := newFakeClock()
+	_, c := failoverTransport(t, clk, Failover{Outliers: Outliers{Failures: 3},
+		Targets: []Target{{Name: "a", BaseURL: primary.URL}, {Name: "b", BaseURL: fallback.URL}}})
+	for range 3 {
+		resp, err := c.Do(post(t, primary.URL+"/chat/completions", `{"model":"m","stream":true}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+	}
+	resp, err := c.Do(post(t, primary.URL+"/chat/completions", `{"model":"m"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.Header.Get(TargetHeader) != "b" {
+		t.Fatalf("served by %q: three streams cut mid-way did not eject a", resp.Header.Get(TargetHeader))
+	}
+}
+
+// How a stream ends decides whether it counts against its target: a cut,
+// an in-stream error and an end without the family's last event count;
+// the caller closing early, its own idle timeout, and a whole stream do
+// not.
+func TestFailoverStreamEndDecidesTheTargetsHealth(t *testing.T) {
+	const delta = "data: {\"choices\":[{\"delta\":{\"content\":\"Hel\"}}]}\n\n"
+	const done = "data: {\"choices\":[{\"delta\":{},\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n"
+	for _, c := range []struct {
+		name    string
+		server  func(w http.ResponseWriter, r *http.Request, stall <-chan struct{})
+		reader  func(body io.ReadCloser)
+		opts    []Option
+		ejected bool
+	}{
+		{"cut mid-way", func(w http.ResponseWriter, r *http.Request, _ <-chan struct{}) {
+			_, _ = io.WriteString(w, delta)
+			w.(http.Flusher).Flush()
+			reset(w, r)
+		}, readWhole, nil, true},
+		{"in-stream error", func(w http.ResponseWriter, r *http.Request, _ <-chan struct{}) {
+			_, _ = io.WriteString(w, delta+"data: {\"error\":{\"code\":502,\"message\":\"upstream died\"}}\n\n")
+		}, readWhole, nil, true},
+		{"no last event", func(w http.ResponseWriter, r *http.Request, _ <-chan struct{}) {
+			_, _ = io.WriteString(w, delta) // a clean end, but no finish_reason and no [DONE]
+		}, readWhole, nil, true},
+		{"whole", func(w http.ResponseWriter, r *http.Request, _ <-chan struct{}) {
+			_, _ = io.WriteString(w, delta+done)
+		}, readWhole, nil, false},
+		{"closed after its last event", func(w http.ResponseWriter, r *http.Request, stall <-chan struct{}) {
+			_, _ = io.WriteString(w, delta+done)
+			w.(http.Flusher).Flush()
+			<-stall // the connection stays open: the SDK stops at [DONE] and closes
+		}, readToDone, nil, false},
+		{"caller closes early", func(w http.ResponseWriter, r *http.Request, stall <-chan struct{}) {
+			_, _ = io.WriteString(w, delta)
+			w.(http.Flusher).Flush()
+			<-stall
+		}, closeAfterFirst, nil, false},
+		{"caller's idle timeout", func(w http.ResponseWriter, r *http.Request, stall <-chan struct{}) {
+			_, _ = io.WriteString(w, delta)
+			w.(http.Flusher).Flush()
+			<-stall
+		}, readWhole, []Option{WithIdleTimeout(time.Millisecond)}, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			stall := make(chan struct{})
+			primary := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				_, _ = io.ReadAll(r.Body)
+				w.Header().Set("Content-Type", "text/event-stream")
+				c.server(w, r, stall)
+			}))
+			defer primary.Close()
+			defer close(stall)
+			fallback := newProvider(t, always(status(200, okJSON)))
+			clk := newFakeClock()
+			base := &http.Transport{}
+			defer base.CloseIdleConnections()
+			opts := append([]Option{WithClock(clk)}, c.opts...)
+			if c.name == "caller's idle timeout" {
+				opts = []Option{WithIdleTimeout(5 * time.Millisecond)} // the real clock: the idle body's timer
+			}
+			tr, err := NewFailoverTransport(base, Failover{Outliers: Outliers{Failures: 2},
+				Targets: []Target{{Name: "a", BaseURL: primary.URL}, {Name: "b", BaseURL: fallback.URL}}}, opts...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			cl := &http.Client{Transport: tr}
+			for range 2 {
+				resp, err := cl.Do(post(t, primary.URL+"/chat/completions", `{"model":"m","stream":true}`))
+				if err != nil {
+					t.Fatal(err)
+				}
+				c.reader(resp.Body)
+			}
+			resp, err := cl.Do(post(t, primary.URL+"/chat/completions", `{"model":"m"}`))
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			if ejected := resp.Header.Get(TargetHeader) == "b"; ejected != c.ejected {
+				t.Fatalf("after two such streams a ejected: %v, want %v", ejected, c.ejected)
+			}
+		})
+	}
+}
+
+func readWhole(body io.ReadCloser) {
+	_, _ = io.Copy(io.Discard, body)
+	body.Close()
+}
+
+// readToDone reads a chat stream up to its [DONE], as SDKs do, then closes.
+func readToDone(body io.ReadCloser) {
+	var got []byte
+	buf := make([]byte, 512)
+	for !bytes.Contains(got, []byte("[DONE]")) {
+		n, err := body.Read(buf)
+		got = append(got, buf[:n]...)
+		if err != nil {
+			break
+		}
+	}
+	body.Close()
+}
+
+func closeAfterFirst(body io.ReadCloser) {
+	buf := make([]byte, 512)
+	_, _ = body.Read(buf)
+	body.Close()
+}
+
+// A probe answered with a stream ends with the stream: the target is
+// trusted again when the stream ends whole, not when it is handed over,
+// and no other request probes it meanwhile.
+func TestFailoverProbeAnsweredWithAStreamEndsWithTheStream(t *testing.T) {
+	var mu sync.Mutex
+	down := true
+	release := make(chan struct{})
+	primary := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.ReadAll(r.Body)
+		mu.Lock()
+		d := down
+		mu.Unlock()
+		if d {
+			w.WriteHeader(503)
+			return
+		}
+		w.Header().Set("Content-Type", "text/event-stream")
+		_, _ = io.WriteString(w, "data: {\"choices\":[{\"delta\":{\"content\":\"Hel\"}}]}\n\n")
+		w.(http.Flusher).Flush()
+		<-release
+		_, _ = io.WriteString(w, "data: {\"choices\":[{\"delta\":{},\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n")
+	}))
+	defer primary.Close()
+	fallback := newProvider(t, always(status(200, okJSON)))
+	clk := newFakeClock()
+	var mh sync.Mutex
+	var health []HealthEvent
+	_, c := failoverTransport(t, clk, Failover{Outliers: Outliers{Failures: 1, Ejection: 30 * time.Second},
+		Targets: []Target{{Name: "a", BaseURL: primary.URL}, {Name: "b", BaseURL: fallback.URL}}},
+		WithOnHealth(func(e HealthEvent) { mh.Lock(); health = append(health, e); mh.Unlock() }))
+	send(t, c, primary.URL, "m") // a ejected
+	mu.Lock()
+	down = false
+	mu.Unlock()
+	clk.Advance(31 * time.Second)
+	resp, err := c.Do(post(t, primary.URL+"/chat/completions", `{"model":"m","stream":true}`))
+	if err != nil || resp.Header.Get(TargetHeader) != "a" {
+		t.Fatalf("the probe: %v from %q", err, resp.Header.Get(TargetHeader))
+	}
+	mh.Lock()
+	restoredEarly := health[len(health)-1].Health == TargetRestored
+	mh.Unlock()
+	if restoredEarly {
+		t.Fatal("a was trusted again when its stream was handed over")
+	}
+	if r2, _ := send(t, c, primary.URL, "m"); r2.Header.Get(TargetHeader) != "b" {
+		t.Fatal("a second request probed a while its probe's stream ran")
+	}
+	close(release)
+	readWhole(resp.Body)
+	mh.Lock()
+	defer mh.Unlock()
+	if last := health[len(health)-1]; last.Health != TargetRestored || last.Target != "a" {
+		t.Fatalf("health %+v: want a restored by its stream's whole end", health)
 	}
 }

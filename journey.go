@@ -21,6 +21,9 @@ type journey struct {
 	visited   uint64 // targets sent to, by index
 	sent      int    // attempts sent, on every target
 	lastCause string // the cause of the last attempt's failure, for events
+	// watchStream: the answer is a stream whose end will decide whether
+	// its target succeeded (on a route that holds its keys).
+	watchStream bool
 
 	model     string // as the caller named it
 	modelRead bool

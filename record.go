@@ -15,6 +15,7 @@ func (t *Transport) record(j *journey, resp *http.Response, v verdict, p proof) 
 	k := ts.keys[j.at.key]
 	now := t.cfg.clock.Now()
 	success := !v.retry && v.reason == 0
+	j.watchStream = success && j.rt.holdsKeys && resp != nil && isEventStream(resp) && hasBody(resp)
 	if success && t.streaks.size.Load() > 0 {
 		t.streaks.clear(j.mark(MarkCooldown, ts, k))
 	}
@@ -28,51 +29,65 @@ func (t *Transport) record(j *journey, resp *http.Response, v verdict, p proof) 
 	t.recordKey(j, ts, k, p, success, now)
 }
 
-// recordTarget counts a success or a failure of the target, ejecting it
-// at Outliers.Failures in a row, or at once when the attempt was its
-// probe. Any success trusts an ejected target again.
+// recordTarget counts a success or a failure of the target. A stream
+// handed over is neither yet: its end decides (streamwatch.go), and the
+// target's probe goes with it.
 func (t *Transport) recordTarget(j *journey, ts *target, p proof, success bool, now time.Time) {
-	o := j.rt.f.Outliers
+	probe := j.heldProbe(probeTarget)
+	o := outcomeNone
+	switch {
+	case success && j.watchStream:
+		return
+	case success:
+		o = outcomePassed
+	case p.target:
+		o = outcomeFailed
+	}
+	j.dropProbe(probeTarget)
+	t.targetOutcome(j.rt.f.Outliers, ts, probe.ch, o, now, j.req, j.lastCause)
+}
+
+// targetOutcome records how an attempt on ts ended (or how a stream it
+// sent ended), ending its probe if the attempt was one: a failure ejects
+// ts at Outliers.Failures in a row, or at once when it was the probe; any
+// success trusts an ejected target again.
+func (t *Transport) targetOutcome(o Outliers, ts *target, probe chan struct{}, result outcome, now time.Time, req *http.Request, cause string) {
 	var ejectFor time.Duration
 	restored := false
 	ts.health.mu.Lock()
-	probe := j.heldProbe(probeTarget)
-	switch {
-	case success:
+	switch result {
+	case outcomePassed:
 		ts.health.failures = 0
 		restored = ts.health.eject.on
-		if probe.ch != nil {
-			ts.health.eject.endProbe(probe.ch, true)
+		if probe != nil {
+			ts.health.eject.endProbe(probe, true)
 		} else if restored && ts.health.eject.busy == nil {
 			ts.health.eject.on, ts.health.eject.rests = false, 0 // served while ejected: trusted again
 		} else {
 			restored = false
 		}
-	case p.target:
+	case outcomeFailed:
 		ts.health.failures++
-		if probe.ch != nil {
-			ts.health.eject.endProbe(probe.ch, false)
+		if probe != nil {
+			ts.health.eject.endProbe(probe, false)
 		}
-		if ts.health.eject.state(now) != resting && (probe.ch != nil || ts.health.failures >= o.Failures) {
+		if ts.health.eject.state(now) != resting && (probe != nil || ts.health.failures >= o.Failures) {
 			until := ts.health.eject.rest(now, o.Ejection, o.MaxEjection)
 			ejectFor = until.Sub(now)
 			ts.health.failures = 0
 		}
 	default:
-		if probe.ch != nil {
-			ts.health.eject.endProbe(probe.ch, false) // neither: the next request may probe
-		}
+		ts.health.eject.endProbe(probe, false) // neither: the next request may probe
 	}
 	ts.health.mu.Unlock()
-	j.dropProbe(probeTarget)
 	if restored {
-		t.health(j.req, HealthEvent{Target: ts.Name, Health: TargetRestored})
+		t.health(req, HealthEvent{Target: ts.Name, Health: TargetRestored})
 	}
 	if ejectFor > 0 {
 		if store := t.cfg.store; store != nil {
-			store.Put(j.mark(MarkEjection, ts, nil), now.Add(ejectFor))
+			store.Put(Mark{Kind: MarkEjection, Scheme: ts.base.Scheme, Host: ts.base.Host, Target: ts.Name}, now.Add(ejectFor))
 		}
-		t.health(j.req, HealthEvent{Target: ts.Name, Health: TargetEjected, Until: now.Add(ejectFor), Cause: j.lastCause})
+		t.health(req, HealthEvent{Target: ts.Name, Health: TargetEjected, Until: now.Add(ejectFor), Cause: cause})
 	}
 }
 
@@ -174,7 +189,11 @@ func (t *Transport) clamp(j *journey, ts *target, k *key, d time.Duration, what 
 // request.
 func (t *Transport) rateLimited(j *journey, ts *target, k *key, resp *http.Response, v verdict, now time.Time) {
 	store := t.cfg.store
-	if store == nil || resp == nil || resp.StatusCode != http.StatusTooManyRequests || !v.waitOK || v.wait > t.cfg.policy.MaxRetryAfter {
+	status := v.status // a rate limit sent inside a stream stands for a 429
+	if status == 0 && resp != nil {
+		status = resp.StatusCode
+	}
+	if store == nil || resp == nil || status != http.StatusTooManyRequests || !v.waitOK || v.wait > t.cfg.policy.MaxRetryAfter {
 		return
 	}
 	m := j.mark(MarkCooldown, ts, k)

@@ -222,6 +222,9 @@ func (t *Transport) handOver(resp *http.Response, j *journey) *http.Response {
 	if resp == nil {
 		return nil
 	}
+	if j.watchStream {
+		t.watchTarget(resp, j)
+	}
 	if t.cfg.idleTimeout > 0 && isBodyToRead(resp) {
 		resp.Body = newIdleBody(resp.Body, t.cfg.idleTimeout, t.cfg.clock)
 	}
