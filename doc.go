@@ -31,16 +31,29 @@
 //   - idle.go: the idle timeout on a returned body
 //   - body.go: drained discards, held bytes put back, reads under a time limit
 //   - request.go: each attempt's request, and the caller's body errors
-//   - budget.go, cooldown.go: the retry budget and per-upstream cooldowns
+//   - budget.go: the retry budget, one rule for a process and a fleet
+//   - cooldown.go: a 429's cooldown, per key and model
+//   - healthstore.go: the typed marks shared between Transports and a
+//     fleet (HealthStore, Mark)
+//   - route.go: where requests go: a plain Transport's own target, or a
+//     failover Transport's targets and keys
+//   - journey.go: one request's way through its route: choosing a key and
+//     target, claiming and giving back probes
+//   - next.go: what follows a failed attempt, the one wait-or-go decision
+//   - proof.go: what a failed attempt proves, scoped (this key for this
+//     model, this key, the target, nothing)
+//   - health.go, record.go: key and target health as explicit states, and
+//     how each attempt moves them
+//   - streamwatch.go: a handed-over stream's end, counted for its target
 //   - target.go: failover's configuration (Failover, Target, Key, Family)
-//   - failover.go: the wait-or-go decision, and aiming an attempt at a
-//     target (its URL, key and model name)
-//   - pool.go: what is known of keys (resting, out) and targets (ejected,
-//     probed), and the choice of where a request goes
-//   - model.go: the model a request names
+//   - failover.go: NewFailoverTransport, health events, and aiming an
+//     attempt at a target (its URL, key and model name)
+//   - model.go: the model and credential a request names, read once
+//   - internal/wire: credentials, query, path and JSON body, read one way
+//     for the Transport and the proxy alike
 //   - errors.go: Error and its Reasons
 //
 // Beside it: llmretrytest (a Clock for tests), mockllm (a fault-injecting
-// mock provider), redisstate (budget and cooldowns shared through Redis,
+// mock provider), redisstate (budget and health shared through Redis,
 // its own module) and cmd/llmretry (proxy, mock, demo; its own module).
 package llmretry

@@ -882,3 +882,56 @@ func TestFailoverProbeAnsweredWithAStreamEndsWithTheStream(t *testing.T) {
 		t.Fatalf("health %+v: want a restored by its stream's whole end", health)
 	}
 }
+
+// How a 403 or a 404 is read: what it denies, from the providers' own
+// errors.
+func TestDenialOfReadsProvidersForbiddenAndNotFound(t *testing.T) {
+	for _, c := range []struct {
+		name   string
+		status int
+		body   string
+		want   denial
+	}{
+		{"openai project", 403, modelDenied403, deniedModel},
+		{"openai not found", 404, `{"error":{"message":"The model ` + "`gpt-9`" + ` does not exist or you do not have access to it.","type":"invalid_request_error","code":"model_not_found"}}`, unknownModel},
+		{"openai region", 403, `{"error":{"code":"unsupported_country_region_territory","message":"Country, region, or territory not supported","type":"request_forbidden"}}`, deniedRequest},
+		{"openai wrong path", 404, `{"error":{"message":"Invalid URL (POST /v1/chat/completion)","type":"invalid_request_error","code":null}}`, deniedRequest},
+		{"anthropic permission", 403, `{"type":"error","error":{"type":"permission_error","message":"Your API key does not have permission to use the specified resource."}}`, deniedModel},
+		{"anthropic model not found", 404, `{"type":"error","error":{"type":"not_found_error","message":"model: claude-9"}}`, unknownModel},
+		{"gemini permission", 403, `{"error":{"code":403,"message":"The caller does not have permission","status":"PERMISSION_DENIED"}}`, deniedModel},
+		{"gemini not found", 404, `{"error":{"code":404,"message":"models/gemini-9 is not found for API version v1beta","status":"NOT_FOUND"}}`, unknownModel},
+		{"gemini list-wrapped", 403, `[{"error":{"code":403,"message":"Permission denied on resource project x.","status":"PERMISSION_DENIED"}}]`, deniedModel},
+		{"apim quota", 403, `{"statusCode":403,"message":"Out of call volume quota. Quota will be replenished in 00:00:06."}`, deniedRequest},
+		{"cdn page", 403, `<html><body>Access denied</body></html>`, deniedRequest},
+	} {
+		if got := denialOf(c.status, []byte(c.body), "gpt-9"); got != c.want {
+			t.Errorf("%s: denial %d, want %d", c.name, got, c.want)
+		}
+	}
+}
+
+// A key told to wait for one model rests for that model only: other
+// models keep using it.
+func TestFailoverKeyToldToWaitRestsForThatModelOnly(t *testing.T) {
+	p := newProvider(t, nil)
+	p.Config.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		key := strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer ")
+		p.mu.Lock()
+		p.got = append(p.got, seen{auth: key})
+		p.mu.Unlock()
+		if key == "sk-a" && bytes.Contains(b, []byte(`"gpt-4o"`)) {
+			status(429, `{"error":{"type":"rate_limit_error"}}`, "Retry-After", "20")(w, r)
+			return
+		}
+		status(200, okJSON)(w, r)
+	})
+	_, c := failoverTransport(t, newFakeClock(), Failover{Targets: []Target{{Name: "o", BaseURL: p.URL,
+		Keys: []Key{NewKey("a", "sk-a"), NewKey("b", "sk-b")}}}})
+	send(t, c, p.URL, "gpt-4o")      // a told to wait for gpt-4o: b serves
+	send(t, c, p.URL, "gpt-4o")      // b again
+	send(t, c, p.URL, "gpt-4o-mini") // a still serves another model
+	if got := p.keys(); fmt.Sprint(got) != "[sk-a sk-b sk-b sk-a]" {
+		t.Fatalf("keys %v: want a resting for gpt-4o only", got)
+	}
+}

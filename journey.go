@@ -1,7 +1,6 @@
 package llmretry
 
 import (
-	"crypto/sha256"
 	"errors"
 	"net/http"
 	"time"
@@ -54,54 +53,6 @@ const (
 )
 
 var errUnavailable = errors.New("failover: no target serves this model with a key that is not out")
-
-// modelName is the model the request names, read once: from a Gemini
-// path, or the JSON body's top-level "model" (a fresh copy from GetBody,
-// never the body being sent).
-func (j *journey) modelName() string {
-	if !j.modelRead {
-		j.modelRead = true
-		j.model = j.readModel()
-	}
-	return j.model
-}
-
-func (j *journey) readModel() string {
-	if name, _ := wire.ModelInPath(j.req.URL.EscapedPath()); name != "" {
-		return name
-	}
-	req := j.req
-	if req.Body == nil || req.Body == http.NoBody || req.GetBody == nil {
-		return ""
-	}
-	body, err := req.GetBody()
-	if err != nil {
-		return ""
-	}
-	defer body.Close()
-	bm, err := wire.ReadModel(body)
-	if err != nil || bm.Problem != "" {
-		return ""
-	}
-	j.body = bm
-	return bm.Name
-}
-
-// callerCred is Mark.Key of the caller's own credentials, read once.
-func (j *journey) callerCred() string {
-	if !j.credRead {
-		j.credRead = true
-		creds := wire.Credentials(j.req.Header, j.req.URL.RawQuery)
-		if len(creds) > 0 {
-			h := sha256.New()
-			for _, c := range creds {
-				writeCredential(h, c.Where, c.Value)
-			}
-			j.cred = credentialSum(h)
-		}
-	}
-	return j.cred
-}
 
 // serves reports whether ts serves the request's model; the model is read
 // only for a target with an allow-list.

@@ -16,11 +16,13 @@ type Failover struct {
 	// Targets, the first preferred. All must speak the same API Family:
 	// failover never translates a request between APIs.
 	Targets []Target
-	// AttemptsPerTarget is how many attempts a target gets for a failure
-	// that is retried where it happened (a 5xx, a 529, a transport error)
-	// before the request moves to the next target. Default 2. The last
-	// target that can serve a request keeps it for the rest of
-	// Policy.MaxAttempts, as a single upstream would.
+	// AttemptsPerTarget is how many failures a request sits out on one
+	// target when the server asked for a short wait (at most Threshold)
+	// before it moves to the next target. A failure that asked for no wait
+	// (a 5xx, a 529, a transport error) moves at once to a target that can
+	// serve now: going beats any backoff. Default 2. The last target that
+	// can serve a request keeps it for the rest of Policy.MaxAttempts, as a
+	// single upstream would.
 	AttemptsPerTarget int
 	// Threshold is the longest server-requested wait worth sitting out on a
 	// target when no other key of it is free; a longer one moves the
