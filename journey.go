@@ -23,6 +23,9 @@ type journey struct {
 	// watchStream: the answer is a stream whose end will decide whether
 	// its target succeeded (on a route that holds its keys).
 	watchStream bool
+	// continuation: the request is a broken stream's continuation, whose
+	// answer is spliced into the stream the caller holds.
+	continuation bool
 
 	model     string // as the caller named it
 	modelRead bool

@@ -31,6 +31,8 @@ type config struct {
 	store             HealthStore
 	storeSet          bool
 	classifier        Classifier
+	continuation      *Continuation
+	onContinuation    func(ContinuationEvent)
 }
 
 // fillClassifier sets the built-in rules, as the options chose them, unless

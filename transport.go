@@ -98,37 +98,43 @@ func (t *Transport) do(req *http.Request, send sendFunc) (*http.Response, error)
 		return nil, err
 	}
 	defer j.release() // no probe outlives its request, however it ends
-	ctx, idemKey := req.Context(), t.idempotencyKey(req)
-	for attempt := 1; ; attempt++ {
-		resp, v, err, ended := t.try(&j, attempt, idemKey, send)
+	return t.loop(&j, send, 1, t.idempotencyKey(req))
+}
+
+// loop sends attempts from number first on, until one is handed over or
+// retrying stops: a request's, or a broken stream's continuation.
+func (t *Transport) loop(j *journey, send sendFunc, first int, idemKey string) (*http.Response, error) {
+	req, ctx := j.req, j.req.Context()
+	for attempt := first; ; attempt++ {
+		resp, v, err, ended := t.try(j, attempt, idemKey, send)
 		if ended { // cancelled, or the caller's own body failed: nothing to hand over
-			return nil, t.giveUp(req, nil, j.sent, v, err, &j)
+			return nil, t.giveUp(req, nil, j.sent, v, err, j)
 		}
-		p := t.prove(&j, resp, v)
-		t.record(&j, resp, v, p)
+		p := t.prove(j, resp, v)
+		t.record(j, resp, v, p)
 		if !v.retry && !p.failedAsAKey() { // an answer, or a failure no other place can fix
-			return t.handOver(resp, &j), t.stopped(req, resp, attempt, v, err, &j)
+			return t.deliver(resp, j, v, send, idemKey), t.stopped(req, resp, attempt, v, err, j)
 		}
-		mv := t.next(ctx, &j, attempt, v, p)
+		mv := t.next(ctx, j, attempt, v, p)
 		budget := j.rt.targets[j.at.target].budget
 		if mv.retry() && budget != nil && !budget.AllowRetry() { // the one place the budget is paid
-			mv = t.refused(&j)
+			mv = t.refused(j)
 		}
 		if mv.kind == moveStop {
-			return t.handOver(resp, &j), t.giveUp(req, resp, attempt, v.stoppedBy(mv), err, &j)
+			return t.handOver(resp, j), t.giveUp(req, resp, attempt, v.stoppedBy(mv), err, j)
 		}
 		from := j.at
 		if mv.kind != moveStay {
 			j.moveTo(mv.to)
 			mv.src = SourceFailover
 		}
-		t.retrying(req, resp, attempt, v, err, mv.wait, mv.src, &j, from)
+		t.retrying(req, resp, attempt, v, err, mv.wait, mv.src, j, from)
 		discard(resp, t.cfg.clock)
 		if err := sleep(ctx, t.cfg.clock, mv.wait); err != nil {
 			if mv.retry() && budget != nil {
 				budget.OnAttempt(AttemptResult{Retry: true, Abandoned: true}) // never sent
 			}
-			return nil, t.giveUp(req, nil, attempt, verdict{reason: ReasonContextDone}, err, &j)
+			return nil, t.giveUp(req, nil, attempt, verdict{reason: ReasonContextDone}, err, j)
 		}
 	}
 }
@@ -215,8 +221,26 @@ func hasBody(resp *http.Response) bool {
 		(resp.Request == nil || resp.Request.Method != http.MethodHead)
 }
 
+// deliver hands over an answer: with stream continuation on, a stream
+// that may be continued is read through a continued stream.
+func (t *Transport) deliver(resp *http.Response, j *journey, v verdict, send sendFunc, idemKey string) *http.Response {
+	if t.cfg.continuation == nil || v.reason != 0 || j.continuation || resp == nil || !isEventStream(resp) || !hasBody(resp) {
+		return t.handOver(resp, j)
+	}
+	events := newStreamEvents(j.req)
+	if hb, ok := resp.Body.(*heldBody); ok && hb.streamHeld {
+		events = hb.stream.events
+	}
+	resp = t.handOver(resp, j)
+	if events.family == streamAnthropic || events.family == streamOpenAIChat {
+		t.continueStream(resp, events, j, send, idemKey)
+	}
+	return resp
+}
+
 // handOver prepares a response for the caller: from here on it is theirs,
-// and nothing is sent again for it. With failover, it names the target
+// and nothing is sent again for it (with stream continuation on, nothing
+// the caller has is sent to it again). With failover, it names the target
 // that sent it.
 func (t *Transport) handOver(resp *http.Response, j *journey) *http.Response {
 	if resp == nil {
