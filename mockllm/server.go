@@ -29,7 +29,7 @@ type Server struct {
 	n      int
 	rng    *rand.Rand
 	hits   atomic.Int64
-	served [Slow + 1]atomic.Int64
+	served [Cut + 1]atomic.Int64
 	byKey  map[string][]Fault // what each draw key was served, in order
 	// perKey are scripts for requests made with one API key.
 	perKey map[string]*keyScript
@@ -217,13 +217,14 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 func containsStream(p string) bool { return strings.Contains(p, ":streamGenerateContent") }
 
-// reply answers normally, shaped by a Drop or Slow fault.
+// reply answers normally, shaped by a Drop, Cut or Slow fault.
 func (s *Server) reply(w http.ResponseWriter, r *http.Request, api API, model string, stream bool, f Fault) {
 	if !stream {
 		writeJSON(w, http.StatusOK, jsonReply(api, model), nil)
 		return
 	}
 	startStream(w)
+	left := f.Bytes // for a Cut: what may still be sent
 	for i, ev := range StreamEvents(api, model) {
 		if f.Kind == Drop && i == f.Events {
 			panic(http.ErrAbortHandler) // cut the connection mid-stream
@@ -231,10 +232,19 @@ func (s *Server) reply(w http.ResponseWriter, r *http.Request, api API, model st
 		if f.Kind == Slow && i > 0 && !pause(r, f.Delay) {
 			return
 		}
+		if f.Kind == Cut && len(ev) >= left {
+			_, _ = io.WriteString(w, ev[:left])
+			flush(w)
+			panic(http.ErrAbortHandler) // cut after exactly f.Bytes bytes
+		}
+		left -= len(ev)
 		if _, err := io.WriteString(w, ev); err != nil {
 			return
 		}
 		flush(w)
+	}
+	if f.Kind == Cut { // past the end: the stream is whole, its end is not
+		panic(http.ErrAbortHandler)
 	}
 }
 
