@@ -75,10 +75,10 @@ type Script struct {
 //	ok | STATUS[:retry-after=V][:retry-after-ms=V][:x-should-retry=V] |
 //	quota | retryinfo=DUR | reset | stall=DUR | sse-error | drop=N | cut=N | slow=DUR
 //
-// drop=N cuts a stream after N whole events, cut=N after N bytes of it.
 // optionally followed by @P% to make the script a mix ("503@20%,reset@5%").
 // stall and slow also take a range, DUR..DUR ("stall=10ms..30ms"), from
-// which each request draws its own wait. The empty spec is every request OK.
+// which each request draws its own wait. drop=N cuts a stream after N whole
+// events, cut=N after N bytes of it. The empty spec is every request OK.
 func ParseFaults(spec string) (Script, error) {
 	var s Script
 	spec = strings.TrimSpace(spec)

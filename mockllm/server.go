@@ -332,14 +332,17 @@ const maxEventsCached = 64
 func (s *Server) streamEvents(api API, model string, a answer) []string {
 	k := eventsKey{api, model, a}
 	s.evMu.Lock()
-	defer s.evMu.Unlock()
-	if ev, ok := s.events[k]; ok {
+	ev, ok := s.events[k]
+	s.evMu.Unlock()
+	if ok {
 		return ev
 	}
+	ev = streamEvents(api, model, a) // outside the lock: requests run at once
+	s.evMu.Lock()
+	defer s.evMu.Unlock()
 	if len(s.events) >= maxEventsCached || s.events == nil {
 		s.events = map[eventsKey][]string{}
 	}
-	ev := streamEvents(api, model, a)
 	s.events[k] = ev
 	return ev
 }
