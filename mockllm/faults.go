@@ -37,6 +37,13 @@ const (
 	// Slow streams with Delay between events (drawn from Delay to
 	// MaxDelay, if set, once per request).
 	Slow
+	// Cut streams the reply but cuts the connection after exactly Bytes
+	// bytes of the event stream: the cut can fall inside an event, inside
+	// a JSON string, even inside a multi-byte UTF-8 character. With Bytes
+	// at or past the stream's end, the whole stream is sent and the
+	// connection is still cut before the response ends. A reply that is
+	// not streamed is served whole, as with Drop.
+	Cut
 )
 
 // Fault is one scripted behaviour.
@@ -50,6 +57,7 @@ type Fault struct {
 	// their own bursts rather than what sits between them and the model.
 	MaxDelay time.Duration
 	Events   int     // for Drop
+	Bytes    int     // for Cut
 	Weight   float64 // in a mix: the share of requests, 0..1
 }
 
@@ -65,11 +73,12 @@ type Script struct {
 // ParseFaults parses a fault spec: steps separated by commas, each
 //
 //	ok | STATUS[:retry-after=V][:retry-after-ms=V][:x-should-retry=V] |
-//	quota | retryinfo=DUR | reset | stall=DUR | sse-error | drop=N | slow=DUR
+//	quota | retryinfo=DUR | reset | stall=DUR | sse-error | drop=N | cut=N | slow=DUR
 //
 // optionally followed by @P% to make the script a mix ("503@20%,reset@5%").
 // stall and slow also take a range, DUR..DUR ("stall=10ms..30ms"), from
-// which each request draws its own wait. The empty spec is every request OK.
+// which each request draws its own wait. drop=N cuts a stream after N whole
+// events, cut=N after N bytes of it. The empty spec is every request OK.
 func ParseFaults(spec string) (Script, error) {
 	var s Script
 	spec = strings.TrimSpace(spec)
@@ -155,8 +164,14 @@ func parseStep(step string) (Fault, error) {
 			return Fault{}, fmt.Errorf("want a number of events, got %q", arg)
 		}
 		return Fault{Kind: Drop, Events: n}, nil
+	case "cut":
+		n, err := strconv.Atoi(arg)
+		if err != nil || n < 0 {
+			return Fault{}, fmt.Errorf("want a number of bytes, got %q", arg)
+		}
+		return Fault{Kind: Cut, Bytes: n}, nil
 	}
-	return Fault{}, fmt.Errorf("unknown fault %q (want ok, a status, quota, retryinfo=, reset, stall=, sse-error, drop= or slow=)", name)
+	return Fault{}, fmt.Errorf("unknown fault %q (want ok, a status, quota, retryinfo=, reset, stall=, sse-error, drop=, cut= or slow=)", name)
 }
 
 func parseStatus(code int, step string) (Fault, error) {

@@ -30,6 +30,8 @@ func TestParseFaults(t *testing.T) {
 		"503@20%,reset@5%,sse-error@10%":                               3,
 		"stall=10ms..30ms@100%":                                        1,
 		"slow=1ms..1ms":                                                1,
+		"cut=0,cut=1234,drop=2":                                        3,
+		"cut=57@30%,ok@10%":                                            2,
 	}
 	for spec, n := range good {
 		s, err := mockllm.ParseFaults(spec)
@@ -39,10 +41,18 @@ func TestParseFaults(t *testing.T) {
 	}
 	bad := []string{"explode", "200", "503:retry-after", "503:colour=red", "stall=soon", "drop=-1",
 		"503@20%,reset", "503@80%,reset@30%", "503@abc%", "retryinfo=-1s",
-		"stall=30ms..10ms", "stall=1ms..", "slow=..5ms", "slow=1ms..soon"}
+		"stall=30ms..10ms", "stall=1ms..", "slow=..5ms", "slow=1ms..soon", "cut=-1", "cut=", "cut=5b", "cut"}
 	for _, spec := range bad {
 		if _, err := mockllm.ParseFaults(spec); err == nil {
 			t.Errorf("%q: want an error", spec)
+		}
+	}
+	if s, _ := mockllm.ParseFaults("cut=1234"); s.Faults[0].Kind != mockllm.Cut || s.Faults[0].Bytes != 1234 {
+		t.Errorf("cut=1234 parsed as %+v", s.Faults[0])
+	}
+	for spec, want := range map[string]string{"cut=x": "want a number of bytes", "snip=3": "drop=, cut= or slow="} {
+		if _, err := mockllm.ParseFaults(spec); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%q: error %v, want it to say %q", spec, err, want)
 		}
 	}
 }

@@ -3,13 +3,52 @@
 // wire formats, JSON and SSE streaming, with deterministic canned replies,
 // and answers each request as a Script of faults says: error statuses with
 // Retry-After and friends, quota errors, connection resets, stalls, an
-// error as the first stream event, a stream cut mid-reply, a slow stream.
+// error as the first stream event, a stream cut after N events or after N
+// bytes (inside an event, a JSON string or a UTF-8 character), a slow
+// stream.
+//
+// # Replies
+//
+// Every reply is ReplyText, streamed word by word; a request with the
+// header "Mock-Reply: utf8" (ReplyHeader) gets ReplyTextUTF8, whose
+// multi-byte characters let a test sweep a cut across UTF-8 boundaries.
+//
+// # Continuation
+//
+// The mock is a model that always writes the same reply. A request that
+// hands it the start of that reply as the assistant's turn, in a form its
+// API continues, gets the rest: streamed as a well-formed stream of its own
+// (its own message_start or role chunk, ids, stop events, [DONE]), or as a
+// JSON reply. The forms it recognises:
+//
+//   - Anthropic messages: a final assistant message (native prefill). Its
+//     text may not end in whitespace (400, as from Anthropic); the caller
+//     is taken to have seen the whitespace that follows it in the reply
+//     (see Server.RepeatTrimmed).
+//   - OpenAI chat completions, prefix form (DeepSeek, Mistral): a final
+//     assistant message with "prefix": true.
+//   - OpenAI chat completions, vLLM form: a final assistant message, with
+//     "continue_final_message": true and "add_generation_prompt": false in
+//     the body (400 if add_generation_prompt is absent or true, as vLLM's
+//     chat template refuses both).
+//   - OpenAI chat completions, instruction form: an assistant message, then
+//     a final user message whose text contains "continue" (in any case).
+//
+// A final OpenAI assistant message in none of these forms is history, as on
+// OpenAI, and gets the whole reply; a Gemini request is never a
+// continuation. An assistant text that is not the start of the reply is
+// answered 400 in the API's error shape, saying where it departs from the
+// reply, so a wrong seam shows instead of a plausible reply. Server.Overlap
+// restarts a continuation some bytes before the seam. A continuation is a
+// request like any other: it draws its fault from the Script, and a Cut or
+// Drop cuts it too.
 //
 // It serves the llmretry command's mock and demo, and the project's tests.
 package mockllm
 
 import (
 	"encoding/json"
+	"fmt"
 	"io"
 	"math/rand/v2"
 	"net"
@@ -29,10 +68,28 @@ type Server struct {
 	n      int
 	rng    *rand.Rand
 	hits   atomic.Int64
-	served [Slow + 1]atomic.Int64
+	served [Cut + 1]atomic.Int64
 	byKey  map[string][]Fault // what each draw key was served, in order
 	// perKey are scripts for requests made with one API key.
 	perKey map[string]*keyScript
+	// events are streams already marshalled, by what they carry: the same
+	// few answers are streamed again and again.
+	evMu   sync.Mutex
+	events map[eventsKey][]string
+
+	// Overlap makes a continuation restart this many bytes before the
+	// seam, as models often restart a sentence: clamped to the text
+	// delivered, and moved back to the start of a UTF-8 character. Zero
+	// (the default) continues exactly at the seam. Set it before serving.
+	Overlap int
+	// RepeatTrimmed moves the seam of an Anthropic continuation from the
+	// end of what the caller saw to the end of the prefill, so the
+	// continuation opens with the whitespace the prefill had to drop, as
+	// Claude's next token usually does; Overlap then counts back from the
+	// end of the prefill. Off (the default), the mock takes the caller to
+	// have seen the whitespace that follows the prefill in the reply and
+	// continues after it. Set it before serving.
+	RepeatTrimmed bool
 }
 
 // keyScript is the script of one API key, and how far it has got.
@@ -168,10 +225,7 @@ func splitmix(x uint64) uint64 {
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s.hits.Add(1)
 	api := apiOf(r)
-	var req struct {
-		Model  string `json:"model"`
-		Stream bool   `json:"stream"`
-	}
+	var req chatRequest
 	body, err := io.ReadAll(io.LimitReader(r.Body, maxRequestBody))
 	if err != nil {
 		return // the client went away
@@ -190,6 +244,22 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if req.Model == "" {
 		req.Model = "mock-model"
 	}
+	reply, ok := replyFor(r)
+	if !ok {
+		writeJSON(w, http.StatusBadRequest, errorMessage(api, http.StatusBadRequest, fmt.Sprintf(
+			"mock provider: %s: %q is not a reply (want %q or %q)", ReplyHeader, r.Header.Get(ReplyHeader), ReplyASCII, ReplyUTF8)), nil)
+		return
+	}
+	a := whole(reply)
+	cont, err := continuationOf(api, req, reply)
+	if err != nil { // checked before a fault is drawn, as a malformed body is
+		writeJSON(w, http.StatusBadRequest, errorMessage(api, http.StatusBadRequest, err.Error()), nil)
+		return
+	}
+	if cont.form != "" {
+		a = answer{text: cont.rest(reply, s.Overlap, s.RepeatTrimmed), continued: true,
+			prompt: 5 + len(chunks(cont.delivered))}
+	}
 	f := s.next(r)
 	s.served[f.Kind].Add(1)
 	switch f.Kind {
@@ -205,37 +275,76 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if !pause(r, f.Delay) {
 			return
 		}
-		s.reply(w, r, api, req.Model, req.Stream, Fault{})
+		s.reply(w, r, api, req.Model, req.Stream, Fault{}, a)
 	case FirstEventError:
 		startStream(w)
 		_, _ = io.WriteString(w, firstEventError(api))
 		flush(w)
 	default:
-		s.reply(w, r, api, req.Model, req.Stream, f)
+		s.reply(w, r, api, req.Model, req.Stream, f, a)
 	}
 }
 
 func containsStream(p string) bool { return strings.Contains(p, ":streamGenerateContent") }
 
-// reply answers normally, shaped by a Drop or Slow fault.
-func (s *Server) reply(w http.ResponseWriter, r *http.Request, api API, model string, stream bool, f Fault) {
+// reply answers normally, shaped by a Drop, Cut or Slow fault.
+func (s *Server) reply(w http.ResponseWriter, r *http.Request, api API, model string, stream bool, f Fault, a answer) {
 	if !stream {
-		writeJSON(w, http.StatusOK, jsonReply(api, model), nil)
+		writeJSON(w, http.StatusOK, jsonReply(api, model, a), nil)
 		return
 	}
 	startStream(w)
-	for i, ev := range StreamEvents(api, model) {
+	left := f.Bytes // for a Cut: what may still be sent
+	for i, ev := range s.streamEvents(api, model, a) {
 		if f.Kind == Drop && i == f.Events {
 			panic(http.ErrAbortHandler) // cut the connection mid-stream
 		}
 		if f.Kind == Slow && i > 0 && !pause(r, f.Delay) {
 			return
 		}
+		if f.Kind == Cut && len(ev) >= left {
+			_, _ = io.WriteString(w, ev[:left])
+			flush(w)
+			panic(http.ErrAbortHandler) // cut after exactly f.Bytes bytes
+		}
+		left -= len(ev)
 		if _, err := io.WriteString(w, ev); err != nil {
 			return
 		}
 		flush(w)
 	}
+	if f.Kind == Cut { // past the end: the stream is whole, its end is not
+		panic(http.ErrAbortHandler)
+	}
+}
+
+type eventsKey struct {
+	api   API
+	model string
+	a     answer
+}
+
+// maxEventsCached bounds the streams a Server keeps marshalled.
+const maxEventsCached = 64
+
+// streamEvents is streamEvents, marshalled once per answer. The slice is
+// shared: read it, never change it.
+func (s *Server) streamEvents(api API, model string, a answer) []string {
+	k := eventsKey{api, model, a}
+	s.evMu.Lock()
+	ev, ok := s.events[k]
+	s.evMu.Unlock()
+	if ok {
+		return ev
+	}
+	ev = streamEvents(api, model, a) // outside the lock: requests run at once
+	s.evMu.Lock()
+	defer s.evMu.Unlock()
+	if len(s.events) >= maxEventsCached || s.events == nil {
+		s.events = map[eventsKey][]string{}
+	}
+	s.events[k] = ev
+	return ev
 }
 
 // pause waits d, or less if the client goes away (then it reports false).

@@ -38,11 +38,71 @@ func apiOf(r *http.Request) API {
 // arrived whole and once.
 const ReplyText = "Hello! This is a deterministic reply from the llmretry mock provider, streamed word by word."
 
-// replyChunks splits ReplyText into the deltas of a stream.
-func replyChunks() []string {
-	words := strings.SplitAfter(ReplyText, " ")
-	return words
+// ReplyTextUTF8 is the canned reply of a request that sends
+// "Mock-Reply: utf8" (ReplyHeader, ReplyUTF8). Its 2-, 3- and 4-byte UTF-8
+// characters (ü ß é à ï Ω μ έ γ α; — 決定的な返信 € ✓; 🚀 😀 𝄞 🎉) are in
+// each third of it, at word edges and inside words, and it ends in one,
+// so a test can sweep a cut across UTF-8 boundaries. Its only whitespace
+// is single ASCII spaces.
+const ReplyTextUTF8 = "Grüße 🚀 — a déjà-vu reply from the llmretry mock: 決定的な返信 😀, naïve café, €5 for Ωμέγα, 𝄞 ✓ streamed word by word 🎉"
+
+// ReplyHeader selects a request's canned reply: absent or ReplyASCII for
+// ReplyText, ReplyUTF8 for ReplyTextUTF8. Any other value is answered 400.
+// A continuation request carries the original's headers, so it continues
+// the same reply.
+const (
+	ReplyHeader = "Mock-Reply"
+	ReplyASCII  = "ascii"
+	ReplyUTF8   = "utf8"
+)
+
+// replyFor is the canned reply a request asked for.
+func replyFor(r *http.Request) (string, bool) {
+	switch r.Header.Get(ReplyHeader) {
+	case "", ReplyASCII:
+		return ReplyText, true
+	case ReplyUTF8:
+		return ReplyTextUTF8, true
+	}
+	return "", false
 }
+
+// answer is what one reply carries: its text and how it names itself. A
+// continuation has ids of its own, as a second response from a provider
+// would, so a client that splices it can be seen to keep the first's.
+type answer struct {
+	text      string
+	continued bool // a continuation: ids of its own
+	prompt    int  // input tokens
+}
+
+// whole is the answer to a request that continues nothing.
+func whole(text string) answer { return answer{text: text, prompt: 5} }
+
+// ids are an answer's Anthropic message id, OpenAI completion id and
+// OpenAI created.
+func (a answer) ids() (msg, chatcmpl string, created int) {
+	if a.continued {
+		return "msg_mock_continued", "chatcmpl-mock-continued", 1700000060
+	}
+	return "msg_mock", "chatcmpl-mock", 1700000000
+}
+
+// chunks splits text into the deltas of a stream, word by word: every
+// delta but the last ends in a space.
+func chunks(text string) []string {
+	var out []string
+	for _, c := range strings.SplitAfter(text, " ") {
+		if c != "" {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// usage is the token counts of an answer: a word is a token, and the end
+// of the reply one more.
+func (a answer) usage() (in, out int) { return a.prompt, len(chunks(a.text)) + 1 }
 
 func mustJSON(v any) string {
 	b, err := json.Marshal(v)
@@ -53,30 +113,33 @@ func mustJSON(v any) string {
 }
 
 // jsonReply is the whole (non-streamed) reply.
-func jsonReply(api API, model string) string {
+func jsonReply(api API, model string, a answer) string {
+	in, out := a.usage()
+	msgID, chatID, created := a.ids()
 	switch api {
 	case Anthropic:
 		return mustJSON(map[string]any{
-			"id": "msg_mock", "type": "message", "role": "assistant", "model": model,
-			"content":     []any{map[string]any{"type": "text", "text": ReplyText}},
+			"id": msgID, "type": "message", "role": "assistant", "model": model,
+			"content":     []any{map[string]any{"type": "text", "text": a.text}},
 			"stop_reason": "end_turn", "stop_sequence": nil,
-			"usage": map[string]any{"input_tokens": 5, "output_tokens": 16},
+			"usage": map[string]any{"input_tokens": in, "output_tokens": out},
 		})
 	case Gemini:
-		return mustJSON(geminiChunk(ReplyText, true))
+		return mustJSON(geminiChunk(a, a.text, true))
 	default:
 		return mustJSON(map[string]any{
-			"id": "chatcmpl-mock", "object": "chat.completion", "created": 1700000000, "model": model,
+			"id": chatID, "object": "chat.completion", "created": created, "model": model,
 			"choices": []any{map[string]any{
 				"index": 0, "finish_reason": "stop",
-				"message": map[string]any{"role": "assistant", "content": ReplyText},
+				"message": map[string]any{"role": "assistant", "content": a.text},
 			}},
-			"usage": map[string]any{"prompt_tokens": 5, "completion_tokens": 16, "total_tokens": 21},
+			"usage": map[string]any{"prompt_tokens": in, "completion_tokens": out, "total_tokens": in + out},
 		})
 	}
 }
 
-func geminiChunk(text string, last bool) map[string]any {
+func geminiChunk(a answer, text string, last bool) map[string]any {
+	in, out := a.usage()
 	c := map[string]any{
 		"content": map[string]any{"role": "model", "parts": []any{map[string]any{"text": text}}},
 		"index":   0,
@@ -86,45 +149,57 @@ func geminiChunk(text string, last bool) map[string]any {
 	}
 	return map[string]any{
 		"candidates":    []any{c},
-		"usageMetadata": map[string]any{"promptTokenCount": 5, "candidatesTokenCount": 16, "totalTokenCount": 21},
+		"usageMetadata": map[string]any{"promptTokenCount": in, "candidatesTokenCount": out, "totalTokenCount": in + out},
 		"modelVersion":  "mock",
 	}
 }
 
-// StreamEvents is the streamed reply in api's format, one SSE event a string.
+// StreamEvents is the streamed reply (ReplyText) in api's format, one SSE
+// event a string.
 func StreamEvents(api API, model string) []string {
-	chunks := replyChunks()
+	return streamEvents(api, model, whole(ReplyText))
+}
+
+// streamEvents is an answer streamed in api's format, one SSE event a
+// string: a well-formed stream of its own, whatever text it carries.
+func streamEvents(api API, model string, a answer) []string {
+	deltas := chunks(a.text)
+	in, out := a.usage()
+	msgID, chatID, created := a.ids()
 	var ev []string
 	switch api {
 	case Anthropic:
 		add := func(name string, v any) { ev = append(ev, "event: "+name+"\ndata: "+mustJSON(v)+"\n\n") }
 		add("message_start", map[string]any{"type": "message_start", "message": map[string]any{
-			"id": "msg_mock", "type": "message", "role": "assistant", "model": model, "content": []any{},
-			"stop_reason": nil, "stop_sequence": nil, "usage": map[string]any{"input_tokens": 5, "output_tokens": 1}}})
+			"id": msgID, "type": "message", "role": "assistant", "model": model, "content": []any{},
+			"stop_reason": nil, "stop_sequence": nil, "usage": map[string]any{"input_tokens": in, "output_tokens": 1}}})
 		add("content_block_start", map[string]any{"type": "content_block_start", "index": 0,
 			"content_block": map[string]any{"type": "text", "text": ""}})
-		for _, c := range chunks {
+		for _, c := range deltas {
 			add("content_block_delta", map[string]any{"type": "content_block_delta", "index": 0,
 				"delta": map[string]any{"type": "text_delta", "text": c}})
 		}
 		add("content_block_stop", map[string]any{"type": "content_block_stop", "index": 0})
 		add("message_delta", map[string]any{"type": "message_delta",
 			"delta": map[string]any{"stop_reason": "end_turn", "stop_sequence": nil},
-			"usage": map[string]any{"output_tokens": 16}})
+			"usage": map[string]any{"output_tokens": out}})
 		add("message_stop", map[string]any{"type": "message_stop"})
 	case Gemini:
-		for i, c := range chunks {
-			ev = append(ev, "data: "+mustJSON(geminiChunk(c, i == len(chunks)-1))+"\r\n\r\n")
+		if len(deltas) == 0 {
+			deltas = []string{""} // a Gemini stream is its chunks: one, to say STOP
+		}
+		for i, c := range deltas {
+			ev = append(ev, "data: "+mustJSON(geminiChunk(a, c, i == len(deltas)-1))+"\r\n\r\n")
 		}
 	default:
 		chunk := func(delta map[string]any, finish any) string {
 			return "data: " + mustJSON(map[string]any{
-				"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 1700000000, "model": model,
+				"id": chatID, "object": "chat.completion.chunk", "created": created, "model": model,
 				"choices": []any{map[string]any{"index": 0, "delta": delta, "finish_reason": finish}},
 			}) + "\n\n"
 		}
 		ev = append(ev, chunk(map[string]any{"role": "assistant", "content": ""}, nil))
-		for _, c := range chunks {
+		for _, c := range deltas {
 			ev = append(ev, chunk(map[string]any{"content": c}, nil))
 		}
 		ev = append(ev, chunk(map[string]any{}, "stop"), "data: [DONE]\n\n")
@@ -149,7 +224,11 @@ func firstEventError(api API) string {
 
 // errorBody is an error in the API's shape.
 func errorBody(api API, code int) string {
-	msg := fmt.Sprintf("mock provider: %d %s", code, http.StatusText(code))
+	return errorMessage(api, code, fmt.Sprintf("mock provider: %d %s", code, http.StatusText(code)))
+}
+
+// errorMessage is an error in the API's shape, saying msg.
+func errorMessage(api API, code int, msg string) string {
 	switch api {
 	case Anthropic:
 		typ := "api_error"
