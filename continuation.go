@@ -70,11 +70,16 @@ const (
 	ContinuationFailed
 	// OverCap: the stream was already continued Continuation.Max times.
 	OverCap
+	// Completed: the reply had said it was whole (a stop reason, a
+	// finish_reason) and only the family's last event was missing: nothing
+	// is sent again, and the caller's stream gets that last event
+	// (message_stop, [DONE]) after an SSE comment that says so.
+	Completed
 )
 
 var outcomeNames = map[ContinuationOutcome]string{
 	Continued: "continued", RefusedToolCall: "refused: tool call", Refused: "refused",
-	ContinuationFailed: "failed", OverCap: "over the cap",
+	ContinuationFailed: "failed", OverCap: "over the cap", Completed: "completed",
 }
 
 func (o ContinuationOutcome) String() string {

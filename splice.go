@@ -187,6 +187,20 @@ func (s *continuedStream) broke(err error) {
 	if s.j.rt.holdsKeys {
 		ev.Target, ev.Key = s.j.rt.names(s.j.at)
 	}
+	if s.d.complete && s.errEv == nil {
+		// The reply was whole; only its last event did not come. It is
+		// written here, so the caller's SDK sees a finished stream.
+		ev.Outcome = Completed
+		s.t.continuing(s.j.req, ev)
+		s.out = append(s.out, ": llmretry: the reply was whole; its last event did not come, and this one is llmretry's\n\n"...)
+		if s.d.family == streamAnthropic {
+			s.out = append(s.out, "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n"...)
+		} else {
+			s.out = append(s.out, "data: [DONE]\n\n"...)
+		}
+		s.end(io.EOF)
+		return
+	}
 	outcome, why := s.refusal()
 	if outcome != 0 {
 		ev.Outcome, ev.Cause = outcome, cause+"; not continued: "+why
@@ -237,8 +251,6 @@ func (s *continuedStream) refusal() (ContinuationOutcome, string) {
 		return Refused, "the stream carried thinking (prefill is not supported with it)"
 	case d.refusalSeen:
 		return Refused, "the reply is a refusal"
-	case d.complete:
-		return Refused, "the reply was already whole"
 	case d.truncated:
 		return Refused, "an event outgrew what continuation tracks"
 	case len(d.text) == 0:
