@@ -82,7 +82,7 @@ func (c *continuer) serve(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		from := len(delivered) - min(c.overlap, len(delivered))
-		for from > 0 && !utf8.RuneStart(c.text[from]) {
+		for from > 0 && from < len(c.text) && !utf8.RuneStart(c.text[from]) {
 			from--
 		}
 		rest = c.text[from:]
@@ -480,7 +480,7 @@ func TestSeamCutRemovesOnlyARepeat(t *testing.T) {
 		{"naïve café ", "café au lait", "", 0},
 		{"a naïve café", "naïve café au lait", "", len("naïve café")},
 	} {
-		if got := seamCut([]byte(c.delivered), []byte(c.cont), c.trimmed); got != c.want {
+		if got := seamCut([]byte(c.delivered), []byte(c.cont), c.trimmed, len(c.delivered)); got != c.want {
 			t.Errorf("seamCut(%q, %q, %q) = %d, want %d", c.delivered, c.cont, c.trimmed, got, c.want)
 		}
 	}

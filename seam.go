@@ -39,7 +39,7 @@ const (
 // the growth of the delivered text.
 type delivery struct {
 	family streamFamily
-	text   []byte // the output text, decoded
+	text   textBuf // the output text, decoded
 	// What forbids a continuation.
 	toolSeen, thinkingSeen, refusalSeen bool
 	complete                            bool // the reply said it was whole (a stop reason, a finish_reason)
@@ -81,7 +81,7 @@ func (d *delivery) observeAnthropic(ev sseEvent) {
 		case "text":
 			d.openIndex = idx
 			if t, ok := jsonMember(block, "text"); ok {
-				d.text = appendJSONString(d.text, t)
+				d.text.appendJSON(t)
 			}
 		case "thinking", "redacted_thinking":
 			d.thinkingSeen, d.openIndex = true, idx
@@ -93,7 +93,7 @@ func (d *delivery) observeAnthropic(ev sseEvent) {
 		switch string(jsonStringMember(delta, "type")) {
 		case "text_delta":
 			if t, ok := jsonMember(delta, "text"); ok {
-				d.text = appendJSONString(d.text, t)
+				d.text.appendJSON(t)
 			}
 		case "thinking_delta", "signature_delta":
 			d.thinkingSeen = true
@@ -142,7 +142,7 @@ func (d *delivery) observeChat(ev sseEvent) {
 			}
 			switch string(k) {
 			case "content":
-				d.text = appendJSONString(d.text, v)
+				d.text.appendJSON(v)
 			case "tool_calls", "function_call":
 				if !jsonEmpty(v) {
 					d.toolSeen = true
@@ -404,7 +404,7 @@ func (s *splice) release(out []byte) []byte {
 		return out
 	}
 	s.holding = false
-	text := s.hold[seamCut(s.d.text, s.hold, s.trimmed):]
+	text := s.hold[seamCut(s.d.text.tail(seamWindow), s.hold, s.trimmed, s.d.text.size):]
 	s.hold = nil
 	if len(text) == 0 {
 		return out
@@ -427,13 +427,12 @@ func (s *splice) release(out []byte) []byte {
 // at least minOverlap bytes (and within seamWindow), or the whole of a
 // shorter delivered text (the model began again); failing that, as much of
 // the white space trimmed off a prefill as cont starts with.
-func seamCut(delivered, cont []byte, trimmed string) int {
-	tail := delivered
-	if len(tail) > seamWindow {
-		tail = tail[len(tail)-seamWindow:]
-	}
+//
+// tail is the delivered text's end (seamWindow bytes at most), and
+// delivered the whole text's length.
+func seamCut(tail, cont []byte, trimmed string, delivered int) int {
 	for k := min(len(tail), len(cont)); k > 0; k-- {
-		if (k >= minOverlap || k == len(delivered)) && bytes.HasSuffix(tail, cont[:k]) {
+		if (k >= minOverlap || k == delivered) && bytes.HasSuffix(tail, cont[:k]) {
 			return k
 		}
 	}
@@ -466,4 +465,49 @@ func setMember(obj []byte, key string, n int) []byte {
 		return obj
 	}
 	return b
+}
+
+// textBuf holds the delivered text in blocks of textBlock bytes, so that
+// what it holds beyond the text is under one block, and growing it never
+// copies what it has.
+type textBuf struct {
+	blocks  [][]byte
+	size    int
+	scratch []byte // one delta, decoded
+}
+
+const textBlock = 1 << 10
+
+// appendJSON appends the decoded text of the JSON string v.
+func (t *textBuf) appendJSON(v []byte) {
+	t.scratch = appendJSONString(t.scratch[:0], v)
+	t.write(t.scratch)
+}
+
+func (t *textBuf) write(p []byte) {
+	t.size += len(p)
+	for len(p) > 0 {
+		if n := len(t.blocks); n == 0 || len(t.blocks[n-1]) == textBlock {
+			t.blocks = append(t.blocks, make([]byte, 0, textBlock))
+		}
+		last := &t.blocks[len(t.blocks)-1]
+		k := copy((*last)[len(*last):textBlock], p)
+		*last = (*last)[:len(*last)+k]
+		p = p[k:]
+	}
+}
+
+// bytes is the whole text, in one slice (made when a stream breaks).
+func (t *textBuf) bytes() []byte {
+	out := make([]byte, 0, t.size)
+	for _, b := range t.blocks {
+		out = append(out, b...)
+	}
+	return out
+}
+
+// tail is the text's last n bytes at most.
+func (t *textBuf) tail(n int) []byte {
+	all := t.bytes()
+	return all[max(len(all)-n, 0):]
 }

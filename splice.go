@@ -32,9 +32,15 @@ type continuedStream struct {
 	sp     *splice     // while a continuation is spliced in
 	respan *sseScanner // reads what the splice wrote, for d
 
-	in    []byte // read, not yet passed: a partial event
-	fed   int    // bytes of in given to scan
-	out   []byte // ready for the caller
+	// in holds what was read of the current attempt: from readAt to ready,
+	// whole events the caller has yet to read, passed as they are; after
+	// ready, the start of an event not yet complete. fed is how much of in
+	// the scanner has seen.
+	in                 []byte
+	readAt, ready, fed int
+	// out holds what a splice wrote, from outAt on, for the caller.
+	out   []byte
+	outAt int
 	errEv []byte // an in-stream error held back: passed only if not continued
 	seams int
 	err   error // how the stream ends, once it has
@@ -54,16 +60,26 @@ func (t *Transport) continueStream(resp *http.Response, events streamEvents, j *
 	}
 	resp.Body = &continuedStream{t: t, j: &jc, send: send, idem: idem, resp: resp, ctx: ctx, cancel: cancel,
 		cur: resp.Body, scan: sseScanner{limit: watchLimit}, events: events, d: newDelivery(events.family),
-		in: make([]byte, 0, 4<<10)}
+		in: make([]byte, 0, 1<<10)}
 }
 
 func (s *continuedStream) Read(p []byte) (int, error) {
 	for {
-		if len(s.out) > 0 {
-			n := copy(p, s.out)
-			s.out = s.out[n:]
-			if len(s.out) == 0 {
-				s.out = s.out[:0:cap(s.out)] // reuse its room
+		if s.readAt < s.ready {
+			n := copy(p, s.in[s.readAt:s.ready])
+			s.readAt += n
+			if s.readAt == s.ready { // all read: keep only the partial event
+				rest := copy(s.in, s.in[s.ready:])
+				s.in, s.fed = s.in[:rest], s.fed-s.ready
+				s.readAt, s.ready = 0, 0
+			}
+			return n, nil
+		}
+		if s.outAt < len(s.out) {
+			n := copy(p, s.out[s.outAt:])
+			s.outAt += n
+			if s.outAt == len(s.out) {
+				s.out, s.outAt = s.out[:0], 0 // all read: its room is reused
 			}
 			return n, nil
 		}
@@ -90,7 +106,7 @@ func (s *continuedStream) fill() {
 			// fall in that event.
 			s.d.truncated = true
 			s.out = append(s.out, s.in...)
-			s.in, s.fed = s.in[:0], 0
+			s.in, s.fed, s.readAt, s.ready = s.in[:0], 0, 0, 0
 		} else {
 			s.in = append(s.in, make([]byte, cap(s.in))...)[:len(s.in)]
 		}
@@ -114,9 +130,10 @@ func (s *continuedStream) fill() {
 }
 
 // pass feeds the new bytes of in to the scanner, and passes each event
-// they complete, as it is or rewritten by the splice.
+// they complete: as it is (it stays in in, ready for the caller), or
+// rewritten by the splice (into out).
 func (s *continuedStream) pass() {
-	start := 0 // where the next event's bytes begin
+	start := s.ready // where the next event's bytes begin
 	for s.fed < len(s.in) && s.errEv == nil {
 		ev, used, ok := s.scan.scan(s.in[s.fed:])
 		s.fed += used
@@ -132,14 +149,15 @@ func (s *continuedStream) pass() {
 		}
 		if s.sp == nil {
 			s.d.observe(ev, role)
-			s.out = append(s.out, raw...)
+			s.ready = s.fed
 			continue
 		}
 		s.written(s.sp.rewrite(ev, raw))
 	}
-	// Keep only the bytes of an event not yet complete.
-	rest := copy(s.in, s.in[start:])
-	s.in, s.fed = s.in[:rest], s.fed-start
+	if s.sp != nil { // a splice passes nothing from in: keep only the partial event
+		rest := copy(s.in, s.in[start:])
+		s.in, s.fed, s.readAt, s.ready = s.in[:rest], s.fed-start, 0, 0
+	}
 }
 
 // written passes what the splice wrote, and reads it for the delivery.
@@ -183,7 +201,7 @@ func (s *continuedStream) broke(err error) {
 	case isIdle(err):
 		cause = "idle timeout"
 	}
-	ev := ContinuationEvent{Method: s.j.req.Method, URL: redactURL(s.j.req.URL), After: runeCount(s.d.text), Seams: s.seams, Cause: cause}
+	ev := ContinuationEvent{Method: s.j.req.Method, URL: redactURL(s.j.req.URL), After: runeCount(s.d.text.bytes()), Seams: s.seams, Cause: cause}
 	if s.j.rt.holdsKeys {
 		ev.Target, ev.Key = s.j.rt.names(s.j.at)
 	}
@@ -218,8 +236,10 @@ func (s *continuedStream) broke(err error) {
 		s.end(err)
 		return
 	}
-	// Splice: the in-stream error (a passing state) is dropped, and the
-	// continuation's events follow a comment that marks the seam.
+	// Splice: the whole events not yet read go first; the in-stream error
+	// (a passing state) is dropped; the continuation's events follow a
+	// comment that marks the seam.
+	s.out = append(s.out, s.in[s.readAt:s.ready]...)
 	s.errEv = nil
 	s.seams++
 	if s.j.rt.holdsKeys {
@@ -233,7 +253,7 @@ func (s *continuedStream) broke(err error) {
 	s.out = append(s.out, " characters\n\n"...)
 	s.cur = resp.Body
 	s.scan = sseScanner{limit: watchLimit}
-	s.in, s.fed = s.in[:0], 0
+	s.in, s.fed, s.readAt, s.ready = s.in[:0], 0, 0, 0 // the unread whole events went to out first
 	s.sp = newSplice(&s.d, trimmed)
 	s.respan = &sseScanner{}
 }
@@ -253,7 +273,7 @@ func (s *continuedStream) refusal() (ContinuationOutcome, string) {
 		return Refused, "the reply is a refusal"
 	case d.truncated:
 		return Refused, "an event outgrew what continuation tracks"
-	case len(d.text) == 0:
+	case d.text.size == 0:
 		return Refused, "no text was delivered"
 	case s.ctx.Err() != nil:
 		return Refused, "the caller left"
@@ -285,7 +305,7 @@ func (t *Transport) resume(s *continuedStream) (*http.Response, string, string) 
 	if body == nil {
 		return nil, "", why
 	}
-	next, trimmed, err := continuationBody(body, s.d.family, s.d.text, t.cfg.continuation)
+	next, trimmed, err := continuationBody(body, s.d.family, s.d.text.bytes(), t.cfg.continuation)
 	if err != nil {
 		return nil, "", err.Error()
 	}
