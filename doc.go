@@ -10,6 +10,12 @@
 // output, so an error sent before it (after message_start, say) is still
 // retried.
 //
+// With WithStreamContinuation (opt-in), a stream that breaks after its
+// first output is finished instead: the request goes upstream again with
+// the delivered text as the assistant's turn, and the continuation is
+// spliced into the caller's stream. Nothing the caller has received is
+// sent to it again.
+//
 // NewFailoverTransport retries elsewhere when waiting won't help soon
 // enough: another key of the same target at once after a 429, the next
 // target when one keeps failing, within one API family and the same
@@ -45,6 +51,8 @@
 //   - health.go, record.go: key and target health as explicit states, and
 //     how each attempt moves them
 //   - streamwatch.go: a handed-over stream's end, counted for its target
+//   - continuation.go, splice.go, seam.go: continuing a stream that broke
+//     (when, how the request is built, the caller's stream, the seam)
 //   - target.go: failover's configuration (Failover, Target, Key, Family)
 //   - failover.go: NewFailoverTransport, health events, and aiming an
 //     attempt at a target (its URL, key and model name)

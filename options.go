@@ -161,7 +161,9 @@ func WithFirstEventHold(d time.Duration) Option {
 // WithIdleTimeout makes the returned body's Read fail with an
 // *IdleTimeoutError, and closes the connection, when no bytes arrive for d
 // while the caller waits in Read. It is never retried: part of the reply
-// may already have been used. Off by default.
+// may already have been used. (With WithStreamContinuation, a stream that
+// goes idle after its first output is continued instead, where it may
+// be.) Off by default.
 func WithIdleTimeout(d time.Duration) Option {
 	return func(c *config) { c.idleTimeout = d }
 }

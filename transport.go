@@ -14,7 +14,9 @@ import (
 // Transport is an http.RoundTripper that retries LLM API calls that fail
 // transiently, and only before the response is handed over: once the
 // caller holds a response, nothing is ever sent again for it, so a stream
-// that breaks mid-reply is never replayed.
+// that breaks mid-reply is never replayed. (With WithStreamContinuation, a
+// stream that breaks is finished by a continuation; nothing the caller has
+// is sent to it again.)
 //
 // A Transport is safe for concurrent use. Make one with NewTransport, or
 // NewFailoverTransport to retry elsewhere.

@@ -39,6 +39,7 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	maxUpstreamHeader := fs.Int64("max-upstream-header", proxy.DefaultMaxUpstreamHeader, "largest upstream response header block in bytes; larger is a 502")
 	idle := fs.Duration("idle-timeout", 5*time.Minute, "end a response stream that sends nothing for this long (0: never)")
 	firstEvent := fs.Duration("first-event-timeout", 0, "retry a stream that sends no first event within this long (0: off)")
+	continueStreams := fs.Int("continue-streams", 0, "finish a stream that breaks after output reached the client, at most this many times per stream,\nby sending the request again with the text delivered so far (0: off; a route's continue_streams overrides it)")
 	grace := fs.Duration("grace", 30*time.Second, "on SIGTERM, how long in-flight requests and streams get to finish")
 	quiet := fs.Bool("quiet", false, "do not log retries")
 	logLevel := fs.String("log-level", "info", "the least level logged: debug, info, warn or error (debug includes go-redis's own lines)")
@@ -85,6 +86,9 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			return usageErr(fs, stderr, "--upstream %q: want an http or https URL", *upstream)
 		}
 	}
+	if *continueStreams < 0 {
+		return usageErr(fs, stderr, "--continue-streams %d: want 0 (off) or how many times one stream may be continued", *continueStreams)
+	}
 	if *maxAttempts < 1 || *baseDelay <= 0 || *maxDelay <= 0 || *maxRetryAfter <= 0 || *maxBody <= 0 || *bodyTimeout <= 0 || *maxHeld <= 0 || *upstreamTimeout <= 0 || *maxUpstreamHeader <= 0 || *idle < 0 || *firstEvent < 0 || *grace < 0 {
 		return usageErr(fs, stderr, "attempts, delays and sizes must be positive")
 	}
@@ -115,6 +119,9 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		BodyTimeout: *bodyTimeout, MaxHeld: *maxHeld, UpstreamTimeout: *upstreamTimeout, MaxUpstreamHeader: *maxUpstreamHeader,
 		BudgetOff: budgetOff, BudgetRatio: ratio, CooldownsOff: cooldownsOff,
 		Perimeter: proxy.Perimeter{Origins: allowOrigins, Hosts: allowHosts, Listen: *listen, AdminListen: *adminListen},
+	}
+	if *continueStreams > 0 {
+		cfg.Continuation = &llmretry.Continuation{Max: *continueStreams}
 	}
 	for _, o := range allowOrigins {
 		if _, err := proxy.ParseOrigin(o); err != nil {

@@ -44,6 +44,10 @@ type Route struct {
 	// BASE/chat/completions.
 	Prefix   string
 	Failover llmretry.Failover
+	// Continuation, when set, finishes the route's streams that break
+	// after output (continue_streams: N, continue_openai_prefix); it
+	// overrides --continue-streams.
+	Continuation *llmretry.Continuation
 }
 
 // HoldsKeys reports whether any target of c has keys: the proxy then
@@ -387,12 +391,46 @@ func (r *reader) route(n *yaml.Node) (Route, error) {
 		"eject_after":         func(v *yaml.Node) error { return r.positive(v, "eject_after", &f.Outliers.Failures) },
 		"ejection":            func(v *yaml.Node) error { return r.duration(v, "ejection", &f.Outliers.Ejection) },
 		"max_ejection":        func(v *yaml.Node) error { return r.duration(v, "max_ejection", &f.Outliers.MaxEjection) },
+		"recheck":             func(v *yaml.Node) error { return r.duration(v, "recheck", &f.Recheck) },
+		"max_recheck":         func(v *yaml.Node) error { return r.duration(v, "max_recheck", &f.MaxRecheck) },
+		"max_rest":            func(v *yaml.Node) error { return r.duration(v, "max_rest", &f.MaxRest) },
+		"continue_streams": func(v *yaml.Node) error {
+			var n int
+			if err := r.scalar(v, "continue_streams", &n); err != nil {
+				return err
+			}
+			if n < 0 {
+				return r.errf(v, "continue_streams must be 0 (off) or how many times one stream may be continued")
+			}
+			if rt.Continuation == nil {
+				rt.Continuation = &llmretry.Continuation{}
+			}
+			rt.Continuation.Max = n
+			return nil
+		},
+		"continue_openai_prefix": func(v *yaml.Node) error {
+			var form string
+			if err := r.scalar(v, "continue_openai_prefix", &form); err != nil {
+				return err
+			}
+			if form != "instruction" && form != "prefix" && form != "vllm" {
+				return r.errf(v, "continue_openai_prefix %q: want instruction (OpenAI: the default), prefix (DeepSeek, Mistral) or vllm", form)
+			}
+			if rt.Continuation == nil {
+				rt.Continuation = &llmretry.Continuation{}
+			}
+			rt.Continuation.OpenAIPrefix = strings.TrimPrefix(form, "instruction")
+			return nil
+		},
 	}, "prefix", "targets")
 	if err != nil {
 		return rt, err
 	}
 	if len(f.Targets) == 0 {
 		return rt, r.errf(n, "route %q has no targets", rt.Prefix)
+	}
+	if rt.Continuation != nil && rt.Continuation.Max == 0 && rt.Continuation.OpenAIPrefix == "" {
+		rt.Continuation.Max = -1 // continue_streams: 0: off, whatever the flag says
 	}
 	return rt, nil
 }

@@ -46,6 +46,7 @@ type Metrics struct {
 	served         *prometheus.CounterVec // by [route and] target
 	failovers      *prometheus.CounterVec // by [route,] from and to target
 	health         *prometheus.CounterVec // by [route,] target, key and change
+	continuations  *prometheus.CounterVec // by [route,] outcome
 	budgets        *budgetCollector
 }
 
@@ -72,9 +73,11 @@ func newMetrics(heldBodies func() int64, routes bool) *Metrics {
 	m.served = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "llmretry_target_responses_total", Help: "Responses handed over, by the failover target that sent them."}, m.labels("target"))
 	m.failovers = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "llmretry_failovers_total", Help: "Requests moved at once to another key or target, by the target they left and the one they went to."}, m.labels("from", "to"))
 	m.health = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "llmretry_health_changes_total", Help: "Keys resting or taken out, targets ejected or restored, by target, key id and change."}, m.labels("target", "key", "change"))
+	m.continuations = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "llmretry_continuations_total",
+		Help: "Streams that broke after output reached the client, with continuation on, by what became of them."}, m.labels("outcome"))
 	m.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		m.attempts, m.retries, m.waits, m.stops, m.refused, m.held, m.heldSeconds, m.headerLatency, m.firstEventWait,
-		m.served, m.failovers, m.health, requestsCollector{m}, m.budgets)
+		m.served, m.failovers, m.health, m.continuations, requestsCollector{m}, m.budgets)
 	if heldBodies != nil {
 		m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "llmretry_request_body_held_bytes",
 			Help: "Bytes of request bodies the proxy holds now, so that a retry can resend them."}, func() float64 { return float64(heldBodies()) }))
@@ -210,6 +213,13 @@ func (m *Metrics) onStop(e llmretry.StopEvent, route, upstream string) {
 
 func (m *Metrics) onHealth(e llmretry.HealthEvent, route string) {
 	m.health.WithLabelValues(m.values(route, e.Target, e.Key, strings.NewReplacer(" ", "_", ":", "").Replace(e.Health.String()))...).Inc()
+}
+
+// onContinuation counts what became of a stream that broke after output:
+// continued, refused_tool_call, refused, failed, over_cap, completed.
+func (m *Metrics) onContinuation(e llmretry.ContinuationEvent, route string) {
+	outcome := strings.NewReplacer(" the ", "_", " ", "_", ":", "").Replace(e.Outcome.String())
+	m.continuations.WithLabelValues(m.values(route, outcome)...).Inc()
 }
 
 // servedBy counts a response a failover target handed over. Every

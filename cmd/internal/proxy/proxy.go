@@ -72,6 +72,11 @@ type Config struct {
 	CooldownsOff bool
 	// Options are further Transport options.
 	Options []llmretry.Option
+	// Continuation, when set, finishes a stream that breaks after output
+	// reached the client (llmretry.WithStreamContinuation): counted by
+	// outcome in /metrics, logged with the request id, and the final
+	// X-Llmretry-Attempts and X-Llmretry-Target sent as HTTP trailers.
+	Continuation *llmretry.Continuation
 	// Perimeter says which web pages and Host names may reach the routes
 	// of a config (NewRouter only: without keys to spend, New lets every
 	// request through to its upstream).
@@ -223,6 +228,9 @@ func newProxy(cfg Config, sh *shared, route string) (*Proxy, error) {
 	if cfg.IdleTimeout > 0 {
 		opts = append(opts, llmretry.WithIdleTimeout(cfg.IdleTimeout))
 	}
+	if cfg.Continuation != nil {
+		opts = append(opts, llmretry.WithStreamContinuation(*cfg.Continuation), llmretry.WithOnContinuation(p.onContinuation))
+	}
 	var transport *llmretry.Transport
 	if cfg.Failover != nil {
 		f := *cfg.Failover
@@ -294,8 +302,14 @@ func newProxy(cfg Config, sh *shared, route string) (*Proxy, error) {
 			// unlabelled line for a broken copy is dropped, so this is the
 			// only report of one.
 			if info != nil && resp.StatusCode != http.StatusSwitchingProtocols && resp.Body != nil && resp.Body != http.NoBody {
-				resp.Body = &streamBody{ReadCloser: resp.Body, ctx: resp.Request.Context(), logger: cfg.Logger, info: info,
+				sb := &streamBody{ReadCloser: resp.Body, ctx: resp.Request.Context(), logger: cfg.Logger, info: info,
 					stream: sse, metrics: p.metrics}
+				if cfg.Continuation != nil && sse && resp.StatusCode/100 == 2 {
+					// A continuation may change them after the headers are
+					// sent: their final values go as trailers.
+					sb.trailer, sb.target = announceTrailers(resp), resp.Header.Get(llmretry.TargetHeader)
+				}
+				resp.Body = sb
 			}
 			return nil
 		},
@@ -465,6 +479,9 @@ func (p *Proxy) onRetry(e llmretry.RetryEvent) {
 }
 func (p *Proxy) onStop(e llmretry.StopEvent)     { p.metrics.onStop(e, p.route, cmp.Or(e.Target, p.label)) }
 func (p *Proxy) onHealth(e llmretry.HealthEvent) { p.metrics.onHealth(e, p.route) }
+func (p *Proxy) onContinuation(e llmretry.ContinuationEvent) {
+	p.metrics.onContinuation(e, p.route)
+}
 
 // refuse answers r with the proxy's own error.
 func (p *Proxy) refuse(w http.ResponseWriter, r *http.Request, code int, msg string) {

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/binary"
 	"encoding/hex"
@@ -13,6 +14,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/llmretry/llmretry"
 )
 
 // Response headers the proxy adds: which request this was (the same id is
@@ -109,6 +112,11 @@ type streamBody struct {
 	info    *requestInfo
 	stream  bool // a text/event-stream: its first bytes are timed
 	metrics *Metrics
+	// trailer, with continuation on, is the response's trailer, in which
+	// the final attempts and target are set at the stream's end; target is
+	// the one the headers named.
+	trailer http.Header
+	target  string
 }
 
 func (b *streamBody) Read(p []byte) (int, error) {
@@ -117,16 +125,44 @@ func (b *streamBody) Read(p []byte) (int, error) {
 		b.stream = false
 		b.metrics.firstEvent(b.info.start)
 	}
+	if err != nil && b.trailer != nil {
+		// The announced trailers are sent from the client's header map after
+		// the body (ReverseProxy adds the response's trailer values to it:
+		// theirs are taken here and left empty, so none is sent twice).
+		target := cmp.Or(b.trailer.Get(llmretry.TargetHeader), b.target)
+		b.trailer[llmretry.TargetHeader], b.trailer[AttemptsHeader] = nil, nil
+		b.info.out.Set(AttemptsHeader, strconv.Itoa(int(b.info.attempts.Load())))
+		b.info.out.Set(llmretry.TargetHeader, target)
+	}
 	if err != nil && err != io.EOF {
 		b.info.broke.Do(func() {
 			if b.ctx.Err() != nil { // the client went away: not the upstream's doing
 				b.logger.InfoContext(b.ctx, "llmretry proxy: client left mid-reply", "error", err.Error())
 				return
 			}
+			if b.trailer != nil { // continuation on: the line before says why it was not continued
+				b.logger.WarnContext(b.ctx, "llmretry proxy: upstream reply broke mid-stream and was not continued; the client got what came before", "error", err.Error())
+				return
+			}
 			b.logger.WarnContext(b.ctx, "llmretry proxy: upstream reply broke mid-stream; the client got what came before, nothing is resent", "error", err.Error())
 		})
 	}
 	return n, err
+}
+
+// announceTrailers names, before the headers are sent, the trailers a
+// continued stream ends with (ReverseProxy announces the response's
+// Trailer keys and sends their values after the body).
+func announceTrailers(resp *http.Response) http.Header {
+	if resp.Trailer == nil {
+		resp.Trailer = make(http.Header)
+	}
+	for _, k := range []string{AttemptsHeader, llmretry.TargetHeader} {
+		if _, ok := resp.Trailer[k]; !ok {
+			resp.Trailer[k] = nil
+		}
+	}
+	return resp.Trailer
 }
 
 // copyErrorFilter drops ReverseProxy's own unlabelled line about a broken

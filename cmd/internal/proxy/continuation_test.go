@@ -1,0 +1,152 @@
+package proxy
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/llmretry/llmretry"
+	"github.com/llmretry/llmretry/mockllm"
+)
+
+// A route with continue_streams finishes a stream the upstream cut after
+// its first output: the client reads the whole reply, the continuation is
+// counted by outcome and logged with the request id, and the final
+// attempts and target come as trailers.
+func TestProxyContinuesAStreamCutMidway(t *testing.T) {
+	cutting, err := mockllm.ParseFaults("cut=900")
+	if err != nil {
+		t.Fatal(err)
+	}
+	up := httptest.NewServer(mockllm.New(cutting, 1))
+	defer up.Close()
+	url, rt, logs := startRouter(t, `
+routes:
+  - prefix: /openai
+    continue_streams: 1
+    targets:
+      - {name: mock, base_url: '`+up.URL+`/v1'}
+`, nil)
+	req, _ := http.NewRequest("POST", url+"/openai/chat/completions",
+		strings.NewReader(`{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]}`))
+	resp, err := client(t).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := streamedText(t, body); got != mockllm.ReplyText {
+		t.Fatalf("the client read %q, want the whole reply", got)
+	}
+	if resp.Trailer.Get(AttemptsHeader) != "2" || resp.Trailer.Get(llmretry.TargetHeader) != "mock" {
+		t.Fatalf("trailers %v: want 2 attempts, target mock", resp.Trailer)
+	}
+	if n := metricOf(t, rt.Metrics(), `llmretry_continuations_total{outcome="continued",route="/openai"}`); n != 1 {
+		t.Fatalf("%v continuations counted", n)
+	}
+	line := ""
+	for _, l := range strings.Split(logs.String(), "\n") {
+		if strings.Contains(l, "stream broke after output") {
+			line = l
+		}
+	}
+	if !strings.Contains(line, "outcome=continued") || !strings.Contains(line, "request_id=") || strings.Contains(logs.String(), "nothing is resent") {
+		t.Fatalf("log:\n%s", logs.String())
+	}
+}
+
+// streamedText joins the content of a chat stream's chunks.
+func streamedText(t *testing.T, body []byte) string {
+	t.Helper()
+	var b strings.Builder
+	for _, line := range strings.Split(string(body), "\n") {
+		data, ok := strings.CutPrefix(line, "data: ")
+		if !ok || data == "[DONE]" {
+			continue
+		}
+		var c struct {
+			Choices []struct {
+				Delta struct{ Content string } `json:"delta"`
+			} `json:"choices"`
+		}
+		if err := json.Unmarshal([]byte(data), &c); err != nil {
+			t.Fatalf("a chunk is not JSON: %q", data)
+		}
+		for _, ch := range c.Choices {
+			b.WriteString(ch.Delta.Content)
+		}
+	}
+	return b.String()
+}
+
+// The Node openai client through the proxy, with continuation on: a stream
+// the upstream cuts mid-way accumulates into the whole reply, with one role
+// and one finish.
+func TestNodeOpenAIClientReadsAContinuedStreamWhole(t *testing.T) {
+	node, err := exec.LookPath("node")
+	if err != nil {
+		t.Fatal("node is not installed: the test command installs it (scripts/test.sh)")
+	}
+	dir, _ := filepath.Abs(filepath.Join("testdata", "node"))
+	if _, err := os.Stat(filepath.Join(dir, "node_modules", "openai")); err != nil {
+		t.Fatalf("Node's openai package is missing: run npm ci --prefix %s (scripts/test.sh does)", dir)
+	}
+	cutting, err := mockllm.ParseFaults("cut=1200")
+	if err != nil {
+		t.Fatal(err)
+	}
+	up := httptest.NewServer(mockllm.New(cutting, 1))
+	defer up.Close()
+	url, _, _ := startRouter(t, `
+routes:
+  - prefix: /openai
+    continue_streams: 1
+    targets:
+      - {name: mock, base_url: '`+up.URL+`/v1'}
+`, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, node, "stream.mjs", url+"/openai", "gpt-4o")
+	cmd.Dir = dir
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("node: %v\n%s", err, out)
+	}
+	var got struct {
+		Text            string
+		Roles, Finishes int
+	}
+	if err := json.Unmarshal(out, &got); err != nil {
+		t.Fatalf("node printed %s: %v", out, err)
+	}
+	if got.Text != mockllm.ReplyText || got.Roles != 1 || got.Finishes != 1 {
+		t.Fatalf("node read %+v: want the whole reply, one role, one finish", got)
+	}
+}
+
+// Each outcome is counted under a label of its own, as the README lists
+// them.
+func TestContinuationOutcomeLabels(t *testing.T) {
+	m := newMetrics(nil, false)
+	want := map[llmretry.ContinuationOutcome]string{
+		llmretry.Continued: "continued", llmretry.RefusedToolCall: "refused_tool_call", llmretry.Refused: "refused",
+		llmretry.ContinuationFailed: "failed", llmretry.OverCap: "over_cap", llmretry.Completed: "completed",
+	}
+	for o, label := range want {
+		m.onContinuation(llmretry.ContinuationEvent{Outcome: o}, "")
+		if n := metricOf(t, m, `llmretry_continuations_total{outcome="`+label+`"}`); n != 1 {
+			t.Errorf("%v: label %q counted %v", o, label, n)
+		}
+	}
+}
