@@ -2,6 +2,9 @@ package llmretry
 
 import (
 	"fmt"
+	"io"
+	"net/http"
+	"strings"
 	"testing"
 	"time"
 )
@@ -78,5 +81,31 @@ func TestMarkKindNames(t *testing.T) {
 	}
 	if s := MarkKind(9).String(); s != "MarkKind(9)" {
 		t.Errorf("String of an unknown kind: %s", s)
+	}
+}
+
+// A request pays for lookups only where a mark concerns it: a plain
+// request to another host, or with another key, reads no body for its
+// model while marks are held for someone else.
+func TestMarksCostLookupsOnlyToTheRequestsTheyConcern(t *testing.T) {
+	store := NewLocalHealthStore()
+	now := time.Now()
+	store.Put(Mark{Kind: MarkCooldown, Scheme: "https", Host: "busy.test", Key: "some-other-key", Model: "gpt-4o"}, now.Add(time.Hour))
+	base := roundTripFunc(func(r *http.Request) (*http.Response, error) { return reply(r, 200, "{}"), nil })
+	tr := NewTransport(base, WithHealthStore(store))
+	for _, url := range []string{"https://calm.test/v1/chat/completions", "https://busy.test/v1/chat/completions"} {
+		reads := 0
+		req, _ := http.NewRequest("POST", url, strings.NewReader(`{"model":"gpt-4o"}`))
+		req.Header.Set("Authorization", "Bearer sk-mine")
+		get := req.GetBody
+		req.GetBody = func() (io.ReadCloser, error) { reads++; return get() }
+		resp, err := tr.RoundTrip(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if reads != 0 {
+			t.Fatalf("%s: the body was read %d times for its model, though no mark concerns this key", url, reads)
+		}
 	}
 }
