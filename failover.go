@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"mime"
 	"net/http"
 	"net/url"
 	"strings"
@@ -109,7 +110,8 @@ type HealthEvent struct {
 }
 
 // WithOnHealth calls f on each change in a failover Transport's keys and
-// targets, from the goroutine making the request. f must not block.
+// targets, from the goroutine making the request (for a stream's end, the
+// goroutine reading it). f must not block.
 func WithOnHealth(f func(HealthEvent)) Option {
 	return func(c *config) { c.onHealth = f }
 }
@@ -170,13 +172,25 @@ func (t *Transport) checkRequest(j *journey) error {
 		err = errDotSegment
 	case !modelPathOK(path):
 		err = errModelPath
-	case j.rt.allowList && req.Body != nil && req.Body != http.NoBody:
+	case j.rt.allowList && req.Body != nil && req.Body != http.NoBody && jsonBody(req):
 		err = j.readBodyStrictly()
 	}
 	if err != nil {
 		return t.giveUp(req, nil, 0, verdict{cause: "request refused", reason: ReasonInvalidRequest}, err, nil)
 	}
 	return nil
+}
+
+// jsonBody reports a request whose body is JSON, or says nothing of its
+// type (SDKs send JSON). Another body (a multipart upload) names no model:
+// it goes only to targets without Models.
+func jsonBody(req *http.Request) bool {
+	ct := req.Header.Get("Content-Type")
+	if ct == "" {
+		return true
+	}
+	mt, _, err := mime.ParseMediaType(ct)
+	return err == nil && (mt == "application/json" || strings.HasSuffix(mt, "+json"))
 }
 
 // modelPathOK reports whether a path that names a model in Gemini's form
@@ -237,8 +251,8 @@ func (t *Transport) aim(r *http.Request, body io.ReadCloser, j *journey) (io.Rea
 	if r.Header == nil {
 		r.Header = make(http.Header)
 	}
-	query, _ := wire.StripCredentials(r.Header, r.URL.RawQuery)
-	query, dropped := wire.TargetQuery(query, ts.base.RawQuery)
+	query, dropped := wire.StripCredentials(r.Header, r.URL.RawQuery) // leaves out what does not parse
+	query, _ = wire.TargetQuery(query, ts.base.RawQuery)
 	if dropped > 0 && t.cfg.logger != nil {
 		t.cfg.logger.LogAttrs(r.Context(), slog.LevelDebug, "llmretry: query parts that do not parse were left out",
 			slog.String("target", ts.Name), slog.Int("parts", dropped))

@@ -6,8 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"runtime"
 	"strings"
 	"sync"
@@ -235,8 +237,8 @@ func TestFailoverRenameHoldsAtMostOneBodyCopy(t *testing.T) {
 	}
 	resp.Body.Close()
 	runtime.ReadMemStats(&after)
-	if grew := after.TotalAlloc - before.TotalAlloc; grew > size*5/4 {
-		t.Fatalf("the rename allocated %d MiB for a %d MiB body: more than one copy", grew>>20, size>>20)
+	if grew := after.TotalAlloc - before.TotalAlloc; grew > size/16 { // the rename streams: no copy of the body
+		t.Fatalf("the rename allocated %d KiB for a %d MiB body: it copied the body", grew>>10, size>>20)
 	}
 }
 
@@ -933,5 +935,167 @@ func TestFailoverKeyToldToWaitRestsForThatModelOnly(t *testing.T) {
 	send(t, c, p.URL, "gpt-4o-mini") // a still serves another model
 	if got := p.keys(); fmt.Sprint(got) != "[sk-a sk-b sk-b sk-a]" {
 		t.Fatalf("keys %v: want a resting for gpt-4o only", got)
+	}
+}
+
+// AttemptsPerTarget counts the failures a request sits out on one target
+// when the server asked for a short wait: with 1, a 503 asking for 1 s is
+// not waited for when another target can serve.
+func TestFailoverAttemptsPerTargetBoundsTheShortWaitsSatOut(t *testing.T) {
+	for _, apt := range []int{1, 2} {
+		primary := newProvider(t, always(status(503, `{}`, "Retry-After", "1")))
+		fallback := newProvider(t, always(status(200, okJSON)))
+		clk := newFakeClock()
+		_, c := failoverTransport(t, clk, Failover{AttemptsPerTarget: apt, Targets: []Target{
+			{Name: "a", BaseURL: primary.URL}, {Name: "b", BaseURL: fallback.URL}}}, WithPolicy(Policy{MaxAttempts: 5}))
+		resp, _ := send(t, c, primary.URL, "m")
+		if resp.Header.Get(TargetHeader) != "b" || len(primary.requests()) != apt || len(clk.Waits()) != apt-1 {
+			t.Fatalf("AttemptsPerTarget %d: served by %q after %d primary attempts and waits %v", apt, resp.Header.Get(TargetHeader), len(primary.requests()), clk.Waits())
+		}
+	}
+}
+
+// Many requests queued behind a denied key's one request in flight each
+// get the upstream's answer in turn: none gets a local refusal.
+func TestFailoverManyRequestsForADeniedModelGetNoLocalRefusal(t *testing.T) {
+	p := newProvider(t, always(status(403, modelDenied403)))
+	_, c := failoverTransport(t, newFakeClock(), Failover{Targets: []Target{
+		{Name: "o", BaseURL: p.URL, Keys: []Key{NewKey("k1", "sk-1")}}}})
+	send(t, c, p.URL, "o1-pro") // k1 denied o1-pro
+	var wg sync.WaitGroup
+	errs := make(chan error, 100)
+	for range 100 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			resp, err := c.Do(post(t, p.URL+"/chat/completions", `{"model":"o1-pro"}`))
+			if err != nil {
+				errs <- err
+				return
+			}
+			resp.Body.Close()
+			if resp.StatusCode != 403 {
+				errs <- fmt.Errorf("status %d", resp.StatusCode)
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatalf("a request for the denied model got %v, want the upstream's 403", err)
+	}
+}
+
+// A plain Transport never takes the caller's own key out: a quota mark a
+// failover Transport put in a shared store for the same key holds no
+// plain request.
+func TestPlainTransportIgnoresAQuotaMarkForItsKey(t *testing.T) {
+	store := NewLocalHealthStore()
+	up := newProvider(t, always(status(200, okJSON)))
+	u, _ := url.Parse(up.URL)
+	req := post(t, up.URL+"/v1/messages", `{"model":"m"}`)
+	req.Header.Set("X-Api-Key", "sk-ant-shared")
+	j := journey{rt: ownRoute(nil), req: req}
+	store.Put(Mark{Kind: MarkQuota, Scheme: u.Scheme, Host: u.Host, Key: j.callerCred()}, time.Now().Add(time.Hour))
+	_, c := testTransport(t, newFakeClock(), WithHealthStore(store))
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatalf("a plain request was refused on its own: %v", err)
+	}
+	resp.Body.Close()
+	if len(up.requests()) != 1 {
+		t.Fatal("nothing was sent")
+	}
+}
+
+// A multipart upload names no model: where a target has an allow-list it
+// goes to a target without one, as before, and is not refused as a body
+// that cannot be read.
+func TestFailoverMultipartGoesToATargetWithoutModels(t *testing.T) {
+	listed := newProvider(t, always(status(200, okJSON)))
+	open := newProvider(t, always(status(200, okJSON)))
+	_, c := failoverTransport(t, newFakeClock(), Failover{Targets: []Target{
+		{Name: "listed", BaseURL: listed.URL, Models: map[string]string{"gpt-4o": "gpt-4o"}},
+		{Name: "open", BaseURL: open.URL}}})
+	req := post(t, listed.URL+"/audio/transcriptions", "--b\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nwhisper-1\r\n--b--\r\n")
+	req.Header.Set("Content-Type", "multipart/form-data; boundary=b")
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.Header.Get(TargetHeader) != "open" || len(listed.requests()) != 0 {
+		t.Fatalf("served by %q: want the target without an allow-list", resp.Header.Get(TargetHeader))
+	}
+}
+
+// A probe answered with a stream the caller never closes is given back
+// when its lease runs out: the target is probed again.
+func TestFailoverStreamNeverClosedGivesItsProbeBackAtItsLease(t *testing.T) {
+	var mu sync.Mutex
+	var hits atomic.Int32
+	down := true
+	hang := make(chan struct{})
+	primary := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.ReadAll(r.Body)
+		hits.Add(1)
+		mu.Lock()
+		d := down
+		mu.Unlock()
+		if d {
+			w.WriteHeader(503)
+			return
+		}
+		w.Header().Set("Content-Type", "text/event-stream")
+		_, _ = io.WriteString(w, "data: {\"choices\":[{\"delta\":{\"content\":\"Hel\"}}]}\n\n")
+		w.(http.Flusher).Flush()
+		select {
+		case <-hang:
+		case <-r.Context().Done():
+		}
+	}))
+	defer primary.Close()
+	defer close(hang) // before the server's Close, which waits for its handlers
+	fallback := newProvider(t, always(status(200, okJSON)))
+	clk := newFakeClock()
+	_, c := failoverTransport(t, clk, Failover{Outliers: Outliers{Failures: 1, Ejection: 30 * time.Second, MaxEjection: time.Minute},
+		Targets: []Target{{Name: "a", BaseURL: primary.URL}, {Name: "b", BaseURL: fallback.URL}}})
+	send(t, c, primary.URL, "m") // a ejected
+	mu.Lock()
+	down = false
+	mu.Unlock()
+	clk.Advance(31 * time.Second)
+	resp, err := c.Do(post(t, primary.URL+"/chat/completions", `{"model":"m","stream":true}`))
+	if err != nil || resp.Header.Get(TargetHeader) != "a" {
+		t.Fatalf("the probe: %v", err)
+	}
+	defer resp.Body.Close()                // never read, never closed during the test
+	clk.Advance(time.Minute + time.Second) // the probe's lease
+	mu.Lock()
+	down = true // the next probe fails: a is probed, not skipped
+	mu.Unlock()
+	send(t, c, primary.URL, "m")
+	send(t, c, primary.URL, "m")
+	if got := hits.Load(); got < 3 {
+		t.Fatalf("a got %d requests: its probe was never given back", got)
+	}
+}
+
+// A query part that does not parse is left out, and said so at Debug.
+func TestFailoverSaysAtDebugWhichQueryPartsItLeftOut(t *testing.T) {
+	az := newProvider(t, always(status(200, okJSON)))
+	var logs bytes.Buffer
+	_, c := failoverTransport(t, newFakeClock(), Failover{Targets: []Target{{Name: "azure", BaseURL: az.URL + "/v1?api-version=x"}}},
+		WithLogger(slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))))
+	resp, err := c.Do(post(t, az.URL+"/v1/chat/completions?bad=%zz&ok=1", `{"model":"m"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if !strings.Contains(logs.String(), "level=DEBUG") || !strings.Contains(logs.String(), "query parts that do not parse were left out") || !strings.Contains(logs.String(), "parts=1") {
+		t.Fatalf("logs:\n%s", logs.String())
+	}
+	if strings.Contains(logs.String(), "%zz") {
+		t.Fatal("the log shows the query")
 	}
 }

@@ -2,6 +2,7 @@ package llmretry
 
 import (
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -19,81 +20,11 @@ import (
 // ejection) also goes into the Transport's HealthStore as a Mark. A key
 // refused or denied a model is learned by each process on its own.
 
-// probation is a rest that ends in probes: while it runs nothing is sent;
-// once it has run, one request at a time is sent as its probe, and the
-// probe's outcome ends it (success) or starts a longer one (the same
-// failure again). Its owner's mutex guards it.
-type probation struct {
-	on    bool      // resting, or due for a probe
-	until time.Time // the rest's end: no probe before
-	rests int       // rests in a row, each after a failed probe
-	// busy is non-nil while a probe is in flight, and is closed when it
-	// ends, so that a request waiting its turn can go.
-	busy chan struct{}
-}
-
-// state is where p stands at now.
-func (p *probation) state(now time.Time) probeState {
-	switch {
-	case !p.on:
-		return serving
-	case p.busy != nil: // a probe, or a denied key's one request, is in flight
-		return probing
-	case now.Before(p.until):
-		return resting
-	}
-	return due
-}
-
-type probeState uint8
-
-const (
-	serving probeState = iota // not on probation
-	resting                   // on probation, its rest running
-	due                       // its rest over: the next request may probe
-	probing                   // a probe is in flight
-)
-
-// rest starts a rest after a failure: the first of length first, each
-// after a failed probe twice the last, at most ceiling. It returns the
-// rest's end.
-func (p *probation) rest(now time.Time, first, ceiling time.Duration) time.Time {
-	d := first
-	for i := 0; i < p.rests && d < ceiling; i++ {
-		d *= 2
-	}
-	d = min(d, ceiling)
-	p.on, p.until = true, now.Add(d)
-	p.rests++
-	return p.until
-}
-
-// claim makes the caller the probe, if p is due; the channel is closed
-// when the probe ends (endProbe).
-func (p *probation) claim(now time.Time) (chan struct{}, bool) {
-	if p.state(now) != due {
-		return nil, false
-	}
-	p.busy = make(chan struct{})
-	return p.busy, true
-}
-
-// endProbe ends the probe whose channel is ch, if it is still the one in
-// flight: passed, the probation is over; failed, a new rest starts (by
-// the caller); neither, the next request may probe.
-func (p *probation) endProbe(ch chan struct{}, passed bool) {
-	if ch == nil || p.busy != ch {
-		return
-	}
-	close(p.busy)
-	p.busy = nil
-	if passed {
-		p.on, p.rests, p.until = false, 0, time.Time{}
-	}
-}
-
 // targetHealth is what is known of a target.
 type targetHealth struct {
+	// used: something was ever recorded, so a request must look (a plain
+	// Transport's own target never records anything, and never locks).
+	used     atomic.Bool
 	mu       sync.Mutex
 	failures int // attempts failed in a row
 	eject    probation
@@ -101,7 +32,8 @@ type targetHealth struct {
 
 // keyHealth is what is known of a key.
 type keyHealth struct {
-	mu sync.Mutex
+	used atomic.Bool // as targetHealth's
+	mu   sync.Mutex
 	// auth: the key was refused (401); rechecked by probes.
 	auth probation
 	// quota: the key's quota or credit is used up until then.

@@ -38,23 +38,6 @@ type journey struct {
 	probes [2]heldProbe
 }
 
-// heldProbe is one probe a request holds.
-type heldProbe struct {
-	ch     chan struct{} // nil: none
-	kind   probeKind
-	target int
-	key    int
-	model  string
-}
-
-type probeKind uint8
-
-const (
-	probeTarget probeKind = iota + 1 // an ejected target's probe
-	probeAuth                        // a refused key's recheck
-	probeModel                       // a key's recheck for a model it was denied
-)
-
 var errUnavailable = errors.New("failover: no target serves this model with a key that is not out")
 
 // serves reports whether ts serves the request's model; the model is read
@@ -63,7 +46,7 @@ func (j *journey) serves(ts *target) bool {
 	if len(ts.Models) == 0 {
 		return true
 	}
-	_, ok := ts.Models[j.modelName()]
+	_, ok := ts.serves(j.modelName())
 	return ok
 }
 
@@ -110,6 +93,44 @@ type keyStatus struct {
 // status reads k's health, and the store's marks for it, for the request.
 func (j *journey) status(t *Transport, ts *target, k *key, now time.Time) keyStatus {
 	var st keyStatus
+	if k.health.used.Load() {
+		st = j.localStatus(k, now)
+	}
+	if st.block == keyOut {
+		return st
+	}
+	// The store is asked only when it holds something for this upstream,
+	// and then for this key: a plain request reads no credential or body
+	// on the way.
+	store := t.cfg.store
+	scheme, host := j.upstream(ts)
+	if store == nil || !store.Active(now, scheme, host, "") || !store.Active(now, scheme, host, j.keyCred(k)) {
+		return st
+	}
+	if j.rt.holdsKeys { // the caller's own key is never taken out
+		if u := store.Until(j.mark(MarkQuota, ts, k)); u.After(now) {
+			return keyStatus{block: keyOut, until: u}
+		}
+	}
+	if st.block > keyCooling {
+		return st
+	}
+	if u := store.Until(j.mark(MarkCooldown, ts, k)); u.After(now) {
+		return keyStatus{block: keyCooling, until: u}
+	}
+	if st.block <= keyAvoided && j.rt.holdsKeys {
+		if u := store.Until(j.mark(MarkAvoid, ts, k)); u.After(now) && u.After(st.until) {
+			return keyStatus{block: keyAvoided, until: u}
+		}
+	}
+	return st
+}
+
+// localStatus reads what this process knows of k: a refusal, a quota, and
+// the model's rest and denial, forgetting the model's state once it has
+// ended.
+func (j *journey) localStatus(k *key, now time.Time) keyStatus {
+	var st keyStatus
 	k.health.mu.Lock()
 	switch k.health.auth.state(now) {
 	case resting, probing:
@@ -139,33 +160,11 @@ func (j *journey) status(t *Transport, ts *target, k *key, now time.Time) keySta
 			if st.block == keyFree && mh.avoid.After(now) {
 				st = keyStatus{block: keyAvoided, until: mh.avoid}
 			}
+			if !mh.avoid.After(now) && !mh.denied.on {
+				delete(k.health.models, model) // its state has ended: it expires
+			}
 		}
 		k.health.mu.Unlock()
-	}
-	if st.block == keyOut {
-		return st
-	}
-	// The store is asked only when it holds something for this upstream,
-	// and then for this key: a plain request reads no credential or body
-	// on the way.
-	store := t.cfg.store
-	scheme, host := j.upstream(ts)
-	if store == nil || !store.Active(now, scheme, host, "") || !store.Active(now, scheme, host, j.keyCred(k)) {
-		return st
-	}
-	if u := store.Until(j.mark(MarkQuota, ts, k)); u.After(now) {
-		return keyStatus{block: keyOut, until: u}
-	}
-	if st.block > keyCooling {
-		return st
-	}
-	if u := store.Until(j.mark(MarkCooldown, ts, k)); u.After(now) {
-		return keyStatus{block: keyCooling, until: u}
-	}
-	if st.block <= keyAvoided {
-		if u := store.Until(j.mark(MarkAvoid, ts, k)); u.After(now) && u.After(st.until) {
-			return keyStatus{block: keyAvoided, until: u}
-		}
 	}
 	return st
 }
@@ -180,9 +179,12 @@ const (
 )
 
 func (j *journey) admission(t *Transport, ts *target, now time.Time) admission {
-	ts.health.mu.Lock()
-	st := ts.health.eject.state(now)
-	ts.health.mu.Unlock()
+	st := serving
+	if ts.health.used.Load() {
+		ts.health.mu.Lock()
+		st = ts.health.eject.state(now)
+		ts.health.mu.Unlock()
+	}
 	switch st {
 	case resting, probing:
 		return ejected
@@ -337,119 +339,6 @@ func (j *journey) coolingDown(t *Transport, now time.Time) bool {
 	return true
 }
 
-// claim takes the probes c needs. It fails (and takes none) when another
-// request took one first; the caller chooses again.
-func (j *journey) claim(c choice, now time.Time) bool {
-	ts := j.rt.targets[c.pl.target]
-	k := ts.keys[c.pl.key]
-	var got [2]heldProbe
-	n := 0
-	if c.targetProbe {
-		ts.health.mu.Lock()
-		ch, ok := ts.health.eject.claim(now)
-		ts.health.mu.Unlock()
-		if !ok {
-			return false
-		}
-		got[n] = heldProbe{ch: ch, kind: probeTarget, target: c.pl.target}
-		n++
-	}
-	if c.keyProbe != 0 || c.deniedPass {
-		model := ""
-		if c.keyProbe == probeModel || c.deniedPass {
-			model = j.modelName() // read with no lock held
-		}
-		kind := c.keyProbe
-		if c.deniedPass {
-			kind = probeModel
-		}
-		k.health.mu.Lock()
-		var ch chan struct{}
-		ok := false
-		switch kind {
-		case probeAuth:
-			ch, ok = k.health.auth.claim(now)
-		case probeModel:
-			if mh := k.health.models[model]; mh != nil {
-				if c.deniedPass && mh.denied.busy == nil {
-					// Sent through a running rest: the one request at a
-					// time a denied key still carries.
-					mh.denied.busy = make(chan struct{})
-					ch, ok = mh.denied.busy, true
-				} else {
-					ch, ok = mh.denied.claim(now)
-				}
-			}
-		}
-		k.health.mu.Unlock()
-		if !ok {
-			for _, p := range got[:n] {
-				j.endProbe(p, outcomeNone)
-			}
-			return false
-		}
-		got[n] = heldProbe{ch: ch, kind: kind, target: c.pl.target, key: c.pl.key, model: model}
-		n++
-	}
-	for _, p := range got[:n] {
-		j.hold(p)
-	}
-	return true
-}
-
-// hold adds p to the probes the request holds.
-func (j *journey) hold(p heldProbe) {
-	for i := range j.probes {
-		if j.probes[i].ch == nil {
-			j.probes[i] = p
-			return
-		}
-	}
-	j.endProbe(p, outcomeNone) // cannot happen: an attempt holds two at most
-}
-
-// outcome is how an attempt ended, for the probes it held.
-type outcome uint8
-
-const (
-	outcomeNone   outcome = iota // neither: cancelled, or a failure that proves nothing of it
-	outcomePassed                // the probed target or key served
-	outcomeFailed                // it failed as before: a longer rest starts (record starts it)
-)
-
-// endProbe ends one probe.
-func (j *journey) endProbe(p heldProbe, o outcome) {
-	if p.ch == nil {
-		return
-	}
-	ts := j.rt.targets[p.target]
-	switch p.kind {
-	case probeTarget:
-		ts.health.mu.Lock()
-		ts.health.eject.endProbe(p.ch, o == outcomePassed)
-		ts.health.mu.Unlock()
-	case probeAuth, probeModel:
-		k := ts.keys[p.key]
-		k.health.mu.Lock()
-		if p.kind == probeAuth {
-			k.health.auth.endProbe(p.ch, o == outcomePassed)
-		} else if mh := k.health.models[p.model]; mh != nil {
-			mh.denied.endProbe(p.ch, o == outcomePassed)
-		}
-		k.health.mu.Unlock()
-	}
-}
-
-// release ends every probe the request still holds, as neither passed nor
-// failed. It runs on every way out of the loop (a deferred call), a panic
-// in an observer's hook included, so no probe is ever lost.
-func (j *journey) release() {
-	for i, p := range j.probes {
-		j.endProbe(p, outcomeNone)
-		j.probes[i] = heldProbe{}
-	}
-}
-
 // moveTo sends the journey's next attempt to c (whose probes are
 // claimed), counting a first visit to a target as a request in that
 // target's budget.
@@ -487,6 +376,7 @@ func (t *Transport) start(req *http.Request) (journey, error) {
 			if err := t.awaitTurn(req, c.waitFor); err != nil {
 				return journey{}, err
 			}
+			tries-- // a turn waited for is no lost claim
 			continue
 		case c.wait > 0:
 			// The key's cooldown ends after the wait: it goes there then.
@@ -499,8 +389,10 @@ func (t *Transport) start(req *http.Request) (journey, error) {
 				c.targetProbe, c.keyProbe = false, 0
 			}
 		case !j.claim(c, now):
-			if tries < 8 {
-				continue // another request claimed it first: it is busy now
+			if c.deniedPass || tries < 8 {
+				// Another request claimed it first: it is busy now, and the
+				// next choice goes elsewhere, or waits its turn there.
+				continue
 			}
 			v := verdict{cause: "every place for model " + upstreamWord(j.modelName()) + " is being probed", reason: ReasonUnavailable}
 			return journey{}, t.giveUp(req, nil, 0, v, errUnavailable, nil)

@@ -29,7 +29,7 @@ func (j *journey) readModel() string {
 		return name
 	}
 	req := j.req
-	if req.Body == nil || req.Body == http.NoBody || req.GetBody == nil {
+	if req.Body == nil || req.Body == http.NoBody || req.GetBody == nil || !jsonBody(req) {
 		return ""
 	}
 	body, err := req.GetBody()

@@ -114,7 +114,9 @@ const (
 //
 // A 403 that is not a provider's JSON error (a CDN's or WAF's HTML page,
 // Azure API Management's token quota, {"statusCode":403,...}) is about the
-// request or a gateway: it rests no key. A provider's 403 that names
+// request or a gateway: it rests no key; so does one about where the
+// request came from (a region) or what it asked (a content policy,
+// moderation). A provider's 403 that names
 // nothing is taken as a permission on what the request asked for, the
 // model: it rests the key for that model only, never for the others, and
 // the key is rechecked. A 404 rests the key for the model only when it
@@ -146,7 +148,11 @@ func denialOf(status int, body []byte, model string) denial {
 	case code == "unsupported_country_region_territory",
 		strings.Contains(msg, "country, region, or territory"),
 		strings.Contains(msg, "region") && !namesModel:
-		return deniedRequest
+		return deniedRequest // where the request came from
+	case code == "content_policy_violation", code == "content_filter", strings.Contains(msg, "content policy"),
+		strings.Contains(msg, "content management policy"), strings.Contains(msg, "safety system"),
+		strings.Contains(msg, "flagged"), strings.Contains(msg, "moderation"):
+		return deniedRequest // what the request asked
 	}
 	return deniedModel
 }

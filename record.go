@@ -15,6 +15,9 @@ func (t *Transport) record(j *journey, resp *http.Response, v verdict, p proof) 
 	k := ts.keys[j.at.key]
 	now := t.cfg.clock.Now()
 	success := !v.retry && v.reason == 0
+	if v.retry {
+		j.fails++ // the target's share of the request: AttemptsPerTarget
+	}
 	j.watchStream = success && j.rt.holdsKeys && resp != nil && isEventStream(resp) && hasBody(resp)
 	if success && t.streaks.size.Load() > 0 {
 		t.streaks.clear(j.mark(MarkCooldown, ts, k))
@@ -55,6 +58,7 @@ func (t *Transport) targetOutcome(o Outliers, ts *target, probe chan struct{}, r
 	var ejectFor time.Duration
 	restored := false
 	ts.health.mu.Lock()
+	ts.health.used.Store(true)
 	switch result {
 	case outcomePassed:
 		ts.health.failures = 0
@@ -102,6 +106,7 @@ func (t *Transport) recordKey(j *journey, ts *target, k *key, p proof, success b
 		model = j.modelName() // read before the lock: it may read the body
 	}
 	k.health.mu.Lock()
+	k.health.used.Store(true)
 	if ap := j.heldProbe(probeAuth); ap.ch != nil {
 		passed := p.key != keyRefused && (success || p.key != keyNothing)
 		k.health.auth.endProbe(ap.ch, passed)
@@ -110,14 +115,12 @@ func (t *Transport) recordKey(j *journey, ts *target, k *key, p proof, success b
 		}
 	}
 	if mp := j.heldProbe(probeModel); mp.ch != nil {
-		denied := p.key == keyDeniedModel || p.key == keyNoModel
 		if mh := k.health.models[mp.model]; mh != nil {
 			wasDenied := mh.denied.on
-			mh.denied.endProbe(mp.ch, success)
+			mh.denied.endProbe(mp.ch, success) // denied again: a longer rest starts below
 			if success && wasDenied {
 				ev = &HealthEvent{Target: ts.Name, Key: k.id, Model: mp.model, Health: KeyRestored}
 			}
-			_ = denied
 		}
 	}
 	switch p.key {
@@ -199,24 +202,5 @@ func (t *Transport) rateLimited(j *journey, ts *target, k *key, resp *http.Respo
 	m := j.mark(MarkCooldown, ts, k)
 	if t.streaks.hit(m) >= 2 || bucketEmpty(resp.Header) {
 		store.Put(m, now.Add(v.wait))
-	}
-}
-
-// heldProbe returns the probe of kind the request holds, if any.
-func (j *journey) heldProbe(kind probeKind) heldProbe {
-	for _, p := range j.probes {
-		if p.ch != nil && p.kind == kind {
-			return p
-		}
-	}
-	return heldProbe{}
-}
-
-// dropProbe forgets the probe of kind, which was ended.
-func (j *journey) dropProbe(kind probeKind) {
-	for i, p := range j.probes {
-		if p.kind == kind {
-			j.probes[i] = heldProbe{}
-		}
 	}
 }

@@ -1,10 +1,12 @@
 package llmretry
 
 import (
+	"context"
 	"errors"
 	"io"
 	"net/http"
 	"sync"
+	"sync/atomic"
 )
 
 // A stream that breaks mid-way says as much about its target as a 5xx:
@@ -40,10 +42,11 @@ type watchedBody struct {
 	events streamEvents
 	ended  func(streamEnd)
 
-	mu       sync.Mutex // Close may come from another goroutine than Read
-	closed   bool       // by the caller
-	terminal bool       // the family's terminal event was seen
-	failed   bool       // an in-stream error was seen
+	// Close may come from another goroutine than Read (an idle timeout,
+	// a caller that gives up): what both touch is atomic.
+	closed   atomic.Bool // by the caller
+	terminal atomic.Bool // the family's terminal event was seen
+	failed   atomic.Bool // an in-stream error was seen
 	once     sync.Once
 }
 
@@ -63,16 +66,20 @@ func (w *watchedBody) Read(p []byte) (int, error) {
 			break
 		}
 		role := w.events.role(ev)
-		w.failed = w.failed || role.isError()
-		w.terminal = w.terminal || role.isTerminal()
+		if role.isError() {
+			w.failed.Store(true)
+		}
+		if role.isTerminal() {
+			w.terminal.Store(true)
+		}
 	}
 	switch {
 	case err == nil:
 	case err == io.EOF:
 		switch {
-		case w.failed:
+		case w.failed.Load():
 			w.end(streamEndBroken)
-		case w.terminal || !w.events.family.hasTerminal():
+		case w.terminal.Load() || !w.events.family.hasTerminal():
 			w.end(streamEndClean)
 		default:
 			w.end(streamEndBroken) // ended cleanly, but before its last event: cut short
@@ -87,14 +94,11 @@ func (w *watchedBody) Read(p []byte) (int, error) {
 // caller's own doing: a closed body, a cancelled request, the caller's
 // idle timeout.
 func (w *watchedBody) brokenBy(err error) streamEnd {
-	w.mu.Lock()
-	closed := w.closed
-	w.mu.Unlock()
 	var idle *IdleTimeoutError
-	if closed || w.req.Context().Err() != nil || errors.As(err, &idle) || errors.Is(err, http.ErrBodyReadAfterClose) {
+	if w.closed.Load() || w.req.Context().Err() != nil || errors.As(err, &idle) || errors.Is(err, http.ErrBodyReadAfterClose) {
 		return streamEndNone
 	}
-	if w.terminal && !w.failed {
+	if w.terminal.Load() && !w.failed.Load() {
 		return streamEndClean // the reply was whole; only the close was rough
 	}
 	return streamEndBroken
@@ -105,14 +109,12 @@ func (w *watchedBody) brokenBy(err error) streamEnd {
 // failed; any other was left by the caller, which says nothing of the
 // target.
 func (w *watchedBody) Close() error {
-	w.mu.Lock()
-	w.closed = true
-	w.mu.Unlock()
+	w.closed.Store(true)
 	err := w.rc.Close()
 	switch {
-	case w.failed:
+	case w.failed.Load():
 		w.end(streamEndBroken)
-	case w.terminal:
+	case w.terminal.Load():
 		w.end(streamEndClean)
 	default:
 		w.end(streamEndNone)
@@ -138,14 +140,31 @@ func (t *Transport) watchTarget(resp *http.Response, j *journey) {
 		events = hb.stream.events
 	}
 	outliers, req := j.rt.f.Outliers, j.req
+	var once sync.Once
+	end := func(e streamEnd) {
+		once.Do(func() {
+			result, cause := outcomeNone, ""
+			switch e {
+			case streamEndClean:
+				result = outcomePassed
+			case streamEndBroken:
+				result, cause = outcomeFailed, "stream broke mid-way"
+			}
+			t.targetOutcome(outliers, ts, probe, result, t.cfg.clock.Now(), req, cause)
+		})
+	}
+	if probe == nil {
+		watch(resp, req, events, end)
+		return
+	}
+	// A caller that never closes the body must not keep the target on
+	// probation for good: the probe is given back when the request's
+	// context ends, or when its lease (the longest ejection) runs out.
+	stopCtx := context.AfterFunc(req.Context(), func() { end(streamEndNone) })
+	stopLease := t.cfg.clock.AfterFunc(outliers.MaxEjection, func() { end(streamEndNone) })
 	watch(resp, req, events, func(e streamEnd) {
-		result, cause := outcomeNone, ""
-		switch e {
-		case streamEndClean:
-			result = outcomePassed
-		case streamEndBroken:
-			result, cause = outcomeFailed, "stream broke mid-way"
-		}
-		t.targetOutcome(outliers, ts, probe, result, t.cfg.clock.Now(), req, cause)
+		stopCtx()
+		stopLease()
+		end(e)
 	})
 }

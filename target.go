@@ -51,7 +51,9 @@ type Failover struct {
 
 // Outliers is the outlier detection of targets, after Envoy's: a target
 // whose attempts fail Failures times in a row (5xx, 529, transport errors,
-// streams that break before their first event; never a 429 or another 4xx)
+// streams that break before their first output, and streams handed over
+// that break mid-way: cut, an in-stream error, or an end without their last
+// event; never a 429 or another 4xx)
 // is skipped for Ejection, times the number of times it was ejected, at
 // most MaxEjection. When that time is over, one request at a time probes it;
 // the first success trusts it again, a failure ejects it for longer. When

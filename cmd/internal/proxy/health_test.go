@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -200,5 +201,50 @@ routes:
 	got := up.seen()
 	if got[len(got)-2].auth != "sk-a" {
 		t.Fatalf("keys %+v: a was not tried again a day later", got)
+	}
+}
+
+// A body the targets' allow-list cannot read one way only gets 400 with
+// the reason, and reaches no upstream.
+func TestProxyRefusesABodyTheAllowListCannotReadAs400(t *testing.T) {
+	up := newRecorder(t, answerStatus(200))
+	url, _, _ := startRouterOn(t, llmretrytest.NewClock(time.Now()), `
+routes:
+  - prefix: /openai
+    targets:
+      - name: openai
+        base_url: `+up.URL+`/v1
+        models: {gpt-4o: gpt-4o}
+`, nil)
+	req, _ := http.NewRequest("POST", url+"/openai/chat/completions", strings.NewReader(`{"model":"gpt-4o","Model":"o1-pro"}`))
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := client(t).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 400 || !strings.Contains(string(b), "Model") || len(up.seen()) != 0 {
+		t.Fatalf("status %d, body %s, upstream got %d", resp.StatusCode, b, len(up.seen()))
+	}
+}
+
+// The README lists every value of llmretry_health_changes_total's change
+// label; each health change is counted under one of them.
+func TestHealthChangeLabelsAreTheREADMEs(t *testing.T) {
+	readme, err := os.ReadFile("../../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := newMetrics(nil, false)
+	for h := llmretry.KeyResting; h <= llmretry.KeyRestored; h++ {
+		m.onHealth(llmretry.HealthEvent{Target: "t", Key: "k", Health: h}, "")
+		label := strings.NewReplacer(" ", "_", ":", "").Replace(h.String())
+		if metricOf(t, m, `llmretry_health_changes_total{change="`+label+`",key="k",target="t"}`) != 1 {
+			t.Errorf("%v: not counted as %q", h, label)
+		}
+		if !strings.Contains(string(readme), "`"+label+"`") {
+			t.Errorf("the README does not list the change %q", label)
+		}
 	}
 }
