@@ -146,6 +146,9 @@ func continuable(req *http.Request, family streamFamily) (body map[string]json.R
 		if has("stop_sequences") {
 			return nil, "stop sequences (one could straddle the seam)"
 		}
+		if has("output_format") || bytes.Contains(body["output_config"], []byte(`"format"`)) {
+			return nil, "structured output (a seam could break it)"
+		}
 	case streamOpenAIChat:
 		var n int
 		if json.Unmarshal(body["n"], &n) == nil && n > 1 {
@@ -154,7 +157,10 @@ func continuable(req *http.Request, family streamFamily) (body map[string]json.R
 		if has("logprobs") || has("top_logprobs") {
 			return nil, "logprobs"
 		}
-		if has("response_format") && !bytes.Contains(body["response_format"], []byte(`"text"`)) {
+		var rf struct {
+			Type string `json:"type"`
+		}
+		if has("response_format") && (json.Unmarshal(body["response_format"], &rf) != nil || rf.Type != "text") {
 			return nil, "structured output (a seam could break it)"
 		}
 		if has("stop") {
@@ -171,7 +177,11 @@ const maxContinuedBody = 32 << 20
 // original's: delivered is the text the caller has. For Anthropic, the
 // text is sent as the assistant's prefill, which may not end in white
 // space: trimmed is the white space left off, which the caller already has.
-func continuationBody(body map[string]json.RawMessage, family streamFamily, delivered []byte, c *Continuation) (out []byte, trimmed string, err error) {
+//
+// form is how: for Anthropic "prefill" (a trailing assistant message) or
+// "" (the instruction form, for a model that takes no prefill); for
+// OpenAI-compatible servers Continuation.OpenAIPrefix.
+func continuationBody(body map[string]json.RawMessage, family streamFamily, delivered []byte, form string) (out []byte, trimmed string, err error) {
 	var msgs []map[string]json.RawMessage
 	if err := json.Unmarshal(body["messages"], &msgs); err != nil {
 		return nil, "", err
@@ -200,9 +210,12 @@ func continuationBody(body map[string]json.RawMessage, family streamFamily, deli
 			return nil, "", errors.New("nothing but white space was delivered")
 		}
 		msgs = append(msgs, map[string]json.RawMessage{"role": jsonString("assistant"), "content": jsonString(kept)})
+		if form != "prefill" {
+			msgs = append(msgs, map[string]json.RawMessage{"role": jsonString("user"), "content": jsonString(continueInstruction)})
+		}
 	default:
 		assistant := map[string]json.RawMessage{"role": jsonString("assistant"), "content": jsonString(text)}
-		switch c.OpenAIPrefix {
+		switch form {
 		case "prefix":
 			assistant["prefix"] = json.RawMessage("true")
 			msgs = append(msgs, assistant)

@@ -225,30 +225,33 @@ func TestStreamContinuationFinishesACutStreamAtEveryByte(t *testing.T) {
 	for _, family := range []streamFamily{streamAnthropic, streamOpenAIChat} {
 		for _, overlap := range []int{0, 12} {
 			probe := newContinuer(t, family, continuedText, 1<<30, 0)
-			full := len(fetch(t, probe.URL, family, nil).body)
-			for cut := 1; cut < full; cut += 7 {
+			full := fetch(t, probe.URL, family, nil).body
+			// Every byte over the middle of the reply's deltas, every
+			// seventh elsewhere.
+			mid := bytes.Index(full, []byte("lazy"))
+			continued := 0
+			for cut := 1; cut < len(full); cut++ {
+				if (cut < mid-150 || cut > mid+150) && cut%7 != 0 {
+					continue
+				}
 				name := fmt.Sprintf("%v/overlap %d/cut %d", family, overlap, cut)
 				c := newContinuer(t, family, continuedText, cut, overlap)
 				var events []ContinuationEvent
 				got := fetch(t, c.URL, family, &events)
 				r := readStream(t, family, got.body)
-				if len(events) == 0 { // cut before the first output: retried, as ever
-					if r.text != continuedText || got.err != nil {
-						t.Fatalf("%s: text %q, err %v", name, r.text, got.err)
-					}
-					continue
-				}
-				if events[0].Outcome != Continued {
-					if events[0].Cause == "" {
-						t.Fatalf("%s: not continued, with no cause", name)
-					}
-					continue // cut after the reply said it was whole, say
-				}
 				if got.err != nil || r.text != continuedText {
-					t.Fatalf("%s: err %v, text %q", name, got.err, r.text)
+					t.Fatalf("%s: err %v, text %q, events %+v", name, got.err, r.text, events)
 				}
-				if r.seams != 1 {
-					t.Fatalf("%s: %d seam comments", name, r.seams)
+				switch {
+				case len(events) == 0: // cut before the first output: retried, as ever
+					continue
+				case len(events) > 1 || events[0].Outcome != Continued && events[0].Outcome != Completed:
+					t.Fatalf("%s: events %+v", name, events)
+				case events[0].Outcome == Continued:
+					continued++
+					if r.seams != 1 {
+						t.Fatalf("%s: %d seam comments", name, r.seams)
+					}
 				}
 				// One message; a cut inside the text block continues it, a cut
 				// after it stopped starts the next index.
@@ -259,6 +262,9 @@ func TestStreamContinuationFinishesACutStreamAtEveryByte(t *testing.T) {
 				if family == streamOpenAIChat && (r.counts["role"] != 1 || r.counts["finish"] != 1 || r.counts["[DONE]"] != 1 || len(r.ids) != 1) {
 					t.Fatalf("%s: events %v, ids %v", name, r.counts, r.ids)
 				}
+			}
+			if continued < 100 {
+				t.Fatalf("%v/overlap %d: only %d cuts were continued", family, overlap, continued)
 			}
 		}
 	}
@@ -341,6 +347,8 @@ func TestStreamContinuationRefusesWhatASeamCouldBreak(t *testing.T) {
 		{streamOpenAIChat, `,"logprobs":true`, "logprobs"},
 		{streamOpenAIChat, `,"stop":["\n\n"]`, "stop sequences"},
 		{streamOpenAIChat, `,"response_format":{"type":"json_schema","json_schema":{"name":"x","schema":{}}}`, "structured output"},
+		{streamOpenAIChat, `,"response_format":{"type":"json_schema","json_schema":{"name":"x","schema":{"properties":{"text":{"type":"string"}}}}}`, "structured output"},
+		{streamAnthropic, `,"output_format":{"type":"json_schema","schema":{}}`, "structured output"},
 		{streamAnthropic, `,"thinking":{"type":"enabled","budget_tokens":1024}`, "extended thinking"},
 		{streamAnthropic, `,"stop_sequences":["END"]`, "stop sequences"},
 	} {
@@ -350,7 +358,7 @@ func TestStreamContinuationRefusesWhatASeamCouldBreak(t *testing.T) {
 			base = anthropicBody
 		}
 		got, events := fetchWith(t, srv.URL, c.family, base+c.extra+"}")
-		if got.err == nil || len(events) != 1 || events[0].Outcome == Continued || !strings.Contains(events[0].Cause, c.cause) || len(srv.bodies) != 1 {
+		if got.err == nil || len(events) != 1 || events[0].Outcome != Refused || !strings.Contains(events[0].Cause, c.cause) || len(srv.bodies) != 1 {
 			t.Fatalf("%s: err %v, events %+v, %d requests", c.cause, got.err, events, len(srv.bodies))
 		}
 	}
@@ -552,5 +560,124 @@ func TestStreamContinuationAfterTheIdleTimeout(t *testing.T) {
 	resp.Body.Close()
 	if r := readStream(t, streamOpenAIChat, body); err != nil || r.text != "Hello, world." || len(events) != 1 || events[0].Cause != "idle timeout" {
 		t.Fatalf("err %v, text %q, events %+v", err, r.text, events)
+	}
+}
+
+// serveEvents answers the first request with first (then cuts the
+// connection), and every later one with later.
+func serveEvents(t *testing.T, first, later string) (*httptest.Server, *[]string) {
+	var mu sync.Mutex
+	var bodies []string
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		raw, _ := io.ReadAll(r.Body)
+		mu.Lock()
+		bodies = append(bodies, string(raw))
+		n := len(bodies)
+		mu.Unlock()
+		w.Header().Set("Content-Type", "text/event-stream")
+		if n == 1 {
+			_, _ = io.WriteString(w, first)
+			w.(http.Flusher).Flush()
+			panic(http.ErrAbortHandler)
+		}
+		if strings.HasPrefix(later, "400 ") {
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(400)
+			_, _ = io.WriteString(w, later[4:])
+			return
+		}
+		_, _ = io.WriteString(w, later)
+	}))
+	t.Cleanup(srv.Close)
+	return srv, &bodies
+}
+
+const chunkUsage = `,"usage":{"prompt_tokens":5,"completion_tokens":1,"total_tokens":6}`
+
+// A reply is whole only when it says so with a finish on every choice (or a
+// stop reason): usage in every chunk (vLLM's continuous usage), or one
+// choice of two finished, is not a whole reply, and is never completed.
+func TestStreamContinuationNeverCompletesAReplyThatWasNotWhole(t *testing.T) {
+	first := "data: {\"id\":\"c1\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]" + chunkUsage + "}\n\n" +
+		"data: {\"id\":\"c1\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hello \"}}]" + chunkUsage + "}\n\n"
+	later := "data: {\"id\":\"c2\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"world\"},\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n"
+	srv, _ := serveEvents(t, first, later)
+	got, events := fetchWith(t, srv.URL, streamOpenAIChat, chatBody+"}")
+	if r := readStream(t, streamOpenAIChat, got.body); len(events) != 1 || events[0].Outcome != Continued || r.text != "Hello world" {
+		t.Fatalf("usage in every chunk: events %+v, text %q", events, r.text)
+	}
+	two := "data: {\"id\":\"c1\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"A\"}},{\"index\":1,\"delta\":{\"content\":\"B\"}}]}\n\n" +
+		"data: {\"id\":\"c1\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n"
+	srv, bodies := serveEvents(t, two, later)
+	got, events = fetchWith(t, srv.URL, streamOpenAIChat, chatBody+`,"n":2}`)
+	if got.err == nil || len(events) != 1 || events[0].Outcome == Completed || len(*bodies) != 1 {
+		t.Fatalf("n 2, one choice finished: err %v, events %+v: the cut must reach the caller", got.err, events)
+	}
+}
+
+// An in-stream error after output that waiting won't fix (a moderation
+// refusal) is not continued: the caller gets it, and a clean end.
+func TestStreamContinuationPassesAnErrorThatDoesNotPass(t *testing.T) {
+	first := "data: {\"id\":\"c1\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hello \"}}]}\n\n" +
+		"data: {\"error\":{\"code\":403,\"type\":\"moderation\",\"message\":\"flagged\"}}\n\n"
+	srv, bodies := serveEvents(t, first, "never")
+	got, events := fetchWith(t, srv.URL, streamOpenAIChat, chatBody+"}")
+	if got.err != nil || !bytes.Contains(got.body, []byte("moderation")) || len(events) != 1 || events[0].Outcome != Refused || len(*bodies) != 1 {
+		t.Fatalf("err %v, body %q, events %+v, %d requests", got.err, got.body, events, len(*bodies))
+	}
+}
+
+// A model that takes no prefill (Anthropic's newer ones answer 400 naming
+// it) is asked again in the instruction form.
+func TestStreamContinuationFallsBackWhenPrefillIsRefused(t *testing.T) {
+	first := "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"m1\",\"content\":[]}}\n\n" +
+		"event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n" +
+		"event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hello\"}}\n\n"
+	var mu sync.Mutex
+	var bodies []string
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		raw, _ := io.ReadAll(r.Body)
+		mu.Lock()
+		bodies = append(bodies, string(raw))
+		n := len(bodies)
+		mu.Unlock()
+		switch {
+		case n == 1:
+			w.Header().Set("Content-Type", "text/event-stream")
+			_, _ = io.WriteString(w, first)
+			w.(http.Flusher).Flush()
+			panic(http.ErrAbortHandler)
+		case !strings.Contains(string(raw), continueInstruction): // a prefill
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(400)
+			_, _ = io.WriteString(w, `{"type":"error","error":{"type":"invalid_request_error","message":"This model does not support assistant message prefill. The conversation must end with a user message."}}`)
+		default:
+			w.Header().Set("Content-Type", "text/event-stream")
+			_, _ = io.WriteString(w, "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"m2\",\"content\":[]}}\n\n"+
+				"event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n"+
+				"event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\", world\"}}\n\n"+
+				"event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n"+
+				"event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"}}\n\n"+
+				"event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n")
+		}
+	}))
+	defer srv.Close()
+	got, events := fetchWith(t, srv.URL, streamAnthropic, anthropicBody+"}")
+	r := readStream(t, streamAnthropic, got.body)
+	if got.err != nil || r.text != "Hello, world" || len(events) != 1 || events[0].Outcome != Continued || len(bodies) != 3 {
+		t.Fatalf("err %v, text %q, events %+v, %d requests", got.err, r.text, events, len(bodies))
+	}
+}
+
+// A stream cut after a tool call and then an overload ends as the caller
+// would see it without continuation: no read error of the library's own.
+func TestStreamContinuationRefusalEndsCleanly(t *testing.T) {
+	first := "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"m1\",\"content\":[]}}\n\n" +
+		"event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"tool_use\",\"id\":\"t\",\"name\":\"f\",\"input\":{}}}\n\n" +
+		"event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n"
+	srv, _ := serveEvents(t, first, "never")
+	got, events := fetchWith(t, srv.URL, streamAnthropic, anthropicBody+"}")
+	if got.err != nil || !bytes.Contains(got.body, []byte("overloaded_error")) || len(events) != 1 || events[0].Outcome != RefusedToolCall {
+		t.Fatalf("err %v, body %q, events %+v", got.err, got.body, events)
 	}
 }

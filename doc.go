@@ -1,7 +1,9 @@
 // Package llmretry makes calls to LLM provider APIs (OpenAI, Anthropic,
 // Gemini, Azure OpenAI, OpenRouter, any OpenAI-compatible server) survive
 // rate limits, overload and network faults, without ever replaying a
-// stream that has started.
+// stream that has started (with the opt-in stream continuation, a broken
+// stream is finished instead, and nothing the caller has is sent to it
+// again).
 //
 // Its Transport is an http.RoundTripper that drops into any *http.Client,
 // and so into every official SDK. It retries only before the response is

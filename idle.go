@@ -8,7 +8,9 @@ import (
 )
 
 // IdleTimeoutError is returned by the body's Read when the stream sent no
-// bytes for the idle timeout. The connection is closed; nothing is retried.
+// bytes for the idle timeout. The connection is closed; nothing is retried
+// (with WithStreamContinuation, a stream that may be continued is
+// continued instead, and this error is not returned).
 type IdleTimeoutError struct{ After time.Duration }
 
 func (e *IdleTimeoutError) Error() string {

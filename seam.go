@@ -42,8 +42,13 @@ type delivery struct {
 	text   textBuf // the output text, decoded
 	// What forbids a continuation.
 	toolSeen, thinkingSeen, refusalSeen bool
-	complete                            bool // the reply said it was whole (a stop reason, a finish_reason)
-	truncated                           bool // an event outgrew the tracking limit
+	// complete: the reply said it was whole: Anthropic's stop_reason, or a
+	// finish_reason on every choice seen (never usage alone: some servers
+	// send it in every chunk).
+	complete bool
+	// OpenAI: the choices seen, and those finished, by index (bits).
+	choices, finished uint64
+	truncated         bool // an event outgrew the tracking limit
 	// Anthropic: the block open at the cut (-1: none), and the last index.
 	openIndex, lastIndex int
 	// OpenAI: the first chunk's id, created and model, as written.
@@ -55,12 +60,9 @@ func newDelivery(f streamFamily) delivery {
 }
 
 // observe reads one event the caller is given.
-func (d *delivery) observe(ev sseEvent, role eventRole) {
+func (d *delivery) observe(ev sseEvent) {
 	if ev.truncated {
 		d.truncated = true
-	}
-	if role.isEnd() {
-		d.complete = true
 	}
 	switch d.family {
 	case streamAnthropic:
@@ -105,6 +107,13 @@ func (d *delivery) observeAnthropic(ev sseEvent) {
 		if jsonInt(ev.data, "index") == d.openIndex {
 			d.openIndex = -1
 		}
+	case "message_delta":
+		delta, _ := jsonMember(ev.data, "delta")
+		if v, ok := jsonMember(delta, "stop_reason"); ok && !jsonEmpty(v) {
+			d.complete = true
+		}
+	case "message_stop":
+		d.complete = true
 	}
 }
 
@@ -128,7 +137,14 @@ func (d *delivery) observeChat(ev sseEvent) {
 	for {
 		_, choice, ok := it.next()
 		if !ok {
+			d.complete = d.choices != 0 && d.finished == d.choices
 			return
+		}
+		if idx := jsonInt(choice, "index"); idx >= 0 && idx < 64 {
+			d.choices |= 1 << idx
+			if v, ok := jsonMember(choice, "finish_reason"); ok && !jsonEmpty(v) {
+				d.finished |= 1 << idx
+			}
 		}
 		delta, _ := jsonMember(choice, "delta")
 		dit, ok := jsonIterate(delta)

@@ -119,6 +119,9 @@ func (s *continuedStream) fill() {
 	}
 	// The attempt is over: whole, broken, or left by the caller.
 	_ = s.cur.Close()
+	if err == nil {
+		err = io.EOF // an in-stream error ended it: the stream ends there
+	}
 	switch {
 	case s.errEv == nil && err == io.EOF && s.d.complete:
 		s.end(io.EOF) // the last event came (or the reply said it was whole)
@@ -148,7 +151,7 @@ func (s *continuedStream) pass() {
 			break
 		}
 		if s.sp == nil {
-			s.d.observe(ev, role)
+			s.d.observe(ev)
 			s.ready = s.fed
 			continue
 		}
@@ -172,7 +175,7 @@ func (s *continuedStream) written(b []byte) {
 		if !ok {
 			break
 		}
-		s.d.observe(ev, s.events.role(ev))
+		s.d.observe(ev)
 	}
 }
 
@@ -197,7 +200,7 @@ func (s *continuedStream) broke(err error) {
 	case s.errEv != nil:
 		cause = "in-stream error"
 	case err == io.EOF:
-		cause, err = "stream ended before its last event", io.EOF
+		cause = "stream ended before its last event"
 	case isIdle(err):
 		cause = "idle timeout"
 	}
@@ -205,11 +208,25 @@ func (s *continuedStream) broke(err error) {
 	if s.j.rt.holdsKeys {
 		ev.Target, ev.Key = s.j.rt.names(s.j.at)
 	}
-	if s.d.complete && s.errEv == nil {
+	report := func(o ContinuationOutcome, why string) {
+		ev.Outcome = o
+		if why != "" {
+			ev.Cause += "; " + why
+		}
+		s.t.continuing(s.j.req, ev)
+	}
+	_, notContinuable := continuable(s.j.req, s.d.family)
+	switch {
+	case s.errEv != nil && !s.passingError():
+		report(Refused, "not continued: the error is not one that passes")
+		s.end(io.EOF)
+		return
+	case s.d.complete && s.errEv == nil && notContinuable == "":
 		// The reply was whole; only its last event did not come. It is
 		// written here, so the caller's SDK sees a finished stream.
-		ev.Outcome = Completed
-		s.t.continuing(s.j.req, ev)
+		report(Completed, "")
+		s.out = append(s.out, s.in[s.readAt:s.ready]...)
+		s.readAt, s.ready = 0, 0
 		s.out = append(s.out, ": llmretry: the reply was whole; its last event did not come, and this one is llmretry's\n\n"...)
 		if s.d.family == streamAnthropic {
 			s.out = append(s.out, "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n"...)
@@ -219,20 +236,18 @@ func (s *continuedStream) broke(err error) {
 		s.end(io.EOF)
 		return
 	}
-	outcome, why := s.refusal()
-	if outcome != 0 {
-		ev.Outcome, ev.Cause = outcome, cause+"; not continued: "+why
-		s.t.continuing(s.j.req, ev)
+	if outcome, why := s.refusal(notContinuable); outcome != 0 {
+		report(outcome, "not continued: "+why)
 		s.end(err)
 		return
 	}
-	resp, trimmed, why := s.t.resume(s)
+	resp, trimmed, refused, why := s.t.resume(s)
 	if resp == nil {
-		ev.Outcome, ev.Cause = ContinuationFailed, cause+"; continuation failed: "+why
-		if why == "the retry budget is spent" || why == "no attempts left" {
-			ev.Outcome = Refused
+		if refused {
+			report(Refused, "not continued: "+why)
+		} else {
+			report(ContinuationFailed, "continuation failed: "+why)
 		}
-		s.t.continuing(s.j.req, ev)
 		s.end(err)
 		return
 	}
@@ -246,20 +261,38 @@ func (s *continuedStream) broke(err error) {
 		ev.NextTarget, ev.NextKey = s.j.rt.names(s.j.at)
 		s.resp.Trailer.Set(TargetHeader, ev.NextTarget)
 	}
-	ev.Outcome = Continued
-	s.t.continuing(s.j.req, ev)
+	report(Continued, "")
 	s.out = append(s.out, ": llmretry: stream continued after "...)
 	s.out = strconv.AppendInt(s.out, int64(ev.After), 10)
 	s.out = append(s.out, " characters\n\n"...)
+	s.mu.Lock()
+	closed := s.closed
 	s.cur = resp.Body
+	s.mu.Unlock()
+	if closed { // the caller closed the stream while the continuation was on its way
+		_ = resp.Body.Close()
+	}
 	s.scan = sseScanner{limit: watchLimit}
 	s.in, s.fed, s.readAt, s.ready = s.in[:0], 0, 0, 0 // the unread whole events went to out first
 	s.sp = newSplice(&s.d, trimmed)
 	s.respan = &sseScanner{}
 }
 
+// passingError reports a held in-stream error that names a passing state
+// (an overload, a 5xx-like error): the kind a retry before the first
+// output would have retried.
+func (s *continuedStream) passingError() bool {
+	var sc sseScanner
+	ev, _, ok := sc.scan(s.errEv)
+	if !ok {
+		return false
+	}
+	return streamErrorDecision(s.d.family, ev, s.t.cfg.clock.Now()).Action == Retry
+}
+
 // refusal says why the stream may not be continued; 0 when it may.
-func (s *continuedStream) refusal() (ContinuationOutcome, string) {
+// request is why its request may not be, if it may not.
+func (s *continuedStream) refusal(request string) (ContinuationOutcome, string) {
 	c := s.t.cfg.continuation
 	d := &s.d
 	switch {
@@ -275,6 +308,8 @@ func (s *continuedStream) refusal() (ContinuationOutcome, string) {
 		return Refused, "an event outgrew what continuation tracks"
 	case d.text.size == 0:
 		return Refused, "no text was delivered"
+	case request != "":
+		return Refused, request
 	case s.ctx.Err() != nil:
 		return Refused, "the caller left"
 	}
@@ -285,9 +320,10 @@ func (s *continuedStream) refusal() (ContinuationOutcome, string) {
 func (s *continuedStream) Close() error {
 	s.mu.Lock()
 	s.closed = true
+	cur := s.cur
 	s.mu.Unlock()
 	s.cancel()
-	return s.cur.Close()
+	return cur.Close()
 }
 
 func isIdle(err error) bool {
@@ -298,19 +334,50 @@ func isIdle(err error) bool {
 // resume sends the continuation of s's request through the attempt loop:
 // to the same target and key when they are healthy, else where the
 // failover rules send it. It counts as an attempt and as a retry in the
-// budget. It returns the continuation's stream, or why there is none.
-func (t *Transport) resume(s *continuedStream) (*http.Response, string, string) {
-	j := s.j
-	body, why := continuable(j.req, s.d.family)
+// budget. It returns the continuation's stream, or why there is none
+// (refused: the attempts or the budget did not allow one). An Anthropic
+// model that takes no prefill (it answers 400 naming it) is asked again
+// with the instruction form.
+func (t *Transport) resume(s *continuedStream) (resp *http.Response, trimmed string, refused bool, why string) {
+	body, why := continuable(s.j.req, s.d.family)
 	if body == nil {
-		return nil, "", why
+		return nil, "", true, why
 	}
-	next, trimmed, err := continuationBody(body, s.d.family, s.d.text.bytes(), t.cfg.continuation)
-	if err != nil {
-		return nil, "", err.Error()
+	forms := []string{t.cfg.continuation.OpenAIPrefix}
+	if s.d.family == streamAnthropic {
+		forms = []string{"prefill", ""}
 	}
+	for i, form := range forms {
+		next, tr, err := continuationBody(body, s.d.family, s.d.text.bytes(), form)
+		if err != nil {
+			return nil, "", false, err.Error()
+		}
+		resp, refused, why = t.sendContinuation(s, next)
+		if resp == nil || resp.StatusCode/100 == 2 && isEventStream(resp) {
+			return resp, tr, refused, why
+		}
+		status := resp.StatusCode
+		noPrefill := status == http.StatusBadRequest && i+1 < len(forms) && mentionsPrefill(resp)
+		discard(resp, t.cfg.clock)
+		if !noPrefill {
+			return nil, "", false, "status " + strconv.Itoa(status)
+		}
+	}
+	return nil, "", false, "no form of continuation was taken"
+}
+
+// mentionsPrefill reports an error body that says the model takes no
+// prefill ("This model does not support assistant message prefill").
+func mentionsPrefill(resp *http.Response) bool {
+	body, _ := Attempt{Response: resp}.Body()
+	return bytes.Contains(bytes.ToLower(body), []byte("prefill"))
+}
+
+// sendContinuation runs the attempt loop for one continuation body.
+func (t *Transport) sendContinuation(s *continuedStream, next []byte) (*http.Response, bool, string) {
+	j := s.j
 	if j.sent >= t.cfg.policy.MaxAttempts {
-		return nil, "", "no attempts left"
+		return nil, true, "no attempts left"
 	}
 	req := j.req.Clone(s.ctx)
 	req.Body = io.NopCloser(bytes.NewReader(next))
@@ -324,7 +391,7 @@ func (t *Transport) resume(s *continuedStream) (*http.Response, string, string) 
 	if jc.admission(t, ts, now) == ejected || jc.status(t, ts, ts.keys[jc.at.key], now).block != keyFree {
 		c, ok := jc.choose(t, 0, now)
 		if !ok || c.wait > 0 || c.waitFor != nil || !jc.claim(c, now) {
-			return nil, "", "no healthy target or key to continue on"
+			return nil, false, "no healthy target or key to continue on"
 		}
 		jc.visited |= 1 << c.pl.target // a continuation is a retry, wherever it goes
 		jc.moveTo(c)
@@ -332,19 +399,15 @@ func (t *Transport) resume(s *continuedStream) (*http.Response, string, string) 
 	jc.onTarget = 1
 	defer jc.release()
 	if b := jc.rt.targets[jc.at.target].budget; b != nil && !b.AllowRetry() {
-		return nil, "", "the retry budget is spent"
+		return nil, true, "the retry budget is spent"
 	}
 	resp, err := t.loop(&jc, s.send, jc.sent+1, s.idem)
 	j.at, j.sent, j.visited = jc.at, jc.sent, jc.visited
 	switch {
 	case err != nil:
-		return nil, "", errorText(err)
+		return nil, false, errorText(err)
 	case resp == nil:
-		return nil, "", "no response"
-	case resp.StatusCode/100 != 2 || !isEventStream(resp):
-		why := "status " + strconv.Itoa(resp.StatusCode)
-		discard(resp, t.cfg.clock)
-		return nil, "", why
+		return nil, false, "no response"
 	}
-	return resp, trimmed, ""
+	return resp, false, ""
 }

@@ -2,18 +2,45 @@ package wire
 
 import (
 	"net/http"
+	"slices"
 	"strings"
 )
 
 // KeyHeaders are the headers LLM APIs take a key or token in:
 // Authorization (OpenAI and compatible servers, as "Bearer KEY"),
-// x-api-key (Anthropic), api-key (Azure OpenAI), x-goog-api-key (Gemini).
-var KeyHeaders = [...]string{"Authorization", "X-Api-Key", "Api-Key", "X-Goog-Api-Key"}
+// x-api-key (Anthropic), api-key (Azure OpenAI), x-goog-api-key (Gemini),
+// and Ocp-Apim-Subscription-Key (Azure API Management). They are matched
+// in any case, and with '_' for '-' (servers behind CGI, WSGI or some
+// proxies read X_Api_Key as X-Api-Key); Proxy-Authorization too.
+var KeyHeaders = [...]string{"Authorization", "X-Api-Key", "Api-Key", "X-Goog-Api-Key", "Ocp-Apim-Subscription-Key", "Proxy-Authorization"}
 
 // keyParams are the query parameters a client may put a key in, compared
 // on their decoded names, in any case: Gemini's "key", OAuth's
-// "access_token", and the spellings other APIs and clients use.
-var keyParams = [...]string{"key", "access_token", "api_key", "api-key", "apikey"}
+// "access_token" and "oauth_token", Azure API Management's
+// "subscription-key", and the spellings other APIs and clients use.
+var keyParams = [...]string{"key", "access_token", "oauth_token", "api_key", "api-key", "apikey", "subscription-key", "subscription_key"}
+
+// keyHeader returns the key header name names, if it is one: compared
+// lower-cased, with '_' read as '-'.
+func keyHeader(name string) (string, bool) {
+	n := strings.ReplaceAll(strings.ToLower(name), "_", "-")
+	for _, k := range KeyHeaders {
+		if strings.EqualFold(n, k) {
+			return k, true
+		}
+	}
+	return "", false
+}
+
+// isSubprotocolKey reports the Realtime subprotocol that carries a key,
+// in any case.
+func subprotocolKey(p string) (string, bool) {
+	p = strings.TrimSpace(p)
+	if len(p) > len(realtimeKeyProtocol) && strings.EqualFold(p[:len(realtimeKeyProtocol)], realtimeKeyProtocol) {
+		return p[len(realtimeKeyProtocol):], true
+	}
+	return "", false
+}
 
 // realtimeKeyProtocol starts the WebSocket subprotocol in which a browser
 // sends an OpenAI Realtime key (browsers cannot set headers on a
@@ -34,17 +61,25 @@ type Credential struct {
 // place a client can put one.
 func Credentials(h http.Header, rawQuery string) []Credential {
 	var out []Credential
-	for _, name := range KeyHeaders {
-		for _, v := range h.Values(name) {
-			if name == "Authorization" {
+	names := make([]string, 0, len(h))
+	for name := range h {
+		if _, ok := keyHeader(name); ok {
+			names = append(names, name)
+		}
+	}
+	slices.Sort(names) // the same order every time, for messages
+	for _, name := range names {
+		k, _ := keyHeader(name)
+		for _, v := range h[name] {
+			if k == "Authorization" || k == "Proxy-Authorization" {
 				v = withoutScheme(v)
 			}
-			out = append(out, Credential{Where: name, Value: v})
+			out = append(out, Credential{Where: k, Value: v})
 		}
 	}
 	for _, v := range h.Values("Sec-Websocket-Protocol") {
 		for _, p := range strings.Split(v, ",") {
-			if key, ok := strings.CutPrefix(strings.TrimSpace(p), realtimeKeyProtocol); ok {
+			if key, ok := subprotocolKey(p); ok {
 				out = append(out, Credential{Where: "Sec-WebSocket-Protocol", Value: key})
 			}
 		}
@@ -91,15 +126,18 @@ func HasCredentials(h http.Header, rawQuery string) bool {
 // parts it could not parse and so dropped (a part that does not parse
 // cannot be told not to be a key).
 func StripCredentials(h http.Header, rawQuery string) (query string, dropped int) {
-	for _, name := range KeyHeaders {
-		h.Del(name)
+	for name := range h {
+		if _, ok := keyHeader(name); ok {
+			delete(h, name)
+		}
 	}
+	h.Del("Cookie") // no LLM API takes one, and it may carry a session
 	if vs := h.Values("Sec-Websocket-Protocol"); len(vs) > 0 {
 		var keep []string
 		for _, v := range vs {
 			for _, p := range strings.Split(v, ",") {
 				p = strings.TrimSpace(p)
-				if p != "" && !strings.HasPrefix(p, realtimeKeyProtocol) {
+				if _, isKey := subprotocolKey(p); p != "" && !isKey {
 					keep = append(keep, p)
 				}
 			}

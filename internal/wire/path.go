@@ -5,7 +5,7 @@ import "strings"
 // maxDecodeRounds bounds how many times a path is percent-decoded to look
 // for a dot-segment: "%252e" is "." after two. A server or CDN that
 // decodes more often than this in front of an LLM API is not one we know.
-const maxDecodeRounds = 3
+const maxDecodeRounds = 4
 
 // HasDotSegment reports whether an escaped path holds a "." or ".."
 // segment in any spelling an upstream, or a CDN in front of it, might
@@ -31,7 +31,13 @@ func HasDotSegment(escapedPath string) bool {
 // separators, and a segment's parameters (after a ';') as no part of it.
 func dotSegment(p string) bool {
 	for seg := range strings.FieldsFuncSeq(p, func(r rune) bool { return r == '/' || r == '\\' }) {
-		seg, _, _ = strings.Cut(seg, ";")
+		// What a server may cut a segment at: a path parameter (";"), a
+		// query or fragment decoded from %3f or %23, a NUL.
+		if i := strings.IndexAny(seg, ";?#\x00"); i >= 0 {
+			seg = seg[:i]
+		}
+		// The overlong UTF-8 form of '.' that old decoders accept.
+		seg = strings.ReplaceAll(seg, "\xc0\xae", ".")
 		if seg == "." || seg == ".." {
 			return true
 		}

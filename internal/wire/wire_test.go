@@ -56,10 +56,13 @@ func TestCredentialsAreFoundInEveryPlaceAClientPutsThem(t *testing.T) {
 			}
 		})
 	}
-	// What is not a credential stays.
-	h := http.Header{"Sec-Websocket-Protocol": {"realtime, openai-insecure-api-key.x"}, "Content-Type": {"application/json"}}
+	// What is not a credential stays; a cookie is stripped, not judged.
+	h := http.Header{"Sec-Websocket-Protocol": {"realtime, openai-insecure-api-key.x"}, "Content-Type": {"application/json"}, "Cookie": {"session=s"}}
+	if got := Credentials(h, ""); len(got) != 1 {
+		t.Fatalf("credentials %+v: a cookie is not a key", got)
+	}
 	q, dropped := StripCredentials(h, "alt=sse&key=x&bad=%zz")
-	if q != "alt=sse" || dropped != 1 || h.Get("Sec-Websocket-Protocol") != "realtime" || h.Get("Content-Type") == "" {
+	if q != "alt=sse" || dropped != 1 || h.Get("Sec-Websocket-Protocol") != "realtime" || h.Get("Content-Type") == "" || h.Get("Cookie") != "" {
 		t.Fatalf("query %q dropped %d header %v", q, dropped, h)
 	}
 }

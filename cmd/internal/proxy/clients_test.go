@@ -1,9 +1,12 @@
 package proxy
 
 import (
+	"bufio"
 	"context"
 	"io"
+	"net"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"strings"
 	"testing"
@@ -26,29 +29,35 @@ func tokenForms(tok string) map[string]struct {
 	enc := url.QueryEscape(tok)
 	path := "/openai/chat/completions"
 	return map[string]form{
-		"Authorization: Bearer": {path, []string{"Authorization", "Bearer " + tok}},
-		"Authorization: bearer": {path, []string{"Authorization", "bearer " + tok}},
-		"Authorization: BEARER": {path, []string{"Authorization", "BEARER   " + tok}},
-		"Authorization: Token":  {path, []string{"Authorization", "Token " + tok}},
-		"Authorization, bare":   {path, []string{"Authorization", tok}},
-		"x-api-key":             {path, []string{"x-api-key", tok}},
-		"api-key":               {path, []string{"api-key", tok}},
-		"x-goog-api-key":        {path, []string{"x-goog-api-key", tok}},
-		"realtime subprotocol":  {path, []string{"Sec-WebSocket-Protocol", "realtime, openai-insecure-api-key." + tok}},
-		"?key=":                 {path + "?key=" + enc, nil},
-		"?%6Bey=":               {path + "?%6Bey=" + enc, nil},
-		"?ke%79=":               {path + "?alt=sse&ke%79=" + enc, nil},
-		"?%6b%65%79=":           {path + "?%6b%65%79=" + enc, nil},
-		"?KEY=":                 {path + "?KEY=" + enc, nil},
-		"?Key= twice":           {path + "?Key=" + enc + "&Key=" + enc, nil},
-		"?key= value escaped":   {path + "?key=" + strings.ReplaceAll(tok, "-", "%2D"), nil},
-		"?access_token=":        {path + "?access_token=" + enc, nil},
-		"?access%5Ftoken=":      {path + "?access%5Ftoken=" + enc, nil},
-		"?api_key=":             {path + "?api_key=" + enc, nil},
-		"?apikey=":              {path + "?apikey=" + enc, nil},
-		"?api-key=":             {path + "?api-key=" + enc, nil},
-		"header and query":      {path + "?key=" + enc, []string{"x-api-key", tok}},
-		"Proxy-Authorization":   {path, []string{"Authorization", "Bearer " + tok, "Proxy-Authorization", "Bearer " + tok}},
+		"Authorization: Bearer":     {path, []string{"Authorization", "Bearer " + tok}},
+		"Authorization: bearer":     {path, []string{"Authorization", "bearer " + tok}},
+		"Authorization: BEARER":     {path, []string{"Authorization", "BEARER   " + tok}},
+		"Authorization: Token":      {path, []string{"Authorization", "Token " + tok}},
+		"Authorization, bare":       {path, []string{"Authorization", tok}},
+		"x-api-key":                 {path, []string{"x-api-key", tok}},
+		"api-key":                   {path, []string{"api-key", tok}},
+		"x-goog-api-key":            {path, []string{"x-goog-api-key", tok}},
+		"X_Api_Key":                 {path, []string{"X_Api_Key", tok}},
+		"X-API-KEY":                 {path, []string{"X-API-KEY", tok}},
+		"Ocp-Apim-Subscription-Key": {path, []string{"Ocp-Apim-Subscription-Key", tok}},
+		"realtime in capitals":      {path, []string{"Sec-WebSocket-Protocol", "realtime, OpenAI-Insecure-Api-Key." + tok}},
+		"?subscription-key=":        {path + "?subscription-key=" + enc, nil},
+		"?oauth_token=":             {path + "?oauth_token=" + enc, nil},
+		"realtime subprotocol":      {path, []string{"Sec-WebSocket-Protocol", "realtime, openai-insecure-api-key." + tok}},
+		"?key=":                     {path + "?key=" + enc, nil},
+		"?%6Bey=":                   {path + "?%6Bey=" + enc, nil},
+		"?ke%79=":                   {path + "?alt=sse&ke%79=" + enc, nil},
+		"?%6b%65%79=":               {path + "?%6b%65%79=" + enc, nil},
+		"?KEY=":                     {path + "?KEY=" + enc, nil},
+		"?Key= twice":               {path + "?Key=" + enc + "&Key=" + enc, nil},
+		"?key= value escaped":       {path + "?key=" + strings.ReplaceAll(tok, "-", "%2D"), nil},
+		"?access_token=":            {path + "?access_token=" + enc, nil},
+		"?access%5Ftoken=":          {path + "?access%5Ftoken=" + enc, nil},
+		"?api_key=":                 {path + "?api_key=" + enc, nil},
+		"?apikey=":                  {path + "?apikey=" + enc, nil},
+		"?api-key=":                 {path + "?api-key=" + enc, nil},
+		"header and query":          {path + "?key=" + enc, []string{"x-api-key", tok}},
+		"Proxy-Authorization":       {path, []string{"Authorization", "Bearer " + tok, "Proxy-Authorization", "Bearer " + tok}},
 	}
 }
 
@@ -72,7 +81,7 @@ func TestClientTokenIsNeverForwardedInAnyForm(t *testing.T) {
 			if len(got) != 1 {
 				t.Fatalf("clients %q, %s: %d requests upstream", clients, name, len(got))
 			}
-			if spelled := strings.NewReplacer("%2D", "-", "%2d", "-").Replace(got[0]); strings.Contains(spelled, testToken) || strings.Contains(got[0], "insecure-api-key") {
+			if spelled := strings.NewReplacer("%2D", "-", "%2d", "-").Replace(got[0]); strings.Contains(spelled, testToken) || strings.Contains(strings.ToLower(got[0]), "insecure-api-key") {
 				t.Errorf("clients %q, %s: the upstream saw the token:\n%s", clients, name, got[0])
 			}
 			if !strings.Contains(got[0], "Authorization: Bearer sk-upstream") {
@@ -162,5 +171,40 @@ func TestWrongAndMissingTokensAreToldApart(t *testing.T) {
 	}
 	if n := len(up.seen()); n != 0 {
 		t.Fatalf("the upstream got %d requests", n)
+	}
+}
+
+// A token sent as a chunked body's trailer is never sent on: trailers of
+// the client's request are dropped once its body is held. (The proxy's own
+// HTTP/1.1 client, which the command uses, writes a request as it is.)
+func TestClientTokenInARequestTrailerIsNotForwarded(t *testing.T) {
+	up := newWireLog(t, nil)
+	fc, err := ParseConfig("test.yaml", []byte(keyedRoute(up.URL, "", "")), env(map[string]string{"KEY": "sk-upstream"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rt, err := NewRouter(fc, Config{}) // the command's own upstream client
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewUnstartedServer(rt)
+	srv.Config = NewServer(rt)
+	srv.Start()
+	defer srv.Close()
+	base := srv.URL
+	conn, err := net.Dial("tcp", strings.TrimPrefix(base, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_, _ = io.WriteString(conn, "POST /openai/chat/completions HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\nTrailer: X-Api-Key\r\nConnection: close\r\n\r\n"+
+		"12\r\n{\"model\":\"gpt-4o\"}\r\n0\r\nX-Api-Key: "+testToken+"\r\n\r\n")
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("response %v", resp)
+	}
+	got := up.seen()
+	if len(got) != 1 || strings.Contains(got[0], testToken) || strings.Contains(strings.ToLower(got[0]), "chunked") {
+		t.Fatalf("the upstream got:\n%s", got)
 	}
 }

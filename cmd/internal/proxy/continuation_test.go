@@ -150,3 +150,36 @@ func TestContinuationOutcomeLabels(t *testing.T) {
 		}
 	}
 }
+
+// Over HTTP/2 (h2c) too, a continued stream's final attempts and target
+// come as trailers.
+func TestProxyContinuationTrailersOverHTTP2(t *testing.T) {
+	cutting, err := mockllm.ParseFaults("cut=900")
+	if err != nil {
+		t.Fatal(err)
+	}
+	up := httptest.NewServer(mockllm.New(cutting, 1))
+	defer up.Close()
+	url, _, _ := startRouter(t, `
+routes:
+  - prefix: /openai
+    continue_streams: 1
+    targets:
+      - {name: mock, base_url: '`+up.URL+`/v1'}
+`, nil)
+	h2 := &http.Transport{Protocols: new(http.Protocols)}
+	h2.Protocols.SetUnencryptedHTTP2(true)
+	defer h2.CloseIdleConnections()
+	req, _ := http.NewRequest("POST", url+"/openai/chat/completions",
+		strings.NewReader(`{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]}`))
+	resp, err := (&http.Client{Transport: h2}).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.ProtoMajor != 2 || streamedText(t, body) != mockllm.ReplyText ||
+		resp.Trailer.Get(AttemptsHeader) != "2" || resp.Trailer.Get(llmretry.TargetHeader) != "mock" {
+		t.Fatalf("HTTP/%d, trailers %v, text %q", resp.ProtoMajor, resp.Trailer, streamedText(t, body))
+	}
+}

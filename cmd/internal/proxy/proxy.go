@@ -363,6 +363,11 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, info *requestInf
 		r.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
 		r.ContentLength = int64(len(body))
 		r.Header.Del("Transfer-Encoding")
+		// The held body goes with its length, in one write; and a chunked
+		// body's trailers (a header sent after the body, where a key could
+		// hide from every check) are not sent on.
+		r.TransferEncoding, r.Trailer = nil, nil
+		r.Header.Del("Trailer")
 	}
 	// A copy of the ReverseProxy (a few words) for each request, so that
 	// the buffer it copies the reply through is sized by this reply

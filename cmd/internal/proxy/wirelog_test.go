@@ -13,7 +13,8 @@ import (
 )
 
 // wireLog is a mock upstream that keeps, for each request, everything it
-// received: the request line, every header and the body.
+// received: the request line, every header, the body, and after it how
+// the body came (chunked) and its trailers.
 type wireLog struct {
 	*httptest.Server
 	mu   sync.Mutex
@@ -29,6 +30,13 @@ func newWireLog(t *testing.T, answer http.HandlerFunc) *wireLog {
 		_ = r.Header.Write(&b)
 		body, _ := io.ReadAll(r.Body)
 		b.Write(body)
+		if len(r.TransferEncoding) > 0 {
+			b.WriteString("\n[transfer-encoding: " + strings.Join(r.TransferEncoding, ", ") + "]")
+		}
+		if len(r.Trailer) > 0 {
+			b.WriteString("\n[trailers]\n")
+			_ = r.Trailer.Write(&b)
+		}
 		wl.mu.Lock()
 		wl.reqs = append(wl.reqs, b.String())
 		wl.mu.Unlock()
