@@ -81,7 +81,7 @@ func TestConfigErrorsNameTheirLine(t *testing.T) {
 	for _, c := range []struct {
 		name, text, want string
 	}{
-		{"syntax", "routes:\n  - prefix: /a\n    targets: []\n  bad\n", "c.yaml:4: could not find expected ':'"},
+		{"syntax", "routes:\n  - prefix: /a\n    targets: []\n  bad\n", "c.yaml:4: not valid YAML: this line is neither a field (name: value) nor a list item"},
 		{"unknown field", "routes:\n  - prefix: /a\n    tragets: []\n", `c.yaml:3: unknown field "tragets" in a route`},
 		{"no routes", "clients: []\n", `c.yaml:1: the config needs "routes"`},
 		{"bad prefix", "routes:\n  - prefix: openai\n    targets: []\n", `c.yaml:2: prefix "openai"`},
@@ -91,9 +91,10 @@ func TestConfigErrorsNameTheirLine(t *testing.T) {
 		{"unset env", "routes:\n  - prefix: /a\n    targets:\n      - name: x\n        base_url: https://x\n        keys:\n          - {id: k, env: NOPE}\n",
 			"c.yaml:7: key \"k\": environment variable NOPE is not set"},
 		{"missing file", "routes:\n  - prefix: /a\n    targets:\n      - name: x\n        base_url: https://x\n        keys:\n          - {id: k, file: /nonexistent/key}\n",
-			"c.yaml:7: key \"k\": no such file"},
+			"c.yaml:7: key \"k\": file /nonexistent/key: no such file or directory"},
 		{"bad duration", "routes:\n  - prefix: /a\n    failover_after: soon\n    targets: []\n", `c.yaml:3: failover_after "soon"`},
-		{"bad number", "routes:\n  - prefix: /a\n    attempts_per_target: two\n    targets: []\n", "c.yaml:3: attempts_per_target"},
+		{"bad number", "routes:\n  - prefix: /a\n    attempts_per_target: two\n    targets: []\n", `c.yaml:3: attempts_per_target "two": want a whole number, 1 or more`},
+		{"zero", "routes:\n  - prefix: /a\n    eject_after: 0\n    targets: []\n", `c.yaml:3: eject_after "0": want a whole number, 1 or more`},
 		{"bad url", "routes:\n  - prefix: /a\n    targets:\n      - {name: x, base_url: api.openai.com}\n", `c.yaml:4: target "x": base_url`},
 		{"bad api", "routes:\n  - prefix: /a\n    targets:\n      - {name: x, base_url: 'https://x', api: cohere}\n", `c.yaml:4: target "x": api "cohere"`},
 		{"short token", "clients:\n  - {id: ci, env: K}\nroutes:\n  - prefix: /a\n    targets:\n      - {name: x, base_url: 'https://x'}\n",
@@ -287,5 +288,62 @@ func TestMetricsAnswerForEveryAcceptedConfig(t *testing.T) {
 			t.Fatalf("%s: %v", name, err)
 		}
 		t.Run(name, func(t *testing.T) { scrapeConfig(t, fc) })
+	}
+}
+
+// A YAML syntax error was reported in yaml.v3's parser words ("did not
+// find expected node content", "did not find expected '-' indicator"),
+// on the line its enclosing block began on, often lines above the
+// mistake. It says in plain words what is wrong, on the mistake's line.
+func TestConfigSyntaxErrorsSayWhatAndWhereInPlainWords(t *testing.T) {
+	for _, c := range []struct {
+		text string
+		line int
+		want string
+	}{
+		{"routes:\n  - prefix: /a\n    targets: []\n  bad\n", 4, "this line is neither a field (name: value) nor a list item (- ...)"},
+		{"routes:\n\t- prefix: /a\n", 2, "a tab in the indentation: YAML indents with spaces only"},
+		{"routes:\n  - prefix: @a\n", 2, "a value starts with a character YAML keeps for itself (such as @ or `): put the value in quotes"},
+		{"routes:\n  - prefix: /a\n    targets: [{name: x, base_url: y\n", 3, "a { is not closed with }"},
+		{"routes:\n  - prefix: /a\n    targets: [a, b\nclients: []\n", 3, "a [ is not closed with ]"},
+		{"routes:\n  - prefix: /a\n    targets: [\n", 3, "a value is missing: a [ or { is not closed"},
+		{"routes:\n  - prefix: /a\n   targets: []\n", 3, "the indentation does not line up"},
+		{"routes:\n  - prefix: /a\n    targets:\n      - name: x\n        base_url: https://x\n      keys: [{id: a}]\n", 6, "the indentation does not line up"},
+		{"routes:\n  - prefix: /a\n    targets:\n    - name: x\n        base_url: https://x\n", 5, "this line is indented deeper than the field above it"},
+		{"routes:\n  - prefix: /a: b\n", 2, `a value with ": " in it must be in quotes`},
+		{"routes:\n  - prefix: \"/a\n    targets: []\n", 2, "a closing quote is missing"},
+		{"routes:\n  - prefix: \"\\q\"\n", 2, "a backslash in a double-quoted value"},
+		{"routes: *a\n", 1, "an alias (*name) refers to an anchor (&name) that is not defined above it"},
+		{"routes:\n  - prefix: \"/a\" b\n", 2, "a stray character after a quoted value"},
+		{"routes:\n  - prefix: /a\n    targets:\n      - name: x\n        keys: [{id: a, env: X}]]\n", 5, "a stray character after a quoted value or a closing bracket"},
+		{"routes:\n  - prefix: |x\n", 2, "a | or > (a block of text) must end its line"},
+	} {
+		_, err := ParseConfig("c.yaml", []byte(c.text), nil)
+		var ce *ConfigError
+		if !errors.As(err, &ce) || ce.Line != c.line || !strings.Contains(ce.Msg, c.want) || !strings.HasPrefix(ce.Msg, "not valid YAML: ") {
+			t.Errorf("%q: got %v, want line %d and %q", c.text, err, c.line, c.want)
+			continue
+		}
+		for _, parser := range []string{"did not find", "could not find", "found ", "not allowed in this context", "expected"} {
+			if strings.Contains(ce.Msg, parser) {
+				t.Errorf("%q: %v: in the parser's words (%q)", c.text, err, parser)
+			}
+		}
+	}
+	// An inline secret on the broken line is not repeated in the error.
+	_, err := ParseConfig("c.yaml", []byte("routes:\n  - {prefix: /a, value: sk-secret-value\n"), nil)
+	if err == nil || strings.Contains(err.Error(), "sk-secret") {
+		t.Fatalf("got %v", err)
+	}
+}
+
+// A key file that could not be read was reported as `key "spare": no such
+// file or directory`, without the path. The error names the file.
+func TestMissingKeyFileNamesItsPath(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "secrets", "openai_spare")
+	text := "routes:\n  - prefix: /a\n    targets:\n      - name: x\n        base_url: https://x\n        keys:\n          - {id: spare, file: " + path + "}\n"
+	_, err := ParseConfig("c.yaml", []byte(text), nil)
+	if want := `c.yaml:7: key "spare": file ` + path + `: no such file or directory`; err == nil || err.Error() != want {
+		t.Fatalf("got %v, want %s", err, want)
 	}
 }
