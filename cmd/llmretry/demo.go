@@ -33,8 +33,13 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if *failover && !flagSet(fs, "faults") {
 		*faults = demo.DefaultFailoverFaults // the primary is the one that fails
 	}
-	if *requests < 1 || *conc < 1 {
-		return usageErr(fs, stderr, "--requests and --concurrency must be at least 1")
+	for _, f := range []struct {
+		name string
+		v    int
+	}{{"requests", *requests}, {"concurrency", *conc}} {
+		if f.v < 1 {
+			return usageErr(fs, stderr, "--%s %d: want 1 or more", f.name, f.v)
+		}
 	}
 	if _, err := mockllm.ParseFaults(*faults); err != nil {
 		return usageErr(fs, stderr, "--faults: %v", err)

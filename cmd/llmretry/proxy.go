@@ -85,8 +85,12 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			return usageErr(fs, stderr, "--upstream %q: want an http or https URL", *upstream)
 		}
 	}
-	if *maxAttempts < 1 || *baseDelay <= 0 || *maxDelay <= 0 || *maxRetryAfter <= 0 || *maxBody <= 0 || *bodyTimeout <= 0 || *maxHeld <= 0 || *upstreamTimeout <= 0 || *maxUpstreamHeader <= 0 || *idle < 0 || *firstEvent < 0 || *grace < 0 {
-		return usageErr(fs, stderr, "attempts, delays and sizes must be positive")
+	if err := checkPositive(fs, stderr, map[string]bool{
+		"max-attempts": *maxAttempts < 1, "base-delay": *baseDelay <= 0, "max-delay": *maxDelay <= 0,
+		"max-retry-after": *maxRetryAfter <= 0, "max-body": *maxBody <= 0, "body-timeout": *bodyTimeout <= 0,
+		"max-held": *maxHeld <= 0, "upstream-timeout": *upstreamTimeout <= 0, "max-upstream-header": *maxUpstreamHeader <= 0,
+	}, map[string]bool{"idle-timeout": *idle < 0, "first-event-timeout": *firstEvent < 0, "grace": *grace < 0}); err != nil {
+		return err
 	}
 	budgetOff, ratio, ok := parseBudgetFlag(*budgetFlag)
 	if !ok {
@@ -126,11 +130,11 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			return usageErr(fs, stderr, "--allow-host: %v", err)
 		}
 	}
-	if err := checkListen(fs, stderr, *listen); err != nil {
+	if err := checkAddr(fs, stderr, "listen", *listen); err != nil {
 		return err
 	}
 	if *adminListen != "" {
-		if err := checkListen(fs, stderr, *adminListen); err != nil {
+		if err := checkAddr(fs, stderr, "admin-listen", *adminListen); err != nil {
 			return err
 		}
 	}
