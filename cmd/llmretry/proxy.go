@@ -145,11 +145,13 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		}
 	}()
 	var newState func(name string) (*redisstate.State, error)
+	var ropts *redis.Options
 	if *redisURL != "" {
-		ropts, err := redis.ParseURL(*redisURL)
-		if err != nil {
+		var err error
+		if ropts, err = redis.ParseURL(*redisURL); err != nil {
 			return usageErr(fs, stderr, "%s", redisURLProblem(*redisURL, err))
 		}
+		failFast(ropts)
 		routeRedisLogs(logger)
 		rc := redis.NewClient(ropts)
 		defer rc.Close()
@@ -168,10 +170,11 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	var handler http.Handler
 	var admin http.Handler
-	var target string
+	var target, fleetName string
 	if fc != nil {
+		fleetName = cmp.Or(*redisName, "proxy")
 		if newState != nil {
-			cd, err := shareThroughRedis(fc, cmp.Or(*redisName, "proxy"), budgetOff, newState)
+			cd, err := shareThroughRedis(fc, fleetName, budgetOff, newState)
 			if err != nil {
 				return err
 			}
@@ -183,8 +186,9 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		}
 		handler, admin, target = rt, rt.Admin(), "the routes of "+*configFile+": "+strings.Join(rt.Prefixes(), ", ")
 	} else {
+		fleetName = cmp.Or(*redisName, u.Host)
 		if newState != nil {
-			st, err := newState(cmp.Or(*redisName, u.Host))
+			st, err := newState(fleetName)
 			if err != nil {
 				return err
 			}
@@ -198,13 +202,13 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	ln, err := net.Listen("tcp", *listen)
 	if err != nil {
-		return err
+		return fmt.Errorf("--listen %s: %w", *listen, err)
 	}
 	if *adminListen != "" {
 		aln, err := net.Listen("tcp", *adminListen)
 		if err != nil {
 			ln.Close()
-			return fmt.Errorf("admin listener: %w", err)
+			return fmt.Errorf("--admin-listen %s: %w", *adminListen, err)
 		}
 		admin := &http.Server{Handler: admin, ReadHeaderTimeout: 10 * time.Second}
 		go func() { _ = admin.Serve(aln) }()
@@ -212,7 +216,18 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		fmt.Fprintf(stdout, "llmretry proxy admin (/healthz, /metrics) on http://%s\n", aln.Addr())
 	}
 	srv := proxy.NewServer(handler)
-	fmt.Fprintf(stdout, "llmretry proxy on http://%s -> %s\n", ln.Addr(), target)
+	// Where it listens, what it sends where, and whether it shares state:
+	// on stdout, which --quiet leaves alone.
+	addr := "http://" + ln.Addr().String()
+	if fc != nil {
+		fmt.Fprintf(stdout, "llmretry proxy on %s -> %s\n", addr, target)
+		for _, line := range targetLines(fc, addr) {
+			fmt.Fprintf(stdout, "llmretry proxy %s\n", line)
+		}
+	} else {
+		fmt.Fprintf(stdout, "llmretry proxy on %s -> %s\n", addr, target)
+	}
+	fmt.Fprintf(stdout, "llmretry proxy fleet state: %s\n", fleetState(ropts, fleetName))
 	return proxy.Serve(ctx, srv, func() error { return srv.Serve(ln) }, *grace, logger)
 }
 

@@ -449,6 +449,25 @@ func (r *reader) target(n *yaml.Node) (llmretry.Target, error) {
 	return tg, nil
 }
 
+// ShowURL is u to print: its user info left out, and its query's values,
+// which could hold a key, shown as "…" (api-version's excepted: it is
+// Azure's, and no secret).
+func ShowURL(u *url.URL) string {
+	s := u.Scheme + "://" + u.Host + u.EscapedPath()
+	if u.RawQuery == "" {
+		return s
+	}
+	var parts []string
+	for part := range strings.SplitSeq(u.RawQuery, "&") {
+		name, value, _ := strings.Cut(part, "=")
+		if !strings.EqualFold(name, "api-version") {
+			value = "…"
+		}
+		parts = append(parts, name+"="+value)
+	}
+	return s + "?" + strings.Join(parts, "&")
+}
+
 // syntaxError says what is wrong with data, which yaml.v3 could not parse
 // (err), in plain words, and on which line. yaml.v3 names the line its
 // enclosing block began on, often lines above the mistake: the line given

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -345,5 +346,17 @@ func TestMissingKeyFileNamesItsPath(t *testing.T) {
 	_, err := ParseConfig("c.yaml", []byte(text), nil)
 	if want := `c.yaml:7: key "spare": file ` + path + `: no such file or directory`; err == nil || err.Error() != want {
 		t.Fatalf("got %v, want %s", err, want)
+	}
+}
+
+// A URL the command prints shows no user info and no query value but
+// Azure's api-version: a query could hold a key.
+func TestShowURLHidesUserInfoAndQueryValues(t *testing.T) {
+	u, err := url.Parse("https://u:pw@x.example/v1?key=AIza-secret&api-version=2024-10-21")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := ShowURL(u); got != "https://x.example/v1?key=…&api-version=2024-10-21" {
+		t.Errorf("ShowURL: %s", got)
 	}
 }
