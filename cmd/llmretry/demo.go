@@ -8,6 +8,7 @@ import (
 	"os"
 
 	"github.com/llmretry/llmretry/cmd/internal/demo"
+	"github.com/llmretry/llmretry/cmd/internal/proxy"
 	"github.com/llmretry/llmretry/mockllm"
 )
 
@@ -17,7 +18,7 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	conc := fs.Int("concurrency", 8, "chats in flight at once")
 	faults := fs.String("faults", demo.DefaultFaults, "fault mix for the in-process mock provider (see llmretry mock --help)")
 	seed := fs.Uint64("seed", demo.DefaultSeed, "seed for the fault draws: each chat draws its faults from the seed and its own number, so a seed always tells the same story")
-	upstream := fs.String("upstream", "", "a real OpenAI-compatible API base URL, e.g. https://api.openai.com/v1; the key comes from $OPENAI_API_KEY")
+	upstream := fs.String("upstream", "", "a real OpenAI-compatible API's base URL, as its SDK takes it, e.g. https://api.openai.com/v1; the key comes from $OPENAI_API_KEY")
 	model := fs.String("model", "gpt-4o-mini", "model to ask")
 	failover := fs.Bool("failover", false, "add a second, healthy mock provider and fail over to it: the summary says which target served what (the primary's faults default to "+demo.DefaultFailoverFaults+")")
 	fs.Usage = func() {
@@ -46,9 +47,17 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	key := ""
 	if *upstream != "" {
+		base, note, err := proxy.ParseBaseURL(*upstream)
+		if err != nil {
+			return usageErr(fs, stderr, "--upstream %q: %v", *upstream, err)
+		}
 		if key = os.Getenv("OPENAI_API_KEY"); key == "" {
 			return usageErr(fs, stderr, "--upstream needs an API key in $OPENAI_API_KEY")
 		}
+		if note != "" {
+			fmt.Fprintf(stderr, "llmretry demo: --upstream %s\n", note)
+		}
+		*upstream = base.String()
 	}
 	_, err := demo.Run(ctx, demo.Config{
 		Requests: *requests, Concurrency: *conc, Faults: *faults, Seed: *seed,

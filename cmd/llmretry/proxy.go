@@ -25,7 +25,7 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs := flag.NewFlagSet("llmretry proxy", flag.ContinueOnError)
 	listen := fs.String("listen", "127.0.0.1:8787", "address to listen on (HTTP/1.1 and h2c); every path is the upstream's")
 	adminListen := fs.String("admin-listen", "127.0.0.1:8786", "address for the proxy's own /healthz and /metrics (empty: none)")
-	upstream := fs.String("upstream", "", "the API to forward to, e.g. https://api.openai.com (this or --config)")
+	upstream := fs.String("upstream", "", "the API's base URL, as its SDK takes it, e.g. https://api.openai.com/v1; served at the same path: clients use http://LISTEN/v1 (this or --config)")
 	configFile := fs.String("config", "", "a YAML file of routes, failover targets, keys (from env or files) and client tokens (this or --upstream)")
 	d := llmretry.DefaultPolicy()
 	maxAttempts := fs.Int("max-attempts", d.MaxAttempts, "attempts per request, the first included")
@@ -50,14 +50,22 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.Var(&allowOrigins, "allow-origin", "with --config: a web `ORIGIN` whose pages may use the routes, such as https://app.example.com (repeat it, or separate with commas); pages of other origins get 403")
 	fs.Var(&allowHosts, "allow-host", "with --config on a loopback --listen: a Host `NAME` the proxy answers to besides localhost and loopback addresses (repeat it, or separate with commas); others get 403")
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "Usage: llmretry proxy --upstream URL [flags]\n       llmretry proxy --config FILE [flags]\n\nA retrying reverse proxy: point any client at it, e.g.\n  OPENAI_BASE_URL=http://127.0.0.1:8787/v1\nWith --config, each route's prefix stands for its first target's base URL:\n  OPENAI_BASE_URL=http://127.0.0.1:8787/openai\n\nIts own /healthz and /metrics (Prometheus text) are on --admin-listen.\n\n")
+		fmt.Fprintf(fs.Output(), "Usage: llmretry proxy --upstream URL [flags]\n       llmretry proxy --config FILE [flags]\n\n"+
+			"A retrying reverse proxy. --upstream and a config's base_url take the API's base URL, as its SDK\n"+
+			"takes it (https://api.openai.com/v1, https://openrouter.ai/api/v1, https://api.anthropic.com).\n"+
+			"--upstream is served at its own path: point any client at the proxy with that path, e.g.\n"+
+			"  proxy --upstream https://api.openai.com/v1   ->  OPENAI_BASE_URL=http://127.0.0.1:8787/v1\n"+
+			"With --config, each route's prefix stands for its first target's base URL:\n"+
+			"  prefix: /openai                             ->  OPENAI_BASE_URL=http://127.0.0.1:8787/openai\n\n"+
+			"Its own /healthz and /metrics (Prometheus text) are on --admin-listen.\n\n")
 		fs.PrintDefaults()
 	}
 	if err := parse(fs, args, stdout, stderr); err != nil {
 		return err
 	}
-	var u *url.URL
+	var u, base *url.URL
 	var fc *proxy.FileConfig
+	var notes []string // what was understood, said at startup
 	switch {
 	case *upstream != "" && *configFile != "":
 		return usageErr(fs, stderr, "give --upstream or --config, not both")
@@ -67,6 +75,7 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			fmt.Fprintf(stderr, "llmretry proxy: %v\n", err)
 			return errUsage
 		}
+		notes = append(notes, fc.Notes...)
 		if len(fc.Clients) == 0 && !loopback(*listen) {
 			what := "its routes"
 			if fc.HoldsKeys() {
@@ -79,11 +88,19 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	case len(allowOrigins) > 0 || len(allowHosts) > 0:
 		return usageErr(fs, stderr, "--allow-origin and --allow-host go with --config: with --upstream the proxy holds no keys, and checks no origin or host")
 	default:
+		var note string
 		var err error
-		u, err = url.Parse(*upstream)
-		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			return usageErr(fs, stderr, "--upstream %q: want an http or https URL", *upstream)
+		if base, note, err = proxy.ParseBaseURL(*upstream); err != nil {
+			return usageErr(fs, stderr, "--upstream %q: %v", *upstream, err)
 		}
+		if note != "" {
+			notes = append(notes, "--upstream "+note)
+		}
+		// The base is served at its own path: a request's path goes to
+		// the upstream's host as it came, byte for byte, and the base's
+		// path says where clients point. Nothing is joined, so no path is
+		// ever doubled (/v1/v1/...).
+		u = &url.URL{Scheme: base.Scheme, Host: base.Host, User: base.User, RawQuery: base.RawQuery}
 	}
 	if err := checkPositive(fs, stderr, map[string]bool{
 		"max-attempts": *maxAttempts < 1, "base-delay": *baseDelay <= 0, "max-delay": *maxDelay <= 0,
@@ -118,7 +135,6 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		MaxBody:  *maxBody, IdleTimeout: *idle, Logger: logger, Options: opts,
 		BodyTimeout: *bodyTimeout, MaxHeld: *maxHeld, UpstreamTimeout: *upstreamTimeout, MaxUpstreamHeader: *maxUpstreamHeader,
 		BudgetOff: budgetOff, BudgetRatio: ratio, CooldownsOff: cooldownsOff,
-		Perimeter: proxy.Perimeter{Origins: allowOrigins, Hosts: allowHosts, Listen: *listen, AdminListen: *adminListen},
 	}
 	for _, o := range allowOrigins {
 		if _, err := proxy.ParseOrigin(o); err != nil {
@@ -138,6 +154,7 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			return err
 		}
 	}
+	cfg.Perimeter = proxy.Perimeter{Origins: allowOrigins, Hosts: allowHosts, Listen: *listen, AdminListen: *adminListen}
 	var states []*redisstate.State
 	defer func() {
 		for _, st := range states {
@@ -198,7 +215,7 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		if err != nil {
 			return usageErr(fs, stderr, "%v", err)
 		}
-		handler, admin, target = p, p.Admin(), u.Redacted()
+		handler, admin, target = p, p.Admin(), proxy.ShowURL(base)
 	}
 	ln, err := net.Listen("tcp", *listen)
 	if err != nil {
@@ -215,6 +232,9 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		defer admin.Close()
 		fmt.Fprintf(stdout, "llmretry proxy admin (/healthz, /metrics) on http://%s\n", aln.Addr())
 	}
+	for _, note := range notes {
+		fmt.Fprintf(stderr, "llmretry proxy: %s\n", note)
+	}
 	srv := proxy.NewServer(handler)
 	// Where it listens, what it sends where, and whether it shares state:
 	// on stdout, which --quiet leaves alone.
@@ -225,7 +245,7 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			fmt.Fprintf(stdout, "llmretry proxy %s\n", line)
 		}
 	} else {
-		fmt.Fprintf(stdout, "llmretry proxy on %s -> %s\n", addr, target)
+		fmt.Fprintf(stdout, "llmretry proxy on %s -> %s (clients use %s%s; their credentials pass through)\n", addr, target, addr, base.EscapedPath())
 	}
 	fmt.Fprintf(stdout, "llmretry proxy fleet state: %s\n", fleetState(ropts, fleetName))
 	return proxy.Serve(ctx, srv, func() error { return srv.Serve(ln) }, *grace, logger)

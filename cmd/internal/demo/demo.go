@@ -11,6 +11,7 @@ import (
 	"maps"
 	"net"
 	"net/http"
+	"net/url"
 	"slices"
 	"strconv"
 	"strings"
@@ -189,8 +190,19 @@ func Run(ctx context.Context, cfg Config, out io.Writer) (*Summary, error) {
 	} else {
 		tr = llmretry.NewTransport(countingTransport{under, attempts}, opts...)
 	}
-	client := openai.NewClient(option.WithBaseURL(base+"/"), option.WithAPIKey(cfg.APIKey),
-		option.WithHTTPClient(&http.Client{Transport: tr}), option.WithMaxRetries(0))
+	clientOpts := []option.RequestOption{option.WithAPIKey(cfg.APIKey),
+		option.WithHTTPClient(&http.Client{Transport: tr}), option.WithMaxRetries(0)}
+	// openai-go drops a base URL's query: its parameters (Azure's
+	// api-version) go on every request, as the proxy sends them.
+	baseURL, query, _ := strings.Cut(base, "?")
+	for _, kv := range strings.Split(query, "&") {
+		if k, v, _ := strings.Cut(kv, "="); k != "" {
+			k, _ = url.QueryUnescape(k)
+			v, _ = url.QueryUnescape(v)
+			clientOpts = append(clientOpts, option.WithQueryAdd(k, v))
+		}
+	}
+	client := openai.NewClient(append(clientOpts, option.WithBaseURL(baseURL+"/"))...)
 
 	maxAttempts := cfg.Policy.MaxAttempts
 	if maxAttempts <= 0 {

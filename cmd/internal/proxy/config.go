@@ -30,6 +30,10 @@ type FileConfig struct {
 	// localhost and loopback addresses (Perimeter).
 	AllowOrigins []string
 	AllowHosts   []string
+	// Notes are what was understood where the file left a choice to the
+	// reader (a base_url given as its host's root), one line each, with
+	// the line of the file: the command prints them at startup.
+	Notes []string
 }
 
 // Client is one client allowed in, by its token.
@@ -99,6 +103,7 @@ func ParseConfig(name string, data []byte, getenv func(string) string) (*FileCon
 		return nil, &ConfigError{File: name, Msg: "the file is empty: it needs routes"}
 	}
 	cfg := &FileConfig{}
+	defer func() { cfg.Notes = r.notes }()
 	err := r.mapping(root.Content[0], "the config", map[string]func(*yaml.Node) error{
 		"clients": func(n *yaml.Node) error {
 			return r.list(n, "clients", func(item *yaml.Node) error {
@@ -172,6 +177,7 @@ func ParseConfig(name string, data []byte, getenv func(string) string) (*FileCon
 type reader struct {
 	file   string
 	getenv func(string) string
+	notes  []string
 }
 
 func (r *reader) errf(n *yaml.Node, format string, args ...any) error {
@@ -443,10 +449,54 @@ func (r *reader) target(n *yaml.Node) (llmretry.Target, error) {
 		}
 		tg.Family = f
 	}
-	if u, err := url.Parse(tg.BaseURL); err != nil || u.Scheme != "http" && u.Scheme != "https" || u.Host == "" {
-		return tg, r.errf(n, "target %q: base_url %q: want an http or https URL", tg.Name, tg.BaseURL)
+	u, note, err := ParseBaseURL(tg.BaseURL)
+	if err != nil {
+		return tg, r.errf(n, "target %q: base_url %q: %v", tg.Name, tg.BaseURL, err)
 	}
+	if note != "" {
+		r.notes = append(r.notes, (&ConfigError{File: r.file, Line: n.Line, Msg: fmt.Sprintf("target %q: base_url %s", tg.Name, note)}).Error())
+	}
+	tg.BaseURL = u.String()
 	return tg, nil
+}
+
+// Base URLs. Every place the command takes an upstream (proxy --upstream,
+// demo --upstream, a target's base_url) takes one form: the API's base
+// URL, as the provider's SDK takes it (https://api.openai.com/v1,
+// https://openrouter.ai/api/v1, https://api.anthropic.com, Azure's
+// https://RESOURCE.openai.azure.com/openai/deployments/NAME?api-version=V).
+// The root of a host whose API's base has a path (https://api.openai.com)
+// is read as that base, and the reader is told so: the path is settled
+// when the command starts, never per request.
+
+// knownBasePaths are the paths of the base URLs of APIs whose host's root
+// is not their base, by host.
+var knownBasePaths = map[string]string{
+	"api.openai.com": "/v1",
+	"openrouter.ai":  "/api/v1",
+	"api.groq.com":   "/openai/v1",
+}
+
+// ParseBaseURL reads an API's base URL: http or https, with a host; a
+// trailing slash is dropped. Given the root of a host in knownBasePaths, it
+// returns that API's base, and a note that says what was understood ("" for
+// any other URL).
+func ParseBaseURL(raw string) (u *url.URL, note string, err error) {
+	u, err = url.Parse(raw)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return nil, "", errors.New("want an http or https URL, the API's base as its SDK takes it, such as https://api.openai.com/v1")
+	}
+	u.Path = strings.TrimSuffix(u.Path, "/")
+	u.RawPath = strings.TrimSuffix(u.RawPath, "/")
+	u.Fragment, u.RawFragment = "", ""
+	if u.Path == "" {
+		if p, ok := knownBasePaths[strings.ToLower(u.Hostname())]; ok {
+			given := ShowURL(u)
+			u.Path = p
+			note = fmt.Sprintf("%s is the host's root; understood as its API's base URL, %s", given, ShowURL(u))
+		}
+	}
+	return u, note, nil
 }
 
 // ShowURL is u to print: its user info left out, and its query's values,

@@ -349,6 +349,49 @@ func TestMissingKeyFileNamesItsPath(t *testing.T) {
 	}
 }
 
+// One URL form: a base_url is the API's base as its SDK takes it. The root
+// of a host whose API's base has a path is read as that base, with a note
+// that says so (and the line); any other URL is taken as written, without
+// its trailing slash, its query (Azure's api-version) kept.
+func TestBaseURLIsTheAPIsBase(t *testing.T) {
+	for _, c := range []struct{ raw, want, note string }{
+		{"https://api.openai.com/v1", "https://api.openai.com/v1", ""},
+		{"https://api.openai.com/v1/", "https://api.openai.com/v1", ""},
+		{"https://api.openai.com", "https://api.openai.com/v1", "https://api.openai.com is the host's root; understood as its API's base URL, https://api.openai.com/v1"},
+		{"https://API.openai.com/", "https://API.openai.com/v1", "understood as its API's base URL, https://API.openai.com/v1"},
+		{"https://openrouter.ai", "https://openrouter.ai/api/v1", "understood as its API's base URL, https://openrouter.ai/api/v1"},
+		{"https://openrouter.ai/api/v1", "https://openrouter.ai/api/v1", ""},
+		{"https://api.groq.com", "https://api.groq.com/openai/v1", "understood"},
+		{"https://api.anthropic.com", "https://api.anthropic.com", ""},
+		{"https://generativelanguage.googleapis.com", "https://generativelanguage.googleapis.com", ""},
+		{"http://127.0.0.1:8788/v1", "http://127.0.0.1:8788/v1", ""},
+		{"https://res.openai.azure.com/openai/deployments/gpt-4o?api-version=2024-10-21", "https://res.openai.azure.com/openai/deployments/gpt-4o?api-version=2024-10-21", ""},
+	} {
+		u, note, err := ParseBaseURL(c.raw)
+		if err != nil || u.String() != c.want || (c.note == "") != (note == "") || !strings.Contains(note, c.note) {
+			t.Errorf("%s: got %v, %q, %v; want %s, %q", c.raw, u, note, err, c.want, c.note)
+		}
+	}
+	for _, raw := range []string{"api.openai.com/v1", "ftp://x/v1", "https://", "://x", "https://api.openai.com/%zz"} {
+		if _, _, err := ParseBaseURL(raw); err == nil || !strings.Contains(err.Error(), "want an http or https URL") {
+			t.Errorf("%s: got %v", raw, err)
+		}
+	}
+
+	text := "routes:\n  - prefix: /openai\n    targets:\n      - name: openai\n        base_url: https://api.openai.com\n      - {name: or, base_url: 'https://openrouter.ai/api/v1/'}\n"
+	fc, err := ParseConfig("c.yaml", []byte(text), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tg := fc.Routes[0].Failover.Targets
+	if tg[0].BaseURL != "https://api.openai.com/v1" || tg[1].BaseURL != "https://openrouter.ai/api/v1" {
+		t.Fatalf("base URLs %q, %q", tg[0].BaseURL, tg[1].BaseURL)
+	}
+	if want := `c.yaml:4: target "openai": base_url https://api.openai.com is the host's root; understood as its API's base URL, https://api.openai.com/v1`; len(fc.Notes) != 1 || fc.Notes[0] != want {
+		t.Fatalf("notes %q, want %q", fc.Notes, want)
+	}
+}
+
 // A URL the command prints shows no user info and no query value but
 // Azure's api-version: a query could hold a key.
 func TestShowURLHidesUserInfoAndQueryValues(t *testing.T) {
