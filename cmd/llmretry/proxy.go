@@ -24,7 +24,7 @@ import (
 func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("llmretry proxy", flag.ContinueOnError)
 	listen := fs.String("listen", "127.0.0.1:8787", "address to listen on (HTTP/1.1 and h2c); every path is the upstream's")
-	adminListen := fs.String("admin-listen", "127.0.0.1:8786", "address for the proxy's own /healthz and /metrics (empty: none)")
+	adminListen := fs.String("admin-listen", "", "address for the proxy's own /healthz and /metrics; \"\" for none (default: on 127.0.0.1, the port below --listen's: 127.0.0.1:8786 beside 127.0.0.1:8787)")
 	upstream := fs.String("upstream", "", "the API's base URL, as its SDK takes it, e.g. https://api.openai.com/v1; served at the same path: clients use http://LISTEN/v1 (this or --config)")
 	configFile := fs.String("config", "", "a YAML file of routes, failover targets, keys (from env or files) and client tokens (this or --upstream)")
 	d := llmretry.DefaultPolicy()
@@ -57,7 +57,8 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			"  proxy --upstream https://api.openai.com/v1   ->  OPENAI_BASE_URL=http://127.0.0.1:8787/v1\n"+
 			"With --config, each route's prefix stands for its first target's base URL:\n"+
 			"  prefix: /openai                             ->  OPENAI_BASE_URL=http://127.0.0.1:8787/openai\n\n"+
-			"Its own /healthz and /metrics (Prometheus text) are on --admin-listen.\n\n")
+			"Its own /healthz and /metrics (Prometheus text) are on --admin-listen: by default on\n"+
+			"127.0.0.1, the port below --listen's, so that proxies on other ports keep theirs apart.\n\n")
 		fs.PrintDefaults()
 	}
 	if err := parse(fs, args, stdout, stderr); err != nil {
@@ -149,12 +150,16 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err := checkAddr(fs, stderr, "listen", *listen); err != nil {
 		return err
 	}
-	if *adminListen != "" {
-		if err := checkAddr(fs, stderr, "admin-listen", *adminListen); err != nil {
+	adminAddr, adminWhy := *adminListen, "--admin-listen "+*adminListen
+	if !flagSet(fs, "admin-listen") {
+		adminAddr = adminFor(*listen)
+		adminWhy = "the admin address beside --listen " + *listen + " (" + adminAddr + ")"
+	} else if adminAddr != "" {
+		if err := checkAddr(fs, stderr, "admin-listen", adminAddr); err != nil {
 			return err
 		}
 	}
-	cfg.Perimeter = proxy.Perimeter{Origins: allowOrigins, Hosts: allowHosts, Listen: *listen, AdminListen: *adminListen}
+	cfg.Perimeter = proxy.Perimeter{Origins: allowOrigins, Hosts: allowHosts, Listen: *listen, AdminListen: adminAddr}
 	var states []*redisstate.State
 	defer func() {
 		for _, st := range states {
@@ -221,11 +226,11 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return fmt.Errorf("--listen %s: %w", *listen, err)
 	}
-	if *adminListen != "" {
-		aln, err := net.Listen("tcp", *adminListen)
+	if adminAddr != "" {
+		aln, err := net.Listen("tcp", adminAddr)
 		if err != nil {
 			ln.Close()
-			return fmt.Errorf("--admin-listen %s: %w", *adminListen, err)
+			return fmt.Errorf("%s: %w; give --admin-listen another address, or --admin-listen \"\" for none", adminWhy, err)
 		}
 		admin := &http.Server{Handler: admin, ReadHeaderTimeout: 10 * time.Second}
 		go func() { _ = admin.Serve(aln) }()

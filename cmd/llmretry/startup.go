@@ -3,6 +3,7 @@ package main
 import (
 	"cmp"
 	"fmt"
+	"net"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -12,6 +13,20 @@ import (
 	"github.com/llmretry/llmretry"
 	"github.com/llmretry/llmretry/cmd/internal/proxy"
 )
+
+// adminFor is the admin address of a proxy that listens on listen and was
+// given no --admin-listen: on loopback (its /metrics names targets and key
+// ids), the port below listen's, so that proxies on other ports keep their
+// admin endpoints apart and the default --listen 127.0.0.1:8787 keeps
+// 127.0.0.1:8786. Beside port 0 (any free port), any free port too.
+func adminFor(listen string) string {
+	_, port, _ := net.SplitHostPort(listen) // checked by checkAddr
+	p, err := strconv.Atoi(port)
+	if err != nil || p <= 1 {
+		p = 1 // a named port, or 0: any free port
+	}
+	return net.JoinHostPort("127.0.0.1", strconv.Itoa(p-1))
+}
 
 // targetLines says, for each target of each route, where it is, which API
 // family it speaks and whether that was guessed from its host, the header

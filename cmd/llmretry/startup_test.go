@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -203,5 +204,85 @@ func TestRefusedRedisIsLoggedAsRefusedWithItsAddress(t *testing.T) {
 			t.Error("no warning that Redis is down")
 			return
 		}
+	}
+}
+
+// freeAdjacentPorts returns a loopback port p with p-1 free too, apart
+// from avoid and the ports next to them.
+func freeAdjacentPorts(t *testing.T, avoid ...int) int {
+	t.Helper()
+	for range 100 {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := ln.Addr().(*net.TCPAddr).Port
+		below, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p-1))
+		ln.Close()
+		if err != nil {
+			continue
+		}
+		below.Close()
+		ok := true
+		for _, a := range avoid {
+			ok = ok && p != a && p != a-1 && p != a+1
+		}
+		if ok {
+			return p
+		}
+	}
+	t.Fatal("no two free adjacent ports")
+	return 0
+}
+
+// Two proxies started with different --listen addresses and no
+// --admin-listen both took the default admin address 127.0.0.1:8786, and
+// the second failed to start. The admin port follows the listen port (the
+// port below it, on loopback): both start, each with its own.
+func TestTwoProxiesWithDifferentListenAddressesBothStart(t *testing.T) {
+	p1 := freeAdjacentPorts(t)
+	p2 := freeAdjacentPorts(t, p1)
+	a := startProxy(t, "--upstream", "http://127.0.0.1:1/v1", "--listen", fmt.Sprintf("127.0.0.1:%d", p1))
+	b := startProxy(t, "--upstream", "http://127.0.0.1:1/v1", "--listen", fmt.Sprintf("127.0.0.1:%d", p2))
+	for _, c := range []struct {
+		p    *proxyRun
+		port int
+	}{{a, p1}, {b, p2}} {
+		if want := fmt.Sprintf("http://127.0.0.1:%d", c.port-1); c.p.admin != want {
+			t.Fatalf("admin on %q, want %s", c.p.admin, want)
+		}
+		resp, err := http.Get(c.p.admin + "/healthz")
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			t.Fatalf("%s/healthz: %d", c.p.admin, resp.StatusCode)
+		}
+	}
+	http.DefaultClient.CloseIdleConnections()
+}
+
+// The rule, and what it says when the admin port is taken.
+func TestAdminAddressFollowsListen(t *testing.T) {
+	for listen, want := range map[string]string{
+		"127.0.0.1:8787": "127.0.0.1:8786", "127.0.0.1:8797": "127.0.0.1:8796", "0.0.0.0:9000": "127.0.0.1:8999",
+		"[::1]:8787": "127.0.0.1:8786", ":8787": "127.0.0.1:8786", "127.0.0.1:0": "127.0.0.1:0", "127.0.0.1:1": "127.0.0.1:0",
+	} {
+		if got := adminFor(listen); got != want {
+			t.Errorf("beside %s: %s, want %s", listen, got, want)
+		}
+	}
+	port := freeAdjacentPorts(t) - 1
+	taken, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	var stdout, stderr strings.Builder
+	code := run(context.Background(), []string{"proxy", "--upstream", "http://127.0.0.1:1", "--listen", fmt.Sprintf("127.0.0.1:%d", port+1)}, &stdout, &stderr)
+	want := fmt.Sprintf("llmretry proxy: the admin address beside --listen 127.0.0.1:%d (127.0.0.1:%d): listen tcp 127.0.0.1:%d: bind: address already in use; give --admin-listen another address, or --admin-listen \"\" for none", port+1, port, port)
+	if code != 1 || !strings.Contains(stderr.String(), want) {
+		t.Fatalf("exit %d: %s\nwant %s", code, stderr.String(), want)
 	}
 }
