@@ -203,3 +203,50 @@ func TestHelpCommandPrintsThatCommandsHelp(t *testing.T) {
 		t.Errorf("help: exit %d: %q", code, stdout.String())
 	}
 }
+
+// `demo --failover` with a seed printed another story each run (45 to 52
+// attempts in six runs): its 8 chats in flight shared the keys' and
+// targets' health, so which target served a chat depended on timing. Its
+// chats now go one at a time, and the same seed prints the same lines every
+// run but for ports and times.
+func TestFailoverDemoTellsTheSameStoryEveryRun(t *testing.T) {
+	story := func(out string) string {
+		var lines []string
+		for _, l := range strings.Split(out, "\n") {
+			if i := strings.Index(l, "http://127.0.0.1:"); i >= 0 {
+				l = l[:i] // a port
+			}
+			switch f := strings.Fields(l); {
+			case len(f) > 0 && f[0] == "elapsed":
+				l = "elapsed" // a time
+			case len(f) > 0 && f[0] == "waits":
+				l, _, _ = strings.Cut(l, ",") // the count stays, the time goes
+			}
+			lines = append(lines, l)
+		}
+		return strings.Join(lines, "\n")
+	}
+	var first string
+	for i := range 5 {
+		var stdout, stderr bytes.Buffer
+		if code := run(context.Background(), []string{"demo", "--failover"}, &stdout, &stderr); code != 0 || stderr.Len() != 0 {
+			t.Fatalf("exit %d: %s", code, stderr.String())
+		}
+		got := story(stdout.String())
+		if !strings.Contains(got, "served by target fallback") || !strings.Contains(got, "served by target primary") {
+			t.Fatalf("the story lacks its targets:\n%s", got)
+		}
+		if i == 0 {
+			first = got
+		} else if got != first {
+			t.Fatalf("run %d told another story:\n%s\n--- the first:\n%s", i+1, got, first)
+		}
+	}
+	// Chats in flight together are the user's choice, and the demo says
+	// what it costs.
+	var stdout, stderr bytes.Buffer
+	if code := run(context.Background(), []string{"demo", "--failover", "--concurrency", "4", "--requests", "4"}, &stdout, &stderr); code != 0 ||
+		!strings.Contains(stderr.String(), "llmretry demo: --failover with --concurrency 4: chats in flight together share the keys' and targets' health, so which target serves a chat depends on timing") {
+		t.Fatalf("exit %d: %s", code, stderr.String())
+	}
+}

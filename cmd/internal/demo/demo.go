@@ -56,7 +56,10 @@ type Config struct {
 	Policy   llmretry.Policy
 	// Failover starts a second mock provider, healthy, and sends the chats
 	// through a failover Transport: the faulty mock first, with two keys,
-	// then the healthy one, which knows the model by another name.
+	// then the healthy one, which knows the model by another name. Every
+	// chat shares the keys' and targets' health, so the seed alone fixes
+	// which target serves each chat only with Concurrency 1, the
+	// command's default for it.
 	Failover bool
 }
 
