@@ -148,15 +148,7 @@ func TestConfigRefusesAChainThatMixesAPIFamilies(t *testing.T) {
 
 // The README's config example is a config the proxy accepts.
 func TestReadmeConfigExampleIsValid(t *testing.T) {
-	readme, err := os.ReadFile(filepath.Join("..", "..", "..", "README.md"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, rest, ok := strings.Cut(string(readme), "```yaml\n")
-	if !ok {
-		t.Fatal("the README has no yaml block")
-	}
-	block, _, _ := strings.Cut(rest, "```")
+	block := readmeYAML(t, "llmretry.yaml")
 	spare := filepath.Join(t.TempDir(), "openai_spare")
 	if err := os.WriteFile(spare, []byte("sk-spare\n"), 0o600); err != nil {
 		t.Fatal(err)
@@ -175,6 +167,24 @@ func TestReadmeConfigExampleIsValid(t *testing.T) {
 	if _, err := NewRouter(fc, Config{}); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// readmeYAML is the README's yaml block whose first line is a comment
+// that begins with name.
+func readmeYAML(t *testing.T, name string) string {
+	t.Helper()
+	readme, err := os.ReadFile(filepath.Join("..", "..", "..", "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, block := range strings.Split(string(readme), "```yaml\n")[1:] {
+		block, _, _ = strings.Cut(block, "```")
+		if strings.HasPrefix(block, "# "+name) {
+			return block
+		}
+	}
+	t.Fatalf("the README has no yaml block that begins # %s", name)
+	return ""
 }
 
 // Whatever a config file holds, reading it gives a config or a ConfigError
@@ -228,20 +238,16 @@ func acceptedConfigs(t *testing.T) map[string]string {
 	if err := os.WriteFile(keyFile, []byte("sk-from-file\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	readme, err := os.ReadFile(filepath.Join("..", "..", "..", "README.md"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, rest, _ := strings.Cut(string(readme), "```yaml\n")
-	readmeBlock, _, _ := strings.Cut(rest, "```")
+	readmeBlock := readmeYAML(t, "llmretry.yaml")
 	return map[string]string{
-		"good":                strings.Replace(goodConfig, "KEYFILE", keyFile, 1),
-		"readme":              strings.Replace(readmeBlock, "/run/secrets/openai_spare", keyFile, 1),
-		"one family":          "routes:\n  - prefix: /chat\n    targets:\n      - name: openai\n        base_url: https://anthropic-proxy.example\n        api: anthropic\n      - name: claude\n        base_url: https://api.anthropic.com\n",
-		"models":              "routes:\n  - prefix: /a\n    targets: [{name: x, base_url: 'https://x', models: {a: b}}]\n",
-		"gemini at the root":  "{routes: [{prefix: /, targets: [{name: a, base_url: 'http://h', api: gemini}]}]}",
-		"shared target names": sharedTargetNames,
-		"perimeter":           "allow_origins: [https://app.example.com]\nallow_hosts: [proxy.internal]\n" + sharedTargetNames,
+		"good":                 strings.Replace(goodConfig, "KEYFILE", keyFile, 1),
+		"readme":               strings.Replace(readmeBlock, "/run/secrets/openai_spare", keyFile, 1),
+		"readme, five minutes": readmeYAML(t, "five.yaml"),
+		"one family":           "routes:\n  - prefix: /chat\n    targets:\n      - name: openai\n        base_url: https://anthropic-proxy.example\n        api: anthropic\n      - name: claude\n        base_url: https://api.anthropic.com\n",
+		"models":               "routes:\n  - prefix: /a\n    targets: [{name: x, base_url: 'https://x', models: {a: b}}]\n",
+		"gemini at the root":   "{routes: [{prefix: /, targets: [{name: a, base_url: 'http://h', api: gemini}]}]}",
+		"shared target names":  sharedTargetNames,
+		"perimeter":            "allow_origins: [https://app.example.com]\nallow_hosts: [proxy.internal]\n" + sharedTargetNames,
 	}
 }
 
