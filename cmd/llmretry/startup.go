@@ -90,7 +90,8 @@ func fleetState(o *redis.Options, name string) string {
 // default go-redis redials and retries within redisstate's timeout, which
 // then reports "context deadline exceeded" instead of the refusal and its
 // address. redisstate syncs again on its own a moment later, so nothing
-// is lost. Settings the --redis URL gives are kept.
+// is lost. A max_retries the --redis URL gives is kept (a URL cannot set
+// the dial's retries).
 func failFast(o *redis.Options) {
 	if o.MaxRetries == 0 {
 		o.MaxRetries = -1
