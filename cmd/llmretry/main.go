@@ -5,6 +5,7 @@
 //	llmretry proxy --upstream URL      put retries in front of any client
 //	llmretry mock --faults SPEC        a mock provider that fails on purpose
 //	llmretry version                   the module version it was built from
+//	llmretry help COMMAND              a command's flags
 //
 // Exit status: 0 on success, 2 on a usage error, 1 on failure.
 package main
@@ -19,6 +20,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime/debug"
+	"sort"
 	"strconv"
 	"strings"
 	"syscall"
@@ -32,7 +34,7 @@ Usage:
   llmretry mock  [flags]   a mock LLM provider with scripted faults
   llmretry version         print the version
 
-Run 'llmretry COMMAND --help' for a command's flags.
+Run 'llmretry help COMMAND' (or 'llmretry COMMAND --help') for a command's flags.
 `
 
 // errUsage marks a usage error (exit status 2); the message was printed.
@@ -58,7 +60,23 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = runProxy(ctx, args[1:], stdout, stderr)
 	case "mock":
 		err = runMock(ctx, args[1:], stdout, stderr)
-	case "-h", "-help", "--help", "help":
+	case "help":
+		// help COMMAND is COMMAND --help.
+		if len(args) > 1 {
+			switch args[1] {
+			case "demo", "proxy", "mock":
+				return run(ctx, []string{args[1], "--help"}, stdout, stderr)
+			case "version":
+				fmt.Fprintln(stdout, "Usage: llmretry version\n\nPrints the module version the command was built from.")
+				return 0
+			default:
+				fmt.Fprintf(stderr, "llmretry help: unknown command %q\n\n%s", args[1], usage)
+				return 2
+			}
+		}
+		fmt.Fprint(stdout, usage)
+		return 0
+	case "-h", "-help", "--help":
 		fmt.Fprint(stdout, usage)
 		return 0
 	case "version", "-version", "--version":
@@ -153,11 +171,11 @@ func wantOf(f *flag.Flag) string {
 	return "a value such as " + strconv.Quote(f.DefValue)
 }
 
-// checkListen makes a --listen address that is not HOST:PORT a usage
-// error, before anything listens.
-func checkListen(fs *flag.FlagSet, stderr io.Writer, addr string) error {
+// checkAddr makes an address flag (--listen, --admin-listen) that is not
+// HOST:PORT a usage error naming the flag, before anything listens.
+func checkAddr(fs *flag.FlagSet, stderr io.Writer, name, addr string) error {
 	if _, port, err := net.SplitHostPort(addr); err != nil || port == "" {
-		return usageErr(fs, stderr, "--listen %q: want HOST:PORT, such as 127.0.0.1:8787", addr)
+		return usageErr(fs, stderr, "--%s %q: want HOST:PORT, such as 127.0.0.1:8787", name, addr)
 	}
 	return nil
 }
@@ -167,4 +185,30 @@ func checkListen(fs *flag.FlagSet, stderr io.Writer, addr string) error {
 func usageErr(fs *flag.FlagSet, stderr io.Writer, format string, a ...any) error {
 	fmt.Fprintf(stderr, "%s: %s\nRun '%s --help' for its flags.\n", fs.Name(), fmt.Sprintf(format, a...), fs.Name())
 	return errUsage
+}
+
+// checkPositive makes a flag whose value is out of range a usage error
+// naming the flag and its value: above, those that must be more than 0;
+// zeroOK, those that may be 0 (off) but not less.
+func checkPositive(fs *flag.FlagSet, stderr io.Writer, above, zeroOK map[string]bool) error {
+	for _, group := range []struct {
+		bad  map[string]bool
+		want string
+	}{{above, "more than 0"}, {zeroOK, "0 (off) or more"}} {
+		names := make([]string, 0, len(group.bad))
+		for name, bad := range group.bad {
+			if bad {
+				names = append(names, name)
+			}
+		}
+		sort.Strings(names)
+		for _, name := range names {
+			want := group.want
+			if name == "max-attempts" {
+				want = "1 or more (the first attempt counts)"
+			}
+			return usageErr(fs, stderr, "--%s %s: want %s", name, fs.Lookup(name).Value, want)
+		}
+	}
+	return nil
 }

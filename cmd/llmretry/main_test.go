@@ -27,7 +27,7 @@ func TestExitStatus(t *testing.T) {
 		{[]string{"mock", "--help"}, nil, 0, "-faults"},
 		{[]string{"proxy"}, nil, 2, "--upstream or --config is required"},
 		{[]string{"proxy", "--upstream", "ftp://example.com"}, nil, 2, "want an http or https URL"},
-		{[]string{"proxy", "--upstream", "http://127.0.0.1:1", "--max-attempts", "0"}, nil, 2, "must be positive"},
+		{[]string{"proxy", "--upstream", "http://127.0.0.1:1", "--max-attempts", "0"}, nil, 2, "--max-attempts 0: want 1 or more"},
 		{[]string{"proxy", "--upstream", "http://127.0.0.1:1", "--listen", "256.0.0.1:1"}, nil, 1, "listen"},
 		{[]string{"proxy", "--upstream", "http://127.0.0.1:1", "--listen", "nohost"}, nil, 2, `--listen "nohost": want HOST:PORT`},
 		{[]string{"mock", "--listen", "nohost"}, nil, 2, `--listen "nohost": want HOST:PORT`},
@@ -43,7 +43,7 @@ func TestExitStatus(t *testing.T) {
 		{[]string{"proxy", "--upstream", "http://127.0.0.1:1", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--budget", "off"}, cancelled, 0, "llmretry proxy on"},
 		{[]string{"mock", "--faults", "explode"}, nil, 2, "unknown fault"},
 		{[]string{"mock", "--listen", "127.0.0.1:0", "--faults", "503,ok"}, cancelled, 0, "mock provider listening"},
-		{[]string{"demo", "--requests", "0"}, nil, 2, "at least 1"},
+		{[]string{"demo", "--requests", "0"}, nil, 2, "--requests 0: want 1 or more"},
 		{[]string{"demo", "--upstream", "https://api.example.com/v1"}, nil, 2, "OPENAI_API_KEY"},
 		{[]string{"demo", "extra"}, nil, 2, "unexpected argument"},
 		{[]string{"demo", "--requests", "3", "--faults", "503"}, nil, 0, "streams intact, exactly once"},
@@ -142,5 +142,111 @@ func TestRedisDialFailuresGoToTheProxysLogger(t *testing.T) {
 	var stdout, stderr bytes.Buffer
 	if code := run(context.Background(), []string{"proxy", "--upstream", "http://x:1", "--log-level", "loud"}, &stdout, &stderr); code != 2 {
 		t.Fatalf("--log-level loud: exit %d", code)
+	}
+}
+
+// A bad flag value was reported as "attempts, delays and sizes must be
+// positive", naming no flag. The one line names the flag, its value and
+// what it wants.
+func TestBadFlagValueNamesTheFlag(t *testing.T) {
+	for want, args := range map[string][]string{
+		"llmretry proxy: --max-attempts 0: want 1 or more (the first attempt counts)\n":       {"--max-attempts", "0"},
+		"llmretry proxy: --base-delay 0s: want more than 0\n":                                 {"--base-delay", "0s"},
+		"llmretry proxy: --max-body -1: want more than 0\n":                                   {"--max-body", "-1"},
+		"llmretry proxy: --max-held 0: want more than 0\n":                                    {"--max-held", "0"},
+		"llmretry proxy: --upstream-timeout -1s: want more than 0\n":                          {"--upstream-timeout", "-1s"},
+		"llmretry proxy: --idle-timeout -1s: want 0 (off) or more\n":                          {"--idle-timeout", "-1s"},
+		"llmretry proxy: --grace -5s: want 0 (off) or more\n":                                 {"--grace", "-5s"},
+		"llmretry proxy: --admin-listen \"nohost\": want HOST:PORT, such as 127.0.0.1:8787\n": {"--admin-listen", "nohost"},
+	} {
+		var stdout, stderr bytes.Buffer
+		code := run(context.Background(), append([]string{"proxy", "--upstream", "http://127.0.0.1:1"}, args...), &stdout, &stderr)
+		if lines := strings.SplitAfter(stderr.String(), "\n"); code != 2 || lines[0] != want {
+			t.Errorf("%v: exit %d, got %q, want %q", args, code, stderr.String(), want)
+		}
+	}
+	for want, args := range map[string][]string{
+		"llmretry demo: --requests 0: want 1 or more\n":     {"--requests", "0"},
+		"llmretry demo: --concurrency -2: want 1 or more\n": {"--concurrency", "-2"},
+	} {
+		var stdout, stderr bytes.Buffer
+		code := run(context.Background(), append([]string{"demo"}, args...), &stdout, &stderr)
+		if lines := strings.SplitAfter(stderr.String(), "\n"); code != 2 || lines[0] != want {
+			t.Errorf("%v: exit %d, got %q, want %q", args, code, stderr.String(), want)
+		}
+	}
+}
+
+// `llmretry help proxy` printed the general usage. It prints the
+// command's own help, as `llmretry proxy --help` does, for each command.
+func TestHelpCommandPrintsThatCommandsHelp(t *testing.T) {
+	for _, c := range []string{"proxy", "demo", "mock"} {
+		var viaHelp, viaFlag, stderr bytes.Buffer
+		if code := run(context.Background(), []string{"help", c}, &viaHelp, &stderr); code != 0 || stderr.Len() != 0 {
+			t.Fatalf("help %s: exit %d, stderr %q", c, code, stderr.String())
+		}
+		run(context.Background(), []string{c, "--help"}, &viaFlag, &stderr)
+		if viaHelp.String() != viaFlag.String() || !strings.HasPrefix(viaHelp.String(), "Usage: llmretry "+c) {
+			t.Errorf("help %s printed:\n%s\nwant %s --help's:\n%s", c, viaHelp.String(), c, viaFlag.String())
+		}
+	}
+	var stdout, stderr bytes.Buffer
+	if code := run(context.Background(), []string{"help", "version"}, &stdout, &stderr); code != 0 || !strings.HasPrefix(stdout.String(), "Usage: llmretry version") {
+		t.Errorf("help version: exit %d: %q", code, stdout.String())
+	}
+	stdout.Reset()
+	if code := run(context.Background(), []string{"help", "frobnicate"}, &stdout, &stderr); code != 2 || !strings.Contains(stderr.String(), `llmretry help: unknown command "frobnicate"`) {
+		t.Errorf("help frobnicate: exit %d: %q", code, stderr.String())
+	}
+	stdout.Reset()
+	if code := run(context.Background(), []string{"help"}, &stdout, &stderr); code != 0 || !strings.Contains(stdout.String(), "llmretry help COMMAND") {
+		t.Errorf("help: exit %d: %q", code, stdout.String())
+	}
+}
+
+// `demo --failover` with a seed printed another story each run (45 to 52
+// attempts in six runs): its 8 chats in flight shared the keys' and
+// targets' health, so which target served a chat depended on timing. Its
+// chats now go one at a time, and the same seed prints the same lines every
+// run but for ports and times.
+func TestFailoverDemoTellsTheSameStoryEveryRun(t *testing.T) {
+	story := func(out string) string {
+		var lines []string
+		for _, l := range strings.Split(out, "\n") {
+			if i := strings.Index(l, "http://127.0.0.1:"); i >= 0 {
+				l = l[:i] // a port
+			}
+			switch f := strings.Fields(l); {
+			case len(f) > 0 && f[0] == "elapsed":
+				l = "elapsed" // a time
+			case len(f) > 0 && f[0] == "waits":
+				l, _, _ = strings.Cut(l, ",") // the count stays, the time goes
+			}
+			lines = append(lines, l)
+		}
+		return strings.Join(lines, "\n")
+	}
+	var first string
+	for i := range 5 {
+		var stdout, stderr bytes.Buffer
+		if code := run(context.Background(), []string{"demo", "--failover"}, &stdout, &stderr); code != 0 || stderr.Len() != 0 {
+			t.Fatalf("exit %d: %s", code, stderr.String())
+		}
+		got := story(stdout.String())
+		if !strings.Contains(got, "served by target fallback") || !strings.Contains(got, "served by target primary") {
+			t.Fatalf("the story lacks its targets:\n%s", got)
+		}
+		if i == 0 {
+			first = got
+		} else if got != first {
+			t.Fatalf("run %d told another story:\n%s\n--- the first:\n%s", i+1, got, first)
+		}
+	}
+	// Chats in flight together are the user's choice, and the demo says
+	// what it costs.
+	var stdout, stderr bytes.Buffer
+	if code := run(context.Background(), []string{"demo", "--failover", "--concurrency", "4", "--requests", "4"}, &stdout, &stderr); code != 0 ||
+		!strings.Contains(stderr.String(), "llmretry demo: --failover with --concurrency 4: chats in flight together share the keys' and targets' health, so which target serves a chat depends on timing") {
+		t.Fatalf("exit %d: %s", code, stderr.String())
 	}
 }

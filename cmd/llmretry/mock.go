@@ -38,7 +38,7 @@ func runMock(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err := parse(fs, args, stdout, stderr); err != nil {
 		return err
 	}
-	if err := checkListen(fs, stderr, *listen); err != nil {
+	if err := checkAddr(fs, stderr, "listen", *listen); err != nil {
 		return err
 	}
 	script, err := mockllm.ParseFaults(*faults)

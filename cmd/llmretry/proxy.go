@@ -24,8 +24,8 @@ import (
 func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("llmretry proxy", flag.ContinueOnError)
 	listen := fs.String("listen", "127.0.0.1:8787", "address to listen on (HTTP/1.1 and h2c); every path is the upstream's")
-	adminListen := fs.String("admin-listen", "127.0.0.1:8786", "address for the proxy's own /healthz and /metrics (empty: none)")
-	upstream := fs.String("upstream", "", "the API to forward to, e.g. https://api.openai.com (this or --config)")
+	adminListen := fs.String("admin-listen", "", "address for the proxy's own /healthz and /metrics; \"\" for none (default: on 127.0.0.1, the port below --listen's: 127.0.0.1:8786 beside 127.0.0.1:8787)")
+	upstream := fs.String("upstream", "", "the API's base URL, as its SDK takes it, e.g. https://api.openai.com/v1; served at the same path: clients use http://LISTEN/v1 (this or --config)")
 	configFile := fs.String("config", "", "a YAML file of routes, failover targets, keys (from env or files) and client tokens (this or --upstream)")
 	d := llmretry.DefaultPolicy()
 	maxAttempts := fs.Int("max-attempts", d.MaxAttempts, "attempts per request, the first included")
@@ -51,14 +51,23 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.Var(&allowOrigins, "allow-origin", "with --config: a web `ORIGIN` whose pages may use the routes, such as https://app.example.com (repeat it, or separate with commas); pages of other origins get 403")
 	fs.Var(&allowHosts, "allow-host", "with --config on a loopback --listen: a Host `NAME` the proxy answers to besides localhost and loopback addresses (repeat it, or separate with commas); others get 403")
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "Usage: llmretry proxy --upstream URL [flags]\n       llmretry proxy --config FILE [flags]\n\nA retrying reverse proxy: point any client at it, e.g.\n  OPENAI_BASE_URL=http://127.0.0.1:8787/v1\nWith --config, each route's prefix stands for its first target's base URL:\n  OPENAI_BASE_URL=http://127.0.0.1:8787/openai\n\nIts own /healthz and /metrics (Prometheus text) are on --admin-listen.\n\n")
+		fmt.Fprintf(fs.Output(), "Usage: llmretry proxy --upstream URL [flags]\n       llmretry proxy --config FILE [flags]\n\n"+
+			"A retrying reverse proxy. --upstream and a config's base_url take the API's base URL, as its SDK\n"+
+			"takes it (https://api.openai.com/v1, https://openrouter.ai/api/v1, https://api.anthropic.com).\n"+
+			"--upstream is served at its own path: point any client at the proxy with that path, e.g.\n"+
+			"  proxy --upstream https://api.openai.com/v1   ->  OPENAI_BASE_URL=http://127.0.0.1:8787/v1\n"+
+			"With --config, each route's prefix stands for its first target's base URL:\n"+
+			"  prefix: /openai                             ->  OPENAI_BASE_URL=http://127.0.0.1:8787/openai\n\n"+
+			"Its own /healthz and /metrics (Prometheus text) are on --admin-listen: by default on\n"+
+			"127.0.0.1, the port below --listen's, so that proxies on other ports keep theirs apart.\n\n")
 		fs.PrintDefaults()
 	}
 	if err := parse(fs, args, stdout, stderr); err != nil {
 		return err
 	}
-	var u *url.URL
+	var u, base *url.URL
 	var fc *proxy.FileConfig
+	var notes []string // what was understood, said at startup
 	switch {
 	case *upstream != "" && *configFile != "":
 		return usageErr(fs, stderr, "give --upstream or --config, not both")
@@ -68,6 +77,7 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			fmt.Fprintf(stderr, "llmretry proxy: %v\n", err)
 			return errUsage
 		}
+		notes = append(notes, fc.Notes...)
 		if len(fc.Clients) == 0 && !loopback(*listen) {
 			what := "its routes"
 			if fc.HoldsKeys() {
@@ -80,17 +90,29 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	case len(allowOrigins) > 0 || len(allowHosts) > 0:
 		return usageErr(fs, stderr, "--allow-origin and --allow-host go with --config: with --upstream the proxy holds no keys, and checks no origin or host")
 	default:
+		var note string
 		var err error
-		u, err = url.Parse(*upstream)
-		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			return usageErr(fs, stderr, "--upstream %q: want an http or https URL", *upstream)
+		if base, note, err = proxy.ParseBaseURL(*upstream); err != nil {
+			return usageErr(fs, stderr, "--upstream %q: %v", *upstream, err)
 		}
+		if note != "" {
+			notes = append(notes, "--upstream "+note)
+		}
+		// The base is served at its own path: a request's path goes to
+		// the upstream's host as it came, byte for byte, and the base's
+		// path says where clients point. Nothing is joined, so no path is
+		// ever doubled (/v1/v1/...).
+		u = &url.URL{Scheme: base.Scheme, Host: base.Host, User: base.User, RawQuery: base.RawQuery}
 	}
 	if *continueStreams < 0 {
 		return usageErr(fs, stderr, "--continue-streams %d: want 0 (off) or how many times one stream may be continued", *continueStreams)
 	}
-	if *maxAttempts < 1 || *baseDelay <= 0 || *maxDelay <= 0 || *maxRetryAfter <= 0 || *maxBody <= 0 || *bodyTimeout <= 0 || *maxHeld <= 0 || *upstreamTimeout <= 0 || *maxUpstreamHeader <= 0 || *idle < 0 || *firstEvent < 0 || *grace < 0 {
-		return usageErr(fs, stderr, "attempts, delays and sizes must be positive")
+	if err := checkPositive(fs, stderr, map[string]bool{
+		"max-attempts": *maxAttempts < 1, "base-delay": *baseDelay <= 0, "max-delay": *maxDelay <= 0,
+		"max-retry-after": *maxRetryAfter <= 0, "max-body": *maxBody <= 0, "body-timeout": *bodyTimeout <= 0,
+		"max-held": *maxHeld <= 0, "upstream-timeout": *upstreamTimeout <= 0, "max-upstream-header": *maxUpstreamHeader <= 0,
+	}, map[string]bool{"idle-timeout": *idle < 0, "first-event-timeout": *firstEvent < 0, "grace": *grace < 0}); err != nil {
+		return err
 	}
 	budgetOff, ratio, ok := parseBudgetFlag(*budgetFlag)
 	if !ok {
@@ -118,7 +140,6 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		MaxBody:  *maxBody, IdleTimeout: *idle, Logger: logger, Options: opts,
 		BodyTimeout: *bodyTimeout, MaxHeld: *maxHeld, UpstreamTimeout: *upstreamTimeout, MaxUpstreamHeader: *maxUpstreamHeader,
 		BudgetOff: budgetOff, BudgetRatio: ratio, CooldownsOff: cooldownsOff,
-		Perimeter: proxy.Perimeter{Origins: allowOrigins, Hosts: allowHosts, Listen: *listen, AdminListen: *adminListen},
 	}
 	if *continueStreams > 0 {
 		cfg.Continuation = &llmretry.Continuation{Max: *continueStreams}
@@ -133,14 +154,19 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			return usageErr(fs, stderr, "--allow-host: %v", err)
 		}
 	}
-	if err := checkListen(fs, stderr, *listen); err != nil {
+	if err := checkAddr(fs, stderr, "listen", *listen); err != nil {
 		return err
 	}
-	if *adminListen != "" {
-		if err := checkListen(fs, stderr, *adminListen); err != nil {
+	adminAddr, adminWhy := *adminListen, "--admin-listen "+*adminListen
+	if !flagSet(fs, "admin-listen") {
+		adminAddr = adminFor(*listen)
+		adminWhy = "the admin address beside --listen " + *listen + " (" + adminAddr + ")"
+	} else if adminAddr != "" {
+		if err := checkAddr(fs, stderr, "admin-listen", adminAddr); err != nil {
 			return err
 		}
 	}
+	cfg.Perimeter = proxy.Perimeter{Origins: allowOrigins, Hosts: allowHosts, Listen: *listen, AdminListen: adminAddr}
 	var states []*redisstate.State
 	defer func() {
 		for _, st := range states {
@@ -148,11 +174,13 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		}
 	}()
 	var newState func(name string) (*redisstate.State, error)
+	var ropts *redis.Options
 	if *redisURL != "" {
-		ropts, err := redis.ParseURL(*redisURL)
-		if err != nil {
+		var err error
+		if ropts, err = redis.ParseURL(*redisURL); err != nil {
 			return usageErr(fs, stderr, "%s", redisURLProblem(*redisURL, err))
 		}
+		failFast(ropts)
 		routeRedisLogs(logger)
 		rc := redis.NewClient(ropts)
 		defer rc.Close()
@@ -171,10 +199,11 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	var handler http.Handler
 	var admin http.Handler
-	var target string
+	var target, fleetName string
 	if fc != nil {
+		fleetName = cmp.Or(*redisName, "proxy")
 		if newState != nil {
-			cd, err := shareThroughRedis(fc, cmp.Or(*redisName, "proxy"), budgetOff, newState)
+			cd, err := shareThroughRedis(fc, fleetName, budgetOff, newState)
 			if err != nil {
 				return err
 			}
@@ -186,8 +215,9 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		}
 		handler, admin, target = rt, rt.Admin(), "the routes of "+*configFile+": "+strings.Join(rt.Prefixes(), ", ")
 	} else {
+		fleetName = cmp.Or(*redisName, u.Host)
 		if newState != nil {
-			st, err := newState(cmp.Or(*redisName, u.Host))
+			st, err := newState(fleetName)
 			if err != nil {
 				return err
 			}
@@ -197,25 +227,39 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		if err != nil {
 			return usageErr(fs, stderr, "%v", err)
 		}
-		handler, admin, target = p, p.Admin(), u.Redacted()
+		handler, admin, target = p, p.Admin(), proxy.ShowURL(base)
 	}
 	ln, err := net.Listen("tcp", *listen)
 	if err != nil {
-		return err
+		return fmt.Errorf("--listen %s: %w", *listen, err)
 	}
-	if *adminListen != "" {
-		aln, err := net.Listen("tcp", *adminListen)
+	if adminAddr != "" {
+		aln, err := net.Listen("tcp", adminAddr)
 		if err != nil {
 			ln.Close()
-			return fmt.Errorf("admin listener: %w", err)
+			return fmt.Errorf("%s: %w; give --admin-listen another address, or --admin-listen \"\" for none", adminWhy, err)
 		}
 		admin := &http.Server{Handler: admin, ReadHeaderTimeout: 10 * time.Second}
 		go func() { _ = admin.Serve(aln) }()
 		defer admin.Close()
 		fmt.Fprintf(stdout, "llmretry proxy admin (/healthz, /metrics) on http://%s\n", aln.Addr())
 	}
+	for _, note := range notes {
+		fmt.Fprintf(stderr, "llmretry proxy: %s\n", note)
+	}
 	srv := proxy.NewServer(handler)
-	fmt.Fprintf(stdout, "llmretry proxy on http://%s -> %s\n", ln.Addr(), target)
+	// Where it listens, what it sends where, and whether it shares state:
+	// on stdout, which --quiet leaves alone.
+	addr := "http://" + ln.Addr().String()
+	if fc != nil {
+		fmt.Fprintf(stdout, "llmretry proxy on %s -> %s\n", addr, target)
+		for _, line := range targetLines(fc, addr) {
+			fmt.Fprintf(stdout, "llmretry proxy %s\n", line)
+		}
+	} else {
+		fmt.Fprintf(stdout, "llmretry proxy on %s -> %s (clients use %s%s; their credentials pass through)\n", addr, target, addr, base.EscapedPath())
+	}
+	fmt.Fprintf(stdout, "llmretry proxy fleet state: %s\n", fleetState(ropts, fleetName))
 	return proxy.Serve(ctx, srv, func() error { return srv.Serve(ln) }, *grace, logger)
 }
 

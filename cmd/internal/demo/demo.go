@@ -11,6 +11,7 @@ import (
 	"maps"
 	"net"
 	"net/http"
+	"net/url"
 	"slices"
 	"strconv"
 	"strings"
@@ -55,7 +56,10 @@ type Config struct {
 	Policy   llmretry.Policy
 	// Failover starts a second mock provider, healthy, and sends the chats
 	// through a failover Transport: the faulty mock first, with two keys,
-	// then the healthy one, which knows the model by another name.
+	// then the healthy one, which knows the model by another name. Every
+	// chat shares the keys' and targets' health, so the seed alone fixes
+	// which target serves each chat only with Concurrency 1, the
+	// command's default for it.
 	Failover bool
 }
 
@@ -189,8 +193,19 @@ func Run(ctx context.Context, cfg Config, out io.Writer) (*Summary, error) {
 	} else {
 		tr = llmretry.NewTransport(countingTransport{under, attempts}, opts...)
 	}
-	client := openai.NewClient(option.WithBaseURL(base+"/"), option.WithAPIKey(cfg.APIKey),
-		option.WithHTTPClient(&http.Client{Transport: tr}), option.WithMaxRetries(0))
+	clientOpts := []option.RequestOption{option.WithAPIKey(cfg.APIKey),
+		option.WithHTTPClient(&http.Client{Transport: tr}), option.WithMaxRetries(0)}
+	// openai-go drops a base URL's query: its parameters (Azure's
+	// api-version) go on every request, as the proxy sends them.
+	baseURL, query, _ := strings.Cut(base, "?")
+	for _, kv := range strings.Split(query, "&") {
+		if k, v, _ := strings.Cut(kv, "="); k != "" {
+			k, _ = url.QueryUnescape(k)
+			v, _ = url.QueryUnescape(v)
+			clientOpts = append(clientOpts, option.WithQueryAdd(k, v))
+		}
+	}
+	client := openai.NewClient(append(clientOpts, option.WithBaseURL(baseURL+"/"))...)
 
 	maxAttempts := cfg.Policy.MaxAttempts
 	if maxAttempts <= 0 {

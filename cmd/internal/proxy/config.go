@@ -6,6 +6,7 @@ import (
 	"net/url"
 	"os"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -29,6 +30,10 @@ type FileConfig struct {
 	// localhost and loopback addresses (Perimeter).
 	AllowOrigins []string
 	AllowHosts   []string
+	// Notes are what was understood where the file left a choice to the
+	// reader (a base_url given as its host's root), one line each, with
+	// the line of the file: the command prints them at startup.
+	Notes []string
 }
 
 // Client is one client allowed in, by its token.
@@ -96,12 +101,13 @@ func ParseConfig(name string, data []byte, getenv func(string) string) (*FileCon
 	r := &reader{file: name, getenv: getenv}
 	var root yaml.Node
 	if err := yaml.Unmarshal(data, &root); err != nil {
-		return nil, r.yamlErr(err)
+		return nil, syntaxError(name, data, err)
 	}
 	if len(root.Content) == 0 {
 		return nil, &ConfigError{File: name, Msg: "the file is empty: it needs routes"}
 	}
 	cfg := &FileConfig{}
+	defer func() { cfg.Notes = r.notes }()
 	err := r.mapping(root.Content[0], "the config", map[string]func(*yaml.Node) error{
 		"clients": func(n *yaml.Node) error {
 			return r.list(n, "clients", func(item *yaml.Node) error {
@@ -175,29 +181,11 @@ func ParseConfig(name string, data []byte, getenv func(string) string) (*FileCon
 type reader struct {
 	file   string
 	getenv func(string) string
+	notes  []string
 }
 
 func (r *reader) errf(n *yaml.Node, format string, args ...any) error {
 	return &ConfigError{File: r.file, Line: n.Line, Msg: fmt.Sprintf(format, args...)}
-}
-
-// yamlErr turns yaml.v3's errors ("yaml: line 3: ...") into ConfigErrors.
-func (r *reader) yamlErr(err error) error {
-	var te *yaml.TypeError
-	msg := err.Error()
-	if errors.As(err, &te) && len(te.Errors) > 0 {
-		msg = te.Errors[0]
-	}
-	msg = strings.TrimPrefix(msg, "yaml: ")
-	line := 0
-	if rest, ok := strings.CutPrefix(msg, "line "); ok {
-		if n, after, ok := strings.Cut(rest, ": "); ok {
-			if _, serr := fmt.Sscanf(n, "%d", &line); serr == nil {
-				msg = after
-			}
-		}
-	}
-	return &ConfigError{File: r.file, Line: line, Msg: msg}
 }
 
 // mapping reads a mapping node: each known field by its function, an
@@ -246,13 +234,18 @@ func (r *reader) list(n *yaml.Node, what string, each func(*yaml.Node) error) er
 	return nil
 }
 
-// scalar decodes a scalar node into v, with the node's line on error.
-func (r *reader) scalar(n *yaml.Node, what string, v any) error {
+// scalar reads a scalar node's text into s, with the node's line on error.
+// A null (~, null, or nothing) reads as "".
+func (r *reader) scalar(n *yaml.Node, what string, s *string) error {
+	if n.Kind == yaml.AliasNode && n.Alias != nil {
+		n = n.Alias
+	}
 	if n.Kind != yaml.ScalarNode {
 		return r.errf(n, "%s must be a single value", what)
 	}
-	if err := n.Decode(v); err != nil {
-		return r.errf(n, "%s: %v", what, strings.TrimPrefix(r.yamlErr(err).(*ConfigError).Msg, "cannot unmarshal "))
+	*s = n.Value
+	if n.ShortTag() == "!!null" {
+		*s = ""
 	}
 	return nil
 }
@@ -271,12 +264,15 @@ func (r *reader) duration(n *yaml.Node, what string, d *time.Duration) error {
 }
 
 func (r *reader) positive(n *yaml.Node, what string, i *int) error {
-	if err := r.scalar(n, what, i); err != nil {
+	var s string
+	if err := r.scalar(n, what, &s); err != nil {
 		return err
 	}
-	if *i <= 0 {
-		return r.errf(n, "%s must be positive", what)
+	v, err := strconv.Atoi(s)
+	if err != nil || v <= 0 {
+		return r.errf(n, "%s %q: want a whole number, 1 or more", what, s)
 	}
+	*i = v
 	return nil
 }
 
@@ -310,7 +306,13 @@ func (r *reader) secret(n *yaml.Node, what string) (string, error) {
 	case file != "":
 		b, err := os.ReadFile(file)
 		if err != nil {
-			return "", r.errf(n, "%s: %v", what, errors.Unwrap(err))
+			// The path, and why it cannot be read, in the system's words
+			// (no such file, permission denied): a path is no secret.
+			why := err
+			if u := errors.Unwrap(err); u != nil {
+				why = u
+			}
+			return "", r.errf(n, "%s: file %s: %v", what, file, why)
 		}
 		v := strings.TrimRight(string(b), "\r\n")
 		if strings.TrimSpace(v) == "" {
@@ -395,12 +397,13 @@ func (r *reader) route(n *yaml.Node) (Route, error) {
 		"max_recheck":         func(v *yaml.Node) error { return r.duration(v, "max_recheck", &f.MaxRecheck) },
 		"max_rest":            func(v *yaml.Node) error { return r.duration(v, "max_rest", &f.MaxRest) },
 		"continue_streams": func(v *yaml.Node) error {
-			var n int
-			if err := r.scalar(v, "continue_streams", &n); err != nil {
+			var text string
+			if err := r.scalar(v, "continue_streams", &text); err != nil {
 				return err
 			}
-			if n < 0 {
-				return r.errf(v, "continue_streams must be 0 (off) or how many times one stream may be continued")
+			n, err := strconv.Atoi(text)
+			if err != nil || n < 0 {
+				return r.errf(v, "continue_streams %q: want 0 (off) or how many times one stream may be continued", text)
 			}
 			if rt.Continuation == nil {
 				rt.Continuation = &llmretry.Continuation{}
@@ -485,8 +488,149 @@ func (r *reader) target(n *yaml.Node) (llmretry.Target, error) {
 		}
 		tg.Family = f
 	}
-	if u, err := url.Parse(tg.BaseURL); err != nil || u.Scheme != "http" && u.Scheme != "https" || u.Host == "" {
-		return tg, r.errf(n, "target %q: base_url %q: want an http or https URL", tg.Name, tg.BaseURL)
+	u, note, err := ParseBaseURL(tg.BaseURL)
+	if err != nil {
+		return tg, r.errf(n, "target %q: base_url %q: %v", tg.Name, tg.BaseURL, err)
 	}
+	if note != "" {
+		r.notes = append(r.notes, (&ConfigError{File: r.file, Line: n.Line, Msg: fmt.Sprintf("target %q: base_url %s", tg.Name, note)}).Error())
+	}
+	tg.BaseURL = u.String()
 	return tg, nil
+}
+
+// Base URLs. Every place the command takes an upstream (proxy --upstream,
+// demo --upstream, a target's base_url) takes one form: the API's base
+// URL, as the provider's SDK takes it (https://api.openai.com/v1,
+// https://openrouter.ai/api/v1, https://api.anthropic.com, Azure's
+// https://RESOURCE.openai.azure.com/openai/deployments/NAME?api-version=V).
+// The root of a host whose API's base has a path (https://api.openai.com)
+// is read as that base, and the reader is told so: the path is settled
+// when the command starts, never per request.
+
+// knownBasePaths are the paths of the base URLs of APIs whose host's root
+// is not their base, by host.
+var knownBasePaths = map[string]string{
+	"api.openai.com": "/v1",
+	"openrouter.ai":  "/api/v1",
+	"api.groq.com":   "/openai/v1",
+}
+
+// ParseBaseURL reads an API's base URL: http or https, with a host; a
+// trailing slash is dropped. Given the root of a host in knownBasePaths, it
+// returns that API's base, and a note that says what was understood ("" for
+// any other URL).
+func ParseBaseURL(raw string) (u *url.URL, note string, err error) {
+	u, err = url.Parse(raw)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return nil, "", errors.New("want an http or https URL, the API's base as its SDK takes it, such as https://api.openai.com/v1")
+	}
+	u.Path = strings.TrimSuffix(u.Path, "/")
+	u.RawPath = strings.TrimSuffix(u.RawPath, "/")
+	u.Fragment, u.RawFragment = "", ""
+	if u.Path == "" {
+		if p, ok := knownBasePaths[strings.ToLower(u.Hostname())]; ok {
+			given := ShowURL(u)
+			u.Path = p
+			note = fmt.Sprintf("%s is the host's root; understood as its API's base URL, %s", given, ShowURL(u))
+		}
+	}
+	return u, note, nil
+}
+
+// ShowURL is u to print: its user info left out, and its query's values,
+// which could hold a key, shown as "…" (api-version's excepted: it is
+// Azure's, and no secret).
+func ShowURL(u *url.URL) string {
+	s := u.Scheme + "://" + u.Host + u.EscapedPath()
+	if u.RawQuery == "" {
+		return s
+	}
+	var parts []string
+	for part := range strings.SplitSeq(u.RawQuery, "&") {
+		name, value, _ := strings.Cut(part, "=")
+		if !strings.EqualFold(name, "api-version") {
+			value = "…"
+		}
+		parts = append(parts, name+"="+value)
+	}
+	return s + "?" + strings.Join(parts, "&")
+}
+
+// syntaxError says what is wrong with data, which yaml.v3 could not parse
+// (err), in plain words, and on which line. yaml.v3 names the line its
+// enclosing block began on, often lines above the mistake: the line given
+// is the first at which the text up to it fails to parse the same way.
+func syntaxError(file string, data []byte, err error) *ConfigError {
+	words, line := parserWords(err)
+	lines := strings.SplitAfter(string(data), "\n")
+	// The mistake is at or below the line yaml.v3 names; the search is
+	// bounded, and on a large file falls back to that line.
+	for k := max(line, 1); k <= len(lines) && k <= max(line, 1)+200; k++ {
+		var n yaml.Node
+		if perr := yaml.Unmarshal([]byte(strings.Join(lines[:k], "")), &n); perr != nil {
+			if w, _ := parserWords(perr); w == words {
+				line = k
+				break
+			}
+		}
+	}
+	text := ""
+	if line > 0 && line <= len(lines) {
+		text = lines[line-1]
+	}
+	return &ConfigError{File: file, Line: line, Msg: "not valid YAML: " + plainYAML(words, text)}
+}
+
+// parserWords takes yaml.v3's message and line out of its error
+// ("yaml: line 3: did not find expected key").
+func parserWords(err error) (words string, line int) {
+	words = strings.TrimPrefix(err.Error(), "yaml: ")
+	if rest, ok := strings.CutPrefix(words, "line "); ok {
+		if n, after, ok := strings.Cut(rest, ": "); ok {
+			if v, cerr := strconv.Atoi(n); cerr == nil {
+				return after, v
+			}
+		}
+	}
+	return words, 0
+}
+
+// plainYAML says in plain words what yaml.v3's words mean, for the line
+// text they are about.
+func plainYAML(words, text string) string {
+	indent := text[:len(text)-len(strings.TrimLeft(text, " \t"))]
+	tab := strings.Contains(indent, "\t")
+	switch {
+	case strings.Contains(words, "tab character"),
+		words == "found character that cannot start any token" && tab:
+		return "a tab in the indentation: YAML indents with spaces only"
+	case words == "found character that cannot start any token":
+		return "a value starts with a character YAML keeps for itself (such as @ or `): put the value in quotes"
+	case words == "could not find expected ':'":
+		return "this line is neither a field (name: value) nor a list item (- ...): a colon is missing, or the line is indented under a field it does not belong to"
+	case words == "did not find expected ',' or '}'":
+		return "a { is not closed with }, or two of its fields have no comma between them"
+	case words == "did not find expected ',' or ']'":
+		return "a [ is not closed with ], or two of its items have no comma between them"
+	case words == "did not find expected node content":
+		return "a value is missing: a [ or { is not closed, or nothing follows a comma or a -"
+	case words == "did not find expected key":
+		return "something here is not a field: a stray character after a quoted value or a closing bracket, or a line that does not line up with the fields above it"
+	case words == "did not find expected '-' indicator", words == "block sequence entries are not allowed in this context":
+		return "the indentation does not line up: this line starts in a column where no field or list item above it starts"
+	case words == "mapping values are not allowed in this context":
+		return "a second colon: a value with \": \" in it must be in quotes, or this line is indented deeper than the field above it"
+	case words == "found unexpected end of stream":
+		return "the file ends inside a quoted value: a closing quote is missing"
+	case words == "found unknown escape character":
+		return "a backslash in a double-quoted value starts no escape YAML knows: use single quotes"
+	case strings.HasPrefix(words, "unknown anchor"):
+		return "an alias (*name) refers to an anchor (&name) that is not defined above it"
+	case words == "did not find expected comment or line break":
+		return "a | or > (a block of text) must end its line: the text goes on the lines below it"
+	case strings.Contains(words, "UTF-8"), strings.Contains(words, "control characters"), strings.Contains(words, "Unicode"):
+		return "the file holds bytes that are not UTF-8 text"
+	}
+	return "the YAML parser cannot read this line"
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -81,7 +82,7 @@ func TestConfigErrorsNameTheirLine(t *testing.T) {
 	for _, c := range []struct {
 		name, text, want string
 	}{
-		{"syntax", "routes:\n  - prefix: /a\n    targets: []\n  bad\n", "c.yaml:4: could not find expected ':'"},
+		{"syntax", "routes:\n  - prefix: /a\n    targets: []\n  bad\n", "c.yaml:4: not valid YAML: this line is neither a field (name: value) nor a list item"},
 		{"unknown field", "routes:\n  - prefix: /a\n    tragets: []\n", `c.yaml:3: unknown field "tragets" in a route`},
 		{"no routes", "clients: []\n", `c.yaml:1: the config needs "routes"`},
 		{"bad prefix", "routes:\n  - prefix: openai\n    targets: []\n", `c.yaml:2: prefix "openai"`},
@@ -91,9 +92,10 @@ func TestConfigErrorsNameTheirLine(t *testing.T) {
 		{"unset env", "routes:\n  - prefix: /a\n    targets:\n      - name: x\n        base_url: https://x\n        keys:\n          - {id: k, env: NOPE}\n",
 			"c.yaml:7: key \"k\": environment variable NOPE is not set"},
 		{"missing file", "routes:\n  - prefix: /a\n    targets:\n      - name: x\n        base_url: https://x\n        keys:\n          - {id: k, file: /nonexistent/key}\n",
-			"c.yaml:7: key \"k\": no such file"},
+			"c.yaml:7: key \"k\": file /nonexistent/key: no such file or directory"},
 		{"bad duration", "routes:\n  - prefix: /a\n    failover_after: soon\n    targets: []\n", `c.yaml:3: failover_after "soon"`},
-		{"bad number", "routes:\n  - prefix: /a\n    attempts_per_target: two\n    targets: []\n", "c.yaml:3: attempts_per_target"},
+		{"bad number", "routes:\n  - prefix: /a\n    attempts_per_target: two\n    targets: []\n", `c.yaml:3: attempts_per_target "two": want a whole number, 1 or more`},
+		{"zero", "routes:\n  - prefix: /a\n    eject_after: 0\n    targets: []\n", `c.yaml:3: eject_after "0": want a whole number, 1 or more`},
 		{"bad url", "routes:\n  - prefix: /a\n    targets:\n      - {name: x, base_url: api.openai.com}\n", `c.yaml:4: target "x": base_url`},
 		{"bad api", "routes:\n  - prefix: /a\n    targets:\n      - {name: x, base_url: 'https://x', api: cohere}\n", `c.yaml:4: target "x": api "cohere"`},
 		{"short token", "clients:\n  - {id: ci, env: K}\nroutes:\n  - prefix: /a\n    targets:\n      - {name: x, base_url: 'https://x'}\n",
@@ -146,15 +148,7 @@ func TestConfigRefusesAChainThatMixesAPIFamilies(t *testing.T) {
 
 // The README's config example is a config the proxy accepts.
 func TestReadmeConfigExampleIsValid(t *testing.T) {
-	readme, err := os.ReadFile(filepath.Join("..", "..", "..", "README.md"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, rest, ok := strings.Cut(string(readme), "```yaml\n")
-	if !ok {
-		t.Fatal("the README has no yaml block")
-	}
-	block, _, _ := strings.Cut(rest, "```")
+	block := readmeYAML(t, "llmretry.yaml")
 	spare := filepath.Join(t.TempDir(), "openai_spare")
 	if err := os.WriteFile(spare, []byte("sk-spare\n"), 0o600); err != nil {
 		t.Fatal(err)
@@ -173,6 +167,24 @@ func TestReadmeConfigExampleIsValid(t *testing.T) {
 	if _, err := NewRouter(fc, Config{}); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// readmeYAML is the README's yaml block whose first line is a comment
+// that begins with name.
+func readmeYAML(t *testing.T, name string) string {
+	t.Helper()
+	readme, err := os.ReadFile(filepath.Join("..", "..", "..", "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, block := range strings.Split(string(readme), "```yaml\n")[1:] {
+		block, _, _ = strings.Cut(block, "```")
+		if strings.HasPrefix(block, "# "+name) {
+			return block
+		}
+	}
+	t.Fatalf("the README has no yaml block that begins # %s", name)
+	return ""
 }
 
 // Whatever a config file holds, reading it gives a config or a ConfigError
@@ -226,20 +238,16 @@ func acceptedConfigs(t *testing.T) map[string]string {
 	if err := os.WriteFile(keyFile, []byte("sk-from-file\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	readme, err := os.ReadFile(filepath.Join("..", "..", "..", "README.md"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, rest, _ := strings.Cut(string(readme), "```yaml\n")
-	readmeBlock, _, _ := strings.Cut(rest, "```")
+	readmeBlock := readmeYAML(t, "llmretry.yaml")
 	return map[string]string{
-		"good":                strings.Replace(goodConfig, "KEYFILE", keyFile, 1),
-		"readme":              strings.Replace(readmeBlock, "/run/secrets/openai_spare", keyFile, 1),
-		"one family":          "routes:\n  - prefix: /chat\n    targets:\n      - name: openai\n        base_url: https://anthropic-proxy.example\n        api: anthropic\n      - name: claude\n        base_url: https://api.anthropic.com\n",
-		"models":              "routes:\n  - prefix: /a\n    targets: [{name: x, base_url: 'https://x', models: {a: b}}]\n",
-		"gemini at the root":  "{routes: [{prefix: /, targets: [{name: a, base_url: 'http://h', api: gemini}]}]}",
-		"shared target names": sharedTargetNames,
-		"perimeter":           "allow_origins: [https://app.example.com]\nallow_hosts: [proxy.internal]\n" + sharedTargetNames,
+		"good":                 strings.Replace(goodConfig, "KEYFILE", keyFile, 1),
+		"readme":               strings.Replace(readmeBlock, "/run/secrets/openai_spare", keyFile, 1),
+		"readme, five minutes": readmeYAML(t, "five.yaml"),
+		"one family":           "routes:\n  - prefix: /chat\n    targets:\n      - name: openai\n        base_url: https://anthropic-proxy.example\n        api: anthropic\n      - name: claude\n        base_url: https://api.anthropic.com\n",
+		"models":               "routes:\n  - prefix: /a\n    targets: [{name: x, base_url: 'https://x', models: {a: b}}]\n",
+		"gemini at the root":   "{routes: [{prefix: /, targets: [{name: a, base_url: 'http://h', api: gemini}]}]}",
+		"shared target names":  sharedTargetNames,
+		"perimeter":            "allow_origins: [https://app.example.com]\nallow_hosts: [proxy.internal]\n" + sharedTargetNames,
 	}
 }
 
@@ -287,5 +295,117 @@ func TestMetricsAnswerForEveryAcceptedConfig(t *testing.T) {
 			t.Fatalf("%s: %v", name, err)
 		}
 		t.Run(name, func(t *testing.T) { scrapeConfig(t, fc) })
+	}
+}
+
+// A YAML syntax error was reported in yaml.v3's parser words ("did not
+// find expected node content", "did not find expected '-' indicator"),
+// on the line its enclosing block began on, often lines above the
+// mistake. It says in plain words what is wrong, on the mistake's line.
+func TestConfigSyntaxErrorsSayWhatAndWhereInPlainWords(t *testing.T) {
+	for _, c := range []struct {
+		text string
+		line int
+		want string
+	}{
+		{"routes:\n  - prefix: /a\n    targets: []\n  bad\n", 4, "this line is neither a field (name: value) nor a list item (- ...)"},
+		{"routes:\n\t- prefix: /a\n", 2, "a tab in the indentation: YAML indents with spaces only"},
+		{"routes:\n  - prefix: @a\n", 2, "a value starts with a character YAML keeps for itself (such as @ or `): put the value in quotes"},
+		{"routes:\n  - prefix: /a\n    targets: [{name: x, base_url: y\n", 3, "a { is not closed with }"},
+		{"routes:\n  - prefix: /a\n    targets: [a, b\nclients: []\n", 3, "a [ is not closed with ]"},
+		{"routes:\n  - prefix: /a\n    targets: [\n", 3, "a value is missing: a [ or { is not closed"},
+		{"routes:\n  - prefix: /a\n   targets: []\n", 3, "the indentation does not line up"},
+		{"routes:\n  - prefix: /a\n    targets:\n      - name: x\n        base_url: https://x\n      keys: [{id: a}]\n", 6, "the indentation does not line up"},
+		{"routes:\n  - prefix: /a\n    targets:\n    - name: x\n        base_url: https://x\n", 5, "this line is indented deeper than the field above it"},
+		{"routes:\n  - prefix: /a: b\n", 2, `a value with ": " in it must be in quotes`},
+		{"routes:\n  - prefix: \"/a\n    targets: []\n", 2, "a closing quote is missing"},
+		{"routes:\n  - prefix: \"\\q\"\n", 2, "a backslash in a double-quoted value"},
+		{"routes: *a\n", 1, "an alias (*name) refers to an anchor (&name) that is not defined above it"},
+		{"routes:\n  - prefix: \"/a\" b\n", 2, "a stray character after a quoted value"},
+		{"routes:\n  - prefix: /a\n    targets:\n      - name: x\n        keys: [{id: a, env: X}]]\n", 5, "a stray character after a quoted value or a closing bracket"},
+		{"routes:\n  - prefix: |x\n", 2, "a | or > (a block of text) must end its line"},
+	} {
+		_, err := ParseConfig("c.yaml", []byte(c.text), nil)
+		var ce *ConfigError
+		if !errors.As(err, &ce) || ce.Line != c.line || !strings.Contains(ce.Msg, c.want) || !strings.HasPrefix(ce.Msg, "not valid YAML: ") {
+			t.Errorf("%q: got %v, want line %d and %q", c.text, err, c.line, c.want)
+			continue
+		}
+		for _, parser := range []string{"did not find", "could not find", "found ", "not allowed in this context", "expected"} {
+			if strings.Contains(ce.Msg, parser) {
+				t.Errorf("%q: %v: in the parser's words (%q)", c.text, err, parser)
+			}
+		}
+	}
+	// An inline secret on the broken line is not repeated in the error.
+	_, err := ParseConfig("c.yaml", []byte("routes:\n  - {prefix: /a, value: sk-secret-value\n"), nil)
+	if err == nil || strings.Contains(err.Error(), "sk-secret") {
+		t.Fatalf("got %v", err)
+	}
+}
+
+// A key file that could not be read was reported as `key "spare": no such
+// file or directory`, without the path. The error names the file.
+func TestMissingKeyFileNamesItsPath(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "secrets", "openai_spare")
+	text := "routes:\n  - prefix: /a\n    targets:\n      - name: x\n        base_url: https://x\n        keys:\n          - {id: spare, file: " + path + "}\n"
+	_, err := ParseConfig("c.yaml", []byte(text), nil)
+	if want := `c.yaml:7: key "spare": file ` + path + `: no such file or directory`; err == nil || err.Error() != want {
+		t.Fatalf("got %v, want %s", err, want)
+	}
+}
+
+// One URL form: a base_url is the API's base as its SDK takes it. The root
+// of a host whose API's base has a path is read as that base, with a note
+// that says so (and the line); any other URL is taken as written, without
+// its trailing slash, its query (Azure's api-version) kept.
+func TestBaseURLIsTheAPIsBase(t *testing.T) {
+	for _, c := range []struct{ raw, want, note string }{
+		{"https://api.openai.com/v1", "https://api.openai.com/v1", ""},
+		{"https://api.openai.com/v1/", "https://api.openai.com/v1", ""},
+		{"https://api.openai.com", "https://api.openai.com/v1", "https://api.openai.com is the host's root; understood as its API's base URL, https://api.openai.com/v1"},
+		{"https://API.openai.com/", "https://API.openai.com/v1", "understood as its API's base URL, https://API.openai.com/v1"},
+		{"https://openrouter.ai", "https://openrouter.ai/api/v1", "understood as its API's base URL, https://openrouter.ai/api/v1"},
+		{"https://openrouter.ai/api/v1", "https://openrouter.ai/api/v1", ""},
+		{"https://api.groq.com", "https://api.groq.com/openai/v1", "understood"},
+		{"https://api.anthropic.com", "https://api.anthropic.com", ""},
+		{"https://generativelanguage.googleapis.com", "https://generativelanguage.googleapis.com", ""},
+		{"http://127.0.0.1:8788/v1", "http://127.0.0.1:8788/v1", ""},
+		{"https://res.openai.azure.com/openai/deployments/gpt-4o?api-version=2024-10-21", "https://res.openai.azure.com/openai/deployments/gpt-4o?api-version=2024-10-21", ""},
+	} {
+		u, note, err := ParseBaseURL(c.raw)
+		if err != nil || u.String() != c.want || (c.note == "") != (note == "") || !strings.Contains(note, c.note) {
+			t.Errorf("%s: got %v, %q, %v; want %s, %q", c.raw, u, note, err, c.want, c.note)
+		}
+	}
+	for _, raw := range []string{"api.openai.com/v1", "ftp://x/v1", "https://", "://x", "https://api.openai.com/%zz"} {
+		if _, _, err := ParseBaseURL(raw); err == nil || !strings.Contains(err.Error(), "want an http or https URL") {
+			t.Errorf("%s: got %v", raw, err)
+		}
+	}
+
+	text := "routes:\n  - prefix: /openai\n    targets:\n      - name: openai\n        base_url: https://api.openai.com\n      - {name: or, base_url: 'https://openrouter.ai/api/v1/'}\n"
+	fc, err := ParseConfig("c.yaml", []byte(text), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tg := fc.Routes[0].Failover.Targets
+	if tg[0].BaseURL != "https://api.openai.com/v1" || tg[1].BaseURL != "https://openrouter.ai/api/v1" {
+		t.Fatalf("base URLs %q, %q", tg[0].BaseURL, tg[1].BaseURL)
+	}
+	if want := `c.yaml:4: target "openai": base_url https://api.openai.com is the host's root; understood as its API's base URL, https://api.openai.com/v1`; len(fc.Notes) != 1 || fc.Notes[0] != want {
+		t.Fatalf("notes %q, want %q", fc.Notes, want)
+	}
+}
+
+// A URL the command prints shows no user info and no query value but
+// Azure's api-version: a query could hold a key.
+func TestShowURLHidesUserInfoAndQueryValues(t *testing.T) {
+	u, err := url.Parse("https://u:pw@x.example/v1?key=AIza-secret&api-version=2024-10-21")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := ShowURL(u); got != "https://x.example/v1?key=…&api-version=2024-10-21" {
+		t.Errorf("ShowURL: %s", got)
 	}
 }
