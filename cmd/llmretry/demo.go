@@ -20,6 +20,7 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	seed := fs.Uint64("seed", demo.DefaultSeed, "seed for the fault draws: each chat draws its faults from the seed and its own number, so a seed always tells the same story")
 	upstream := fs.String("upstream", "", "a real OpenAI-compatible API's base URL, as its SDK takes it, e.g. https://api.openai.com/v1; the key comes from $OPENAI_API_KEY")
 	model := fs.String("model", "gpt-4o-mini", "model to ask")
+	cont := fs.Bool("continue", false, "turn stream continuation on: a stream cut after its first output is finished by a continuation (the mock answers it), and the chat's line says so")
 	failover := fs.Bool("failover", false, "add a second, healthy mock provider and fail over to it: the summary says which target served what (the primary's faults default to "+demo.DefaultFailoverFaults+"). The chats go one at a time, in order: which target serves a chat depends on what the chats before it taught the Transport, so that a seed tells the same story every run")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: llmretry demo [flags]\n\nSends concurrent streamed chats with the openai-go client through llmretry's Transport\nto an in-process mock provider that fails on purpose. No network or API key needed.\n\n")
@@ -71,7 +72,7 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	_, err := demo.Run(ctx, demo.Config{
 		Requests: *requests, Concurrency: *conc, Faults: *faults, Seed: *seed,
-		Upstream: *upstream, APIKey: key, Model: *model, Terminal: isTerminal(stdout), Failover: *failover,
+		Upstream: *upstream, APIKey: key, Model: *model, Terminal: isTerminal(stdout), Failover: *failover, Continue: *cont,
 	}, stdout)
 	return err
 }

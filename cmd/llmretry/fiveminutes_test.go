@@ -215,6 +215,9 @@ func TestReadmeFiveMinutes(t *testing.T) {
 				if strings.Contains(line, "--failover") && !strings.Contains(stdout.String(), "served by target fallback") {
 					t.Fatalf("%s: no failover:\n%s", line, stdout.String())
 				}
+				if strings.Contains(line, "--continue") && !strings.Contains(stdout.String(), "stream cut mid-reply, then finished by a continuation") {
+					t.Fatalf("%s: no stream was continued:\n%s", line, stdout.String())
+				}
 			case len(words) > 3 && strings.Join(words[:3], " ") == "go run ./cmd/llmretry" && (words[3] == "mock" || words[3] == "proxy"):
 				args := append([]string(nil), words[3:]...)
 				listen := ""

@@ -61,6 +61,10 @@ type Config struct {
 	// which target serves each chat only with Concurrency 1, the
 	// command's default for it.
 	Failover bool
+	// Continue turns on stream continuation: a stream cut after its first
+	// output is finished by a continuation (the mock answers one), and the
+	// chat's line says so.
+	Continue bool
 }
 
 // Summary is what a run did.
@@ -73,6 +77,7 @@ type Summary struct {
 	Stops                       map[string]int // failures not (or no longer) retried, by reason
 	StreamsIntact               int            // streams that arrived whole, exactly once
 	StreamsCut                  int            // streams cut after their first event: never replayed
+	StreamsContinued            int            // with Continue: streams cut mid-reply and finished by a continuation
 	Duplicated                  int            // streams whose text came twice: must stay 0
 	Held                        int            // chats a cooldown held before their first attempt
 	Elapsed                     time.Duration
@@ -82,6 +87,7 @@ type Summary struct {
 	Moves     map[string]int // "primary -> fallback", "primary key a -> key b"
 	Health    map[string]int // "primary key a: key out: quota"
 	failovers bool
+	continues bool
 }
 
 // ErrDuplicated is returned when any stream's content arrived more than
@@ -132,7 +138,7 @@ func Run(ctx context.Context, cfg Config, out io.Writer) (*Summary, error) {
 	}
 
 	s := &Summary{Requests: cfg.Requests, Retries: map[string]int{}, Waits: map[string]int{}, Stops: map[string]int{},
-		ServedBy: map[string]int{}, Moves: map[string]int{}, Health: map[string]int{}, failovers: cfg.Failover}
+		ServedBy: map[string]int{}, Moves: map[string]int{}, Health: map[string]int{}, failovers: cfg.Failover, continues: cfg.Continue}
 	var mu sync.Mutex
 	attempts := &attemptCounter{byKey: map[string]int{}}
 	under := &http.Transport{MaxIdleConnsPerHost: cfg.Concurrency}
@@ -177,6 +183,9 @@ func Run(ctx context.Context, cfg Config, out io.Writer) (*Summary, error) {
 			}
 			s.Health[who+": "+e.Health.String()]++
 		}),
+	}
+	if cfg.Continue {
+		opts = append(opts, llmretry.WithStreamContinuation(llmretry.Continuation{}))
 	}
 	var tr http.RoundTripper
 	if cfg.Failover {
@@ -239,6 +248,9 @@ func Run(ctx context.Context, cfg Config, out io.Writer) (*Summary, error) {
 				switch res.stream {
 				case streamIntact:
 					s.StreamsIntact++
+					if res.continued() {
+						s.StreamsContinued++
+					}
 				case streamCut:
 					s.StreamsCut++
 				case streamDuplicated:
@@ -316,6 +328,20 @@ func chat(ctx context.Context, client openai.Client, model, expected, key string
 		r.stream = streamIntact
 	}
 	return r
+}
+
+// continued reports a stream the mock cut mid-reply that still arrived
+// whole: a continuation finished it.
+func (r result) continued() bool {
+	if r.stream != streamIntact {
+		return false
+	}
+	for _, f := range r.faults {
+		if f.Kind == mockllm.Drop || f.Kind == mockllm.Cut {
+			return true
+		}
+	}
+	return false
 }
 
 // fallbackModel is the name the demo's fallback gives the model.
@@ -416,6 +442,9 @@ func (s *Summary) write(out io.Writer) {
 		}
 	}
 	row("streams intact, exactly once", s.StreamsIntact)
+	if s.continues {
+		row("  of which cut mid-reply and finished by a continuation", s.StreamsContinued)
+	}
 	row("streams cut mid-reply, not replayed", s.StreamsCut)
 	row("streams duplicated", s.Duplicated)
 	row("elapsed", s.Elapsed.Round(time.Millisecond))

@@ -145,6 +145,8 @@ func TestSameSeedSameStory(t *testing.T) {
 			Model: "m", Policy: llmretry.Policy{MaxRetryAfter: 50 * time.Millisecond}}},
 		{"failover", Config{Requests: 40, Concurrency: 1, Faults: DefaultFailoverFaults, Seed: DefaultSeed,
 			Model: "gpt-4o-mini", Failover: true}},
+		{"continue", Config{Requests: 40, Concurrency: 8, Faults: DefaultFaults, Seed: DefaultSeed,
+			Model: "m", Policy: llmretry.Policy{MaxRetryAfter: 50 * time.Millisecond}, Continue: true}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			var first []string
@@ -236,5 +238,30 @@ func TestFailoverDemoSaysWhichTargetServedWhat(t *testing.T) {
 	}
 	if s.Duplicated != 0 || s.StreamsIntact != s.Succeeded {
 		t.Fatalf("summary %+v", s)
+	}
+}
+
+// With --continue the demo shows a stream cut mid-way and finished: the
+// streams the same seed cuts without it are read whole, each line says so,
+// and none arrives twice.
+func TestContinueDemoFinishesTheStreamsItCuts(t *testing.T) {
+	base := Config{Requests: 40, Concurrency: 8, Faults: DefaultFaults, Seed: DefaultSeed,
+		Model: "m", Policy: llmretry.Policy{MaxRetryAfter: 50 * time.Millisecond}}
+	var off bytes.Buffer
+	without, err := Run(context.Background(), base, &off)
+	if err != nil {
+		t.Fatal(err)
+	}
+	base.Continue = true
+	var on bytes.Buffer
+	with, err := Run(context.Background(), base, &on)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if without.StreamsCut == 0 || with.StreamsCut != 0 || with.StreamsContinued != without.StreamsCut || with.Duplicated != 0 {
+		t.Fatalf("cut without: %d; with: cut %d, continued %d, duplicated %d", without.StreamsCut, with.StreamsCut, with.StreamsContinued, with.Duplicated)
+	}
+	if n := strings.Count(on.String(), "finished by a continuation"); n < with.StreamsContinued {
+		t.Fatalf("%d lines say a stream was continued, want %d:\n%s", n, with.StreamsContinued, on.String())
 	}
 }

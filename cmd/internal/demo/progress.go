@@ -3,6 +3,7 @@ package demo
 import (
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
 	"sync"
 
@@ -81,6 +82,8 @@ func describe(r result, maxAttempts int) string {
 	switch {
 	case r.stream == streamCut:
 		return "stream cut mid-reply after its first events (" + tries + "); not replayed: the client got the error"
+	case r.continued():
+		return "stream cut mid-reply, then finished by a continuation (" + tries + "): the client read it whole, nothing twice"
 	case r.err == nil && len(retried) == 0:
 		return "ok (" + tries + ")"
 	case r.err == nil:
@@ -124,6 +127,8 @@ func faultName(f mockllm.Fault) string {
 		return "error as the first stream event"
 	case mockllm.Drop:
 		return "stream cut mid-reply"
+	case mockllm.Cut:
+		return "stream cut after " + strconv.Itoa(f.Bytes) + " bytes"
 	case mockllm.Slow:
 		return "slow stream"
 	}
