@@ -31,22 +31,11 @@ const modelDenied403 = `{"error":{"message":"Project ` + "`proj_x`" + ` does not
 // model only: the next request for another model is served at once, and
 // the caller got the upstream's own 403.
 func TestFailoverModelDenialKeepsThePoolForOtherModels(t *testing.T) {
-	p := newProvider(t, func(string) http.HandlerFunc {
-		return func(w http.ResponseWriter, r *http.Request) {
-			status(200, okJSON)(w, r)
+	p := newModelProvider(t, func(_, model string) http.HandlerFunc {
+		if model == "o1-pro" {
+			return status(403, modelDenied403)
 		}
-	})
-	p.Config.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		b, _ := io.ReadAll(r.Body)
-		key := strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer ")
-		p.mu.Lock()
-		p.got = append(p.got, seen{auth: key})
-		p.mu.Unlock()
-		if bytes.Contains(b, []byte(`"o1-pro"`)) {
-			status(403, modelDenied403)(w, r)
-			return
-		}
-		status(200, okJSON)(w, r)
+		return status(200, okJSON)
 	})
 	clk := newFakeClock()
 	_, c := failoverTransport(t, clk, Failover{Targets: []Target{{
@@ -145,22 +134,11 @@ func TestFailoverHostileRetryAfterRestsAKeyForTheCeiling(t *testing.T) {
 // A client's model named "*" that got 429s with an empty bucket rested the
 // key for that model only: it could not pass for the key-wide quota mark.
 func TestFailoverModelNamedStarCannotTakeAKeyOutForEveryModel(t *testing.T) {
-	p := newProvider(t, func(key string) http.HandlerFunc {
-		return func(w http.ResponseWriter, r *http.Request) {
-			status(200, okJSON)(w, r)
+	p := newModelProvider(t, func(_, model string) http.HandlerFunc {
+		if model == "*" {
+			return status(429, `{}`, "Retry-After", "5", "X-Ratelimit-Remaining-Requests", "0")
 		}
-	})
-	p.Config.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		b, _ := io.ReadAll(r.Body)
-		key := strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer ")
-		p.mu.Lock()
-		p.got = append(p.got, seen{auth: key})
-		p.mu.Unlock()
-		if bytes.Contains(b, []byte(`"*"`)) {
-			status(429, `{}`, "Retry-After", "5", "X-Ratelimit-Remaining-Requests", "0")(w, r)
-			return
-		}
-		status(200, okJSON)(w, r)
+		return status(200, okJSON)
 	})
 	clk := newFakeClock()
 	_, c := failoverTransport(t, clk, Failover{Targets: []Target{{Name: "o", BaseURL: p.URL,
@@ -915,18 +893,11 @@ func TestDenialOfReadsProvidersForbiddenAndNotFound(t *testing.T) {
 // A key told to wait for one model rests for that model only: other
 // models keep using it.
 func TestFailoverKeyToldToWaitRestsForThatModelOnly(t *testing.T) {
-	p := newProvider(t, nil)
-	p.Config.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		b, _ := io.ReadAll(r.Body)
-		key := strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer ")
-		p.mu.Lock()
-		p.got = append(p.got, seen{auth: key})
-		p.mu.Unlock()
-		if key == "sk-a" && bytes.Contains(b, []byte(`"gpt-4o"`)) {
-			status(429, `{"error":{"type":"rate_limit_error"}}`, "Retry-After", "20")(w, r)
-			return
+	p := newModelProvider(t, func(key, model string) http.HandlerFunc {
+		if key == "sk-a" && model == "gpt-4o" {
+			return status(429, `{"error":{"type":"rate_limit_error"}}`, "Retry-After", "20")
 		}
-		status(200, okJSON)(w, r)
+		return status(200, okJSON)
 	})
 	_, c := failoverTransport(t, newFakeClock(), Failover{Targets: []Target{{Name: "o", BaseURL: p.URL,
 		Keys: []Key{NewKey("a", "sk-a"), NewKey("b", "sk-b")}}}})

@@ -38,6 +38,13 @@ type provider struct {
 // of the Authorization header without "Bearer ".
 func newProvider(t *testing.T, answer func(key string) http.HandlerFunc) *provider {
 	t.Helper()
+	return newModelProvider(t, func(key, _ string) http.HandlerFunc { return answer(key) })
+}
+
+// newModelProvider answers each request with answer(key, model), model
+// being the JSON body's "model".
+func newModelProvider(t *testing.T, answer func(key, model string) http.HandlerFunc) *provider {
+	t.Helper()
 	p := &provider{}
 	p.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		b, _ := io.ReadAll(r.Body)
@@ -49,7 +56,7 @@ func newProvider(t *testing.T, answer func(key string) http.HandlerFunc) *provid
 		p.mu.Lock()
 		p.got = append(p.got, seen{auth: key, model: m.Model, path: r.URL.EscapedPath(), query: r.URL.RawQuery, header: r.Header.Clone()})
 		p.mu.Unlock()
-		answer(key)(w, r)
+		answer(key, m.Model)(w, r)
 	}))
 	t.Cleanup(p.Close)
 	return p

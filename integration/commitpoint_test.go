@@ -189,9 +189,9 @@ func streamClient(t *testing.T, opts ...llmretry.Option) (*http.Client, *recorde
 
 // anthropicMessage streams one message with anthropic-sdk-go and returns
 // what it accumulated.
-func anthropicMessage(t *testing.T, hc *http.Client, base string) (anthropic.Message, error) {
-	c := anthropic.NewClient(anthropicopt.WithBaseURL(base), anthropicopt.WithAPIKey("sk-ant-test"),
-		anthropicopt.WithHTTPClient(hc), anthropicopt.WithMaxRetries(0))
+func anthropicMessage(t *testing.T, hc *http.Client, base string, extra ...anthropicopt.RequestOption) (anthropic.Message, error) {
+	c := anthropic.NewClient(append([]anthropicopt.RequestOption{anthropicopt.WithBaseURL(base), anthropicopt.WithAPIKey("sk-ant-test"),
+		anthropicopt.WithHTTPClient(hc), anthropicopt.WithMaxRetries(0)}, extra...)...)
 	s := c.Messages.NewStreaming(ctx(t), anthropicParams())
 	defer s.Close()
 	var msg anthropic.Message

@@ -47,17 +47,7 @@ func continuingClient(t *testing.T, opts ...llmretry.Option) (*http.Client, *[]l
 }
 
 func anthropicStreamText(t *testing.T, hc *http.Client, base, reply string) (anthropic.Message, error) {
-	c := anthropic.NewClient(anthropicopt.WithBaseURL(base), anthropicopt.WithAPIKey("sk-ant-test"),
-		anthropicopt.WithHTTPClient(hc), anthropicopt.WithMaxRetries(0), anthropicopt.WithHeader(mockllm.ReplyHeader, reply))
-	s := c.Messages.NewStreaming(ctx(t), anthropicParams())
-	defer s.Close()
-	var msg anthropic.Message
-	for s.Next() {
-		if err := msg.Accumulate(s.Current()); err != nil {
-			return msg, err
-		}
-	}
-	return msg, s.Err()
+	return anthropicMessage(t, hc, base, anthropicopt.WithHeader(mockllm.ReplyHeader, reply))
 }
 
 func openAIStreamText(t *testing.T, hc *http.Client, base, reply string) (openai.ChatCompletion, int, error) {

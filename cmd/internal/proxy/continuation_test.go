@@ -22,19 +22,7 @@ import (
 // counted by outcome and logged with the request id, and the final
 // attempts and target come as trailers.
 func TestProxyContinuesAStreamCutMidway(t *testing.T) {
-	cutting, err := mockllm.ParseFaults("cut=900")
-	if err != nil {
-		t.Fatal(err)
-	}
-	up := httptest.NewServer(mockllm.New(cutting, 1))
-	defer up.Close()
-	url, rt, logs := startRouter(t, `
-routes:
-  - prefix: /openai
-    continue_streams: 1
-    targets:
-      - {name: mock, base_url: '`+up.URL+`/v1'}
-`, nil)
+	url, rt, logs := continuingRoute(t, "cut=900")
 	req, _ := http.NewRequest("POST", url+"/openai/chat/completions",
 		strings.NewReader(`{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]}`))
 	resp, err := client(t).Do(req)
@@ -102,19 +90,7 @@ func TestNodeOpenAIClientReadsAContinuedStreamWhole(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(dir, "node_modules", "openai")); err != nil {
 		t.Fatalf("Node's openai package is missing: run npm ci --prefix %s (scripts/test.sh does)", dir)
 	}
-	cutting, err := mockllm.ParseFaults("cut=1200")
-	if err != nil {
-		t.Fatal(err)
-	}
-	up := httptest.NewServer(mockllm.New(cutting, 1))
-	defer up.Close()
-	url, _, _ := startRouter(t, `
-routes:
-  - prefix: /openai
-    continue_streams: 1
-    targets:
-      - {name: mock, base_url: '`+up.URL+`/v1'}
-`, nil)
+	url, _, _ := continuingRoute(t, "cut=1200")
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, node, "stream.mjs", url+"/openai", "gpt-4o")
@@ -154,19 +130,7 @@ func TestContinuationOutcomeLabels(t *testing.T) {
 // Over HTTP/2 (h2c) too, a continued stream's final attempts and target
 // come as trailers.
 func TestProxyContinuationTrailersOverHTTP2(t *testing.T) {
-	cutting, err := mockllm.ParseFaults("cut=900")
-	if err != nil {
-		t.Fatal(err)
-	}
-	up := httptest.NewServer(mockllm.New(cutting, 1))
-	defer up.Close()
-	url, _, _ := startRouter(t, `
-routes:
-  - prefix: /openai
-    continue_streams: 1
-    targets:
-      - {name: mock, base_url: '`+up.URL+`/v1'}
-`, nil)
+	url, _, _ := continuingRoute(t, "cut=900")
 	h2 := &http.Transport{Protocols: new(http.Protocols)}
 	h2.Protocols.SetUnencryptedHTTP2(true)
 	defer h2.CloseIdleConnections()
@@ -182,4 +146,23 @@ routes:
 		resp.Trailer.Get(AttemptsHeader) != "2" || resp.Trailer.Get(llmretry.TargetHeader) != "mock" {
 		t.Fatalf("HTTP/%d, trailers %v, text %q", resp.ProtoMajor, resp.Trailer, streamedText(t, body))
 	}
+}
+
+// continuingRoute is a router whose one route continues streams, in front
+// of the mock playing faults.
+func continuingRoute(t *testing.T, faults string) (string, *Router, *logBuffer) {
+	t.Helper()
+	script, err := mockllm.ParseFaults(faults)
+	if err != nil {
+		t.Fatal(err)
+	}
+	up := httptest.NewServer(mockllm.New(script, 1))
+	t.Cleanup(up.Close)
+	return startRouter(t, `
+routes:
+  - prefix: /openai
+    continue_streams: 1
+    targets:
+      - {name: mock, base_url: '`+up.URL+`/v1'}
+`, nil)
 }
