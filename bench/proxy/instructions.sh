@@ -15,8 +15,14 @@
 # run fails (exit 1). A baseline that fails some is reported with its count
 # of failures beside its figure, and the run goes on.
 #
-# PROFILE=DIR also writes callgrind_annotate's text renderings of each
-# target's profile there (NAME-KIND-self.txt, NAME-KIND-inclusive.txt).
+# PROFILE=DIR also writes text renderings of each target's profile there:
+# NAME-KIND-self.txt (callgrind_annotate: the functions with the most
+# instructions of their own, with exact call counts) and, for nginx, whose
+# binary keeps only its exported symbols, NAME-KIND-inclusive.txt. Read the
+# Go ones with care: callgrind follows calls and returns, and a goroutine
+# switch (one stack for another) confuses it, so some cost lands on the
+# function that parked (e.g. pollDesc.wait'2 with half of everything); the
+# totals are exact. bench/proxy/profile.sh samples CPU time instead.
 #
 # Go's runtime reads the clock with RDTSCP where the CPU has it, an
 # instruction valgrind 3.19 cannot run (SIGILL, "panic during panic"), so the
@@ -80,10 +86,12 @@ measure() { # name command...
 	ir=${dump%% *}
 	if [ -n "${PROFILE:-}" ]; then
 		mkdir -p "$PROFILE"
-		callgrind_annotate --threshold=90 "${dump#* }" >"$tmp/annotated"
-		head -80 "$tmp/annotated" >"$PROFILE/$name$kind-self.txt"
-		callgrind_annotate --threshold=95 --inclusive=yes "${dump#* }" >"$tmp/annotated"
-		head -120 "$tmp/annotated" >"$PROFILE/$name$kind-inclusive.txt"
+		callgrind_annotate --auto=no --threshold=100 "${dump#* }" >"$tmp/annotated"
+		head -100 "$tmp/annotated" | sed "s#$tmp/##g" >"$PROFILE/$name$kind-self.txt"
+		if [ "$name" = nginx ]; then
+			callgrind_annotate --auto=no --threshold=99 --inclusive=yes "${dump#* }" >"$tmp/annotated"
+			head -100 "$tmp/annotated" | sed "s#$tmp/##g" >"$PROFILE/$name$kind-inclusive.txt"
+		fi
 	fi
 	# The same load, natively, for its system calls.
 	GODEBUG=asyncpreemptoff=1 GOMAXPROCS=1 "$@" >/dev/null 2>&1 &
