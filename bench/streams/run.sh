@@ -16,7 +16,12 @@
 # the first one closed), less its idle memory, per open stream. If no sample
 # was taken in that window, or llmretry's proxy failed a stream, the run
 # fails (exit 1) and prints why, not a figure. A baseline's failed streams
-# are counted beside its figure.
+# are counted beside its figure, and so are the most upstream connections
+# each target held at once: over HTTPS a burst of streams can make a Go
+# proxy dial hundreds of TLS connections (beyond the first, which the
+# proxy's gate covers, every request that finds the open ones at their
+# stream limit dials), and the garbage of those handshakes, freed but not
+# yet returned to the system, counts in its memory: up to 40 KiB a stream.
 #
 # Each process may hold 20,000 file descriptors here: with PROTO=h1 and the
 # cleartext upstream each stream takes two in each proxy (client and
@@ -35,9 +40,10 @@
 #                      build with net/http/pprof (bench/streams/pprof, via
 #                      -overlay; cmd/ unchanged), every allocation recorded
 #                      (GODEBUG=memprofilerate=1), and, while every stream
-#                      is open, text renderings of its heap (after a GC) and
-#                      goroutine profiles and its runtime memory statistics
-#                      written to DIR. Its memory figure is then inflated by
+#                      is open, text renderings of its heap (in use after a
+#                      GC, and all allocated since start) and goroutine
+#                      profiles and its runtime memory statistics written to
+#                      DIR. Its memory figure is then inflated by
 #                      the profiling and is not a result.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -64,8 +70,8 @@ wait_for $mock
 for _ in $(seq 100); do [ -s "$tmp/mock.pem" ] && break; sleep 0.1; done
 echo "# bench/streams/run.sh $n, PROTO=$proto${RAMP:+ RAMP=$RAMP}${PROFILE:+ PROFILE}, $(date -u +%FT%TZ), $(nproc) CPUs ($(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)), load average $(cut -d' ' -f1-3 /proc/loadavg), descriptors $(ulimit -n), llmretry at $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- cmd go.mod ./*.go || echo ' plus uncommitted changes'), $(nginx -v 2>&1)"
 echo
-echo "| target | clients | upstream | streams | RSS idle | RSS peak, all open | per stream | all open from - until | samples then | failed | RSS peak of the run |"
-echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+echo "| target | clients | upstream | streams | RSS idle | RSS peak, all open | per stream | all open from - until | samples then | failed | RSS peak of the run | upstream connections, most at once |"
+echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
 # profile: the -when-open command that takes llmretry's profiles while all are open.
 profile() { # upstream
 	local base="$PROFILE/llmretry-$proto-$1-$n" url="http://127.0.0.1:$pprofport/debug/pprof"
@@ -74,6 +80,7 @@ profile() { # upstream
 		go tool pprof -text -sample_index=inuse_space $tmp/llmretry-pprof $tmp/heap.pb > $base-heap-inuse.txt 2>/dev/null &&
 		go tool pprof -text -cum -sample_index=inuse_space $tmp/llmretry-pprof $tmp/heap.pb > $base-heap-inuse-cum.txt 2>/dev/null &&
 		go tool pprof -text -sample_index=inuse_objects $tmp/llmretry-pprof $tmp/heap.pb > $base-heap-objects.txt 2>/dev/null &&
+		go tool pprof -text -sample_index=alloc_space $tmp/llmretry-pprof $tmp/heap.pb > $base-heap-alloc-space.txt 2>/dev/null &&
 		curl -s '$url/heap?debug=1' | sed -n '/^# runtime.MemStats/,\$p' > $base-memstats.txt &&
 		curl -s '$url/goroutine?debug=1' | head -400 > $base-goroutines.txt
 	EOF
@@ -82,7 +89,9 @@ measure() { # name upstream pid url [client flags...]
 	local name=$1 up=$2 pid=$3 url=$4 out code
 	shift 4
 	code=0
-	out=$("$tmp/client" -url "$url" -n "$n" -proto "$proto" -pid "$pid" ${RAMP:+-ramp "$RAMP"} "$@" 2>"$tmp/client.err") || code=$?
+	local upport=$mock
+	[ "$up" = https ] && upport=$tlsmock
+	out=$("$tmp/client" -url "$url" -n "$n" -proto "$proto" -pid "$pid" -upstream-port "$upport" ${RAMP:+-ramp "$RAMP"} "$@" 2>"$tmp/client.err") || code=$?
 	if [ $code != 0 ]; then
 		echo "run.sh: $name, $proto clients, $up upstream: $(cat "$tmp/client.err")" >&2
 		exit 1
@@ -91,8 +100,9 @@ measure() { # name upstream pid url [client flags...]
 	eval "local $out"
 	awk -v name="$name" -v proto="$proto" -v up="$up" -v n="$streams" -v idle="$rss_idle_kib" -v peak="$rss_peak_open_kib" -v per="$per_stream_kib" \
 		-v from="$all_open_from" -v until="$all_open_until" -v k="$samples_in_window" -v failed="$failed" -v open="$open" -v all="$rss_peak_run_kib" \
-		'BEGIN {printf "| %s | %s | %s | %d | %.1f MiB | %.1f MiB | %s KiB | %s - %s | %d | %s | %.1f MiB |\n",
-			name, proto, up, n, idle / 1024, peak / 1024, per, from, until, k, failed ? failed " (of " n "; " open " opened)" : "0", all / 1024}'
+		-v conns="$upstream_conns_max" \
+		'BEGIN {printf "| %s | %s | %s | %d | %.1f MiB | %.1f MiB | %s KiB | %s - %s | %d | %s | %.1f MiB | %d |\n",
+			name, proto, up, n, idle / 1024, peak / 1024, per, from, until, k, failed ? failed " (of " n "; " open " opened)" : "0", all / 1024, conns}'
 }
 for up in $upstreams; do
 	case $up in

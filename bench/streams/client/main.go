@@ -24,7 +24,8 @@
 //
 //	client -url http://127.0.0.1:18290/v1/chat/completions -n 2000 -proto h1 -pid 1234 [-allow-failures] [-ramp 0] [-when-open CMD]
 //
-// It prints one line of key=value pairs (see report).
+// It prints one line of key=value pairs (see report); with -upstream-port,
+// also the most established connections to that port seen at a sample.
 package main
 
 import (
@@ -68,6 +69,7 @@ func main() {
 	ramp := flag.Duration("ramp", 0, "spread the streams' starts over this long (0: all at once); to see the premise check fail")
 	allow := flag.Bool("allow-failures", false, "count failed streams beside the figure instead of failing (for a baseline)")
 	whenOpen := flag.String("when-open", "", "a shell command run once every stream has its first event (e.g. to take profiles)")
+	upstreamPort := flag.Int("upstream-port", 0, "count the established TCP connections to this port at each sample (the target's upstream connections)")
 	flag.Parse()
 	if *url == "" || *n < 1 || *pid == 0 || (*proto != "h2c" && *proto != "h1") {
 		fmt.Fprintln(os.Stderr, "usage: client -url URL -pid PID [-n 1000] [-proto h2c|h1] [-allow-failures] [-ramp D] [-when-open CMD]")
@@ -82,6 +84,7 @@ func main() {
 	}
 	streams := make([]stream, *n)
 	var samples []sample
+	var conns int // the most upstream connections seen at once
 	stop := make(chan struct{})
 	sampled := make(chan struct{})
 	go func() { // the sampler
@@ -94,6 +97,9 @@ func main() {
 			after := time.Now()
 			if err == nil {
 				samples = append(samples, sample{before, after, kib})
+			}
+			if *upstreamPort > 0 {
+				conns = max(conns, established(*upstreamPort))
 			}
 			select {
 			case <-stop:
@@ -132,7 +138,14 @@ func main() {
 	close(stop)
 	<-sampled
 	hook.Wait()
-	os.Exit(report(os.Stdout, os.Stderr, streams, samples, idle, start, *allow))
+	extra := ""
+	if *upstreamPort > 0 {
+		// How many upstream connections the target held at most: over
+		// HTTPS a burst of streams can make it dial hundreds, whose
+		// handshakes' garbage then counts in its memory.
+		extra = fmt.Sprintf(" upstream_conns_max=%d", conns)
+	}
+	os.Exit(report(os.Stdout, os.Stderr, streams, samples, idle, start, *allow, extra))
 }
 
 // transport is how the clients speak.
@@ -196,7 +209,7 @@ func run(hc *http.Client, url string, s *stream, opened func()) {
 
 // report prints the figure, or why there is none, and returns the exit code:
 // 0, or 1 when the premise does not hold or (without allow) a stream failed.
-func report(out, errOut io.Writer, streams []stream, samples []sample, idle int64, start time.Time, allow bool) int {
+func report(out, errOut io.Writer, streams []stream, samples []sample, idle int64, start time.Time, allow bool, extra string) int {
 	var lastFirst, firstClose time.Time
 	open, intact := 0, 0
 	var why []string
@@ -240,11 +253,32 @@ func report(out, errOut io.Writer, streams []stream, samples []sample, idle int6
 	}
 	fmt.Fprintf(out, "streams=%d open=%d intact=%d failed=%d all_open_from=%s all_open_until=%s samples_in_window=%d rss_idle_kib=%d rss_peak_open_kib=%d per_stream_kib=%.1f rss_peak_run_kib=%d",
 		len(streams), open, intact, failed, sec(lastFirst), sec(firstClose), in, idle, peak, float64(peak-idle)/float64(open), peakAll)
+	fmt.Fprint(out, extra)
 	if failed > 0 {
 		fmt.Fprintf(out, " failures=%q", strings.Join(why, "; "))
 	}
 	fmt.Fprintln(out)
 	return 0
+}
+
+// established counts the established TCP connections to port on this host
+// (from /proc/net/tcp and tcp6: remote port, state 01).
+func established(port int) int {
+	want := fmt.Sprintf(":%04X", port)
+	n := 0
+	for _, f := range []string{"/proc/net/tcp", "/proc/net/tcp6"} {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		for line := range bytes.Lines(b) {
+			fields := strings.Fields(string(line))
+			if len(fields) > 3 && strings.HasSuffix(fields[2], want) && fields[3] == "01" {
+				n++
+			}
+		}
+	}
+	return n
 }
 
 // rss is pid's resident memory in KiB.

@@ -46,7 +46,7 @@ func TestFigureOnlyFromASampleWhileAllAreOpen(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			var out, errOut bytes.Buffer
-			code := report(&out, &errOut, c.streams, samples, 1000, t0, c.allow)
+			code := report(&out, &errOut, c.streams, samples, 1000, t0, c.allow, "")
 			if code != c.code || !strings.Contains(out.String()+errOut.String(), c.want) {
 				t.Errorf("exit %d, printed %q %q; want exit %d and %q", code, out.String(), errOut.String(), c.code, c.want)
 			}
