@@ -33,6 +33,10 @@
 #   PROTO=h2c|h1       how clients speak (default h2c)
 #   UPSTREAMS="http https"   which upstreams (default both)
 #   TARGETS="llmretry reverseproxy nginx"   which targets (default all three)
+#   GAP=2s             the time between a stream's events (default 1s: a
+#                      stream lasts 18 GAPs); lengthen it when N streams
+#                      take longer than that to open, or the run fails
+#                      its premise (HTTP/1.1 clients at 9,000 took 16 s here)
 #   RAMP=30s           start the streams over 30 s instead of at once: the
 #                      streams are then never all open together, and the run
 #                      must fail (a check of the check)
@@ -51,6 +55,7 @@ n=${1:-10000}
 proto=${PROTO:-h2c}
 upstreams=${UPSTREAMS:-http https}
 targets=${TARGETS:-llmretry reverseproxy nginx}
+gap=${GAP:-1s}
 case $proto in h2c | h1) ;; *) echo "run.sh: PROTO is h2c or h1" >&2; exit 2 ;; esac
 tmp=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; [ -f "$tmp/nginx.pid" ] && kill "$(cat "$tmp/nginx.pid")" 2>/dev/null; wait 2>/dev/null; rm -rf "$tmp"' EXIT
@@ -64,11 +69,11 @@ if [ -n "${PROFILE:-}" ]; then
 fi
 mock=18291 proxy=18290 ngx=18292 tlsmock=18293 plain=18294 pprofport=18295
 wait_for() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return; sleep 0.1; done; echo "run.sh: nothing listens on $1" >&2; exit 1; }
-"$tmp/llmretry" mock --listen 127.0.0.1:$mock --faults "slow=1s@100%" >/dev/null &
+"$tmp/llmretry" mock --listen 127.0.0.1:$mock --faults "slow=$gap@100%" >/dev/null &
 wait_for $mock
-"$tmp/tlsmock" -listen 127.0.0.1:$tlsmock -cert "$tmp/mock.pem" 2>/dev/null &
+"$tmp/tlsmock" -listen 127.0.0.1:$tlsmock -cert "$tmp/mock.pem" -gap "$gap" 2>/dev/null &
 for _ in $(seq 100); do [ -s "$tmp/mock.pem" ] && break; sleep 0.1; done
-echo "# bench/streams/run.sh $n, PROTO=$proto${RAMP:+ RAMP=$RAMP}${PROFILE:+ PROFILE}, $(date -u +%FT%TZ), $(nproc) CPUs ($(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)), load average $(cut -d' ' -f1-3 /proc/loadavg), descriptors $(ulimit -n), llmretry at $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- cmd go.mod ./*.go || echo ' plus uncommitted changes'), $(nginx -v 2>&1)"
+echo "# bench/streams/run.sh $n, PROTO=$proto GAP=$gap${RAMP:+ RAMP=$RAMP}${PROFILE:+ PROFILE}, $(date -u +%FT%TZ), $(nproc) CPUs ($(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)), load average $(cut -d' ' -f1-3 /proc/loadavg), descriptors $(ulimit -n), llmretry at $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- cmd go.mod ./*.go || echo ' plus uncommitted changes'), $(nginx -v 2>&1)"
 echo
 echo "| target | clients | upstream | streams | RSS idle | RSS peak, all open | per stream | all open from - until | samples then | failed | RSS peak of the run | upstream connections, most at once |"
 echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
@@ -97,12 +102,13 @@ measure() { # name upstream pid url [client flags...]
 		exit 1
 	fi
 	# shellcheck disable=SC2086
+	local failures=""
 	eval "local $out"
 	awk -v name="$name" -v proto="$proto" -v up="$up" -v n="$streams" -v idle="$rss_idle_kib" -v peak="$rss_peak_open_kib" -v per="$per_stream_kib" \
 		-v from="$all_open_from" -v until="$all_open_until" -v k="$samples_in_window" -v failed="$failed" -v open="$open" -v all="$rss_peak_run_kib" \
-		-v conns="$upstream_conns_max" \
+		-v conns="$upstream_conns_max" -v why="$failures" \
 		'BEGIN {printf "| %s | %s | %s | %d | %.1f MiB | %.1f MiB | %s KiB | %s - %s | %d | %s | %.1f MiB | %d |\n",
-			name, proto, up, n, idle / 1024, peak / 1024, per, from, until, k, failed ? failed " (of " n "; " open " opened)" : "0", all / 1024, conns}'
+			name, proto, up, n, idle / 1024, peak / 1024, per, from, until, k, failed ? failed " (of " n "; " open " opened: " why ")" : "0", all / 1024, conns}'
 }
 for up in $upstreams; do
 	case $up in
