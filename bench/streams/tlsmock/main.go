@@ -1,10 +1,10 @@
 // Command tlsmock serves the mock provider over TLS, HTTP/2 and HTTP/1.1 by
 // ALPN, with a self-signed certificate for 127.0.0.1 written to -cert, so
 // that bench/streams/run.sh can put a proxy in front of an upstream that
-// speaks as LLM APIs do (HTTPS). Every reply is a stream of 19 events a
-// second apart.
+// speaks as LLM APIs do (HTTPS). Every reply is a stream of 19 events -gap
+// apart (a second by default).
 //
-//	tlsmock -listen 127.0.0.1:18293 -cert /tmp/mock.pem
+//	tlsmock -listen 127.0.0.1:18293 -cert /tmp/mock.pem [-gap 1s]
 package main
 
 import (
@@ -29,6 +29,7 @@ import (
 func main() {
 	listen := flag.String("listen", "127.0.0.1:18293", "address to listen on")
 	certOut := flag.String("cert", "", "where to write the certificate (PEM), for clients to trust")
+	gap := flag.Duration("gap", time.Second, "the time between a stream's events")
 	flag.Parse()
 	if *certOut == "" {
 		fmt.Fprintln(os.Stderr, "usage: tlsmock -listen ADDR -cert FILE")
@@ -43,7 +44,11 @@ func main() {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	script, _ := mockllm.ParseFaults("slow=1s@100%")
+	script, err := mockllm.ParseFaults("slow=" + gap.String() + "@100%")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
 	srv := &http.Server{Handler: mockllm.New(script, 1), ReadHeaderTimeout: 10 * time.Second,
 		TLSConfig: &tls.Config{Certificates: []tls.Certificate{cert}},
 		HTTP2:     &http.HTTP2Config{MaxConcurrentStreams: 1000}}
