@@ -22,6 +22,10 @@ import (
 // NewFailoverTransport to retry elsewhere.
 type Transport struct {
 	base http.RoundTripper
+	// send is base.RoundTrip, made once: a method value made per request
+	// would be an allocation per request (the loop keeps it, for a
+	// stream's continuation).
+	send sendFunc
 	cfg  config
 	// streaks counts 429s in a row per key and model, for cooldowns.
 	streaks limitStreaks
@@ -37,7 +41,7 @@ func NewTransport(base http.RoundTripper, opts ...Option) *Transport {
 	if base == nil {
 		base = http.DefaultTransport
 	}
-	t := &Transport{base: base, cfg: defaultConfig()}
+	t := &Transport{base: base, send: base.RoundTrip, cfg: defaultConfig()}
 	for _, o := range opts {
 		if o != nil {
 			o(&t.cfg)
@@ -58,7 +62,7 @@ func NewTransport(base http.RoundTripper, opts ...Option) *Transport {
 // response whenever it has one, even a failed one, with its body intact;
 // it returns an *Error only when it has none.
 func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
-	return t.do(req, t.base.RoundTrip)
+	return t.do(req, t.send)
 }
 
 // Do sends req with client, retrying as p allows: the function form, for
