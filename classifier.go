@@ -100,8 +100,16 @@ func (a Attempt) transport() *Transport {
 	if a.t != nil {
 		return a.t
 	}
-	return &Transport{cfg: defaultConfig()}
+	return defaultTransport()
 }
+
+// defaultTransport is the Transport a Classifier called outside of one
+// (in a test, say) reads its rules from. Not inlined: a default config
+// built inside Attempt.transport would sit in the frame of every caller,
+// which are on the stack while a stream is held for its first output.
+//
+//go:noinline
+func defaultTransport() *Transport { return &Transport{cfg: defaultConfig()} }
 
 // Classifiers chains cs: each is asked in turn, and the first that does
 // not Pass decides.

@@ -358,30 +358,32 @@ func (j *journey) moveTo(c choice) {
 
 // start finds the first placement of req: waiting first when every key
 // that could serve it is in the fleet's cooldown, or when the one key left
-// (denied the model) is carrying another request.
-func (t *Transport) start(req *http.Request) (journey, error) {
-	j := journey{rt: t.route, req: req, canReplay: replayable(req)}
-	if err := t.checkRequest(&j); err != nil {
-		return journey{}, err
+// (denied the model) is carrying another request. It fills j in place:
+// a journey returned by value would take a second copy's room in do's
+// frame, which stays on the stack below a held stream.
+func (t *Transport) start(req *http.Request, j *journey) error {
+	*j = journey{rt: t.route, req: req, canReplay: replayable(req)}
+	if err := t.checkRequest(j); err != nil {
+		return err
 	}
 	for tries := 0; ; tries++ {
 		now := t.cfg.clock.Now()
 		c, ok := j.choose(t, 0, now)
 		if !ok {
 			v := verdict{cause: "no target or key for model " + upstreamWord(j.modelName()), reason: ReasonUnavailable}
-			return journey{}, t.giveUp(req, nil, 0, v, errUnavailable, nil)
+			return t.giveUp(req, nil, 0, v, errUnavailable, nil)
 		}
 		switch {
 		case c.waitFor != nil:
 			if err := t.awaitTurn(req, c.waitFor); err != nil {
-				return journey{}, err
+				return err
 			}
 			tries-- // a turn waited for is no lost claim
 			continue
 		case c.wait > 0:
 			// The key's cooldown ends after the wait: it goes there then.
 			if err := t.hold(req, c.wait); err != nil {
-				return journey{}, err
+				return err
 			}
 			now = t.cfg.clock.Now()
 			c.wait = 0
@@ -395,10 +397,10 @@ func (t *Transport) start(req *http.Request) (journey, error) {
 				continue
 			}
 			v := verdict{cause: "every place for model " + upstreamWord(j.modelName()) + " is being probed", reason: ReasonUnavailable}
-			return journey{}, t.giveUp(req, nil, 0, v, errUnavailable, nil)
+			return t.giveUp(req, nil, 0, v, errUnavailable, nil)
 		}
 		j.moveTo(c)
-		return j, nil
+		return nil
 	}
 }
 

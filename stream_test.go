@@ -466,3 +466,29 @@ func TestSynctest_IdleWatchdogTimesEachRead(t *testing.T) {
 		}
 	})
 }
+
+// The media type is read by hand (no mime.ParseMediaType, which allocates
+// and goes deep): what counts as an event stream stays what it was.
+func TestEventStreamMediaTypeIsReadByHand(t *testing.T) {
+	for ct, want := range map[string]bool{
+		"text/event-stream":                     true,
+		"TEXT/Event-Stream":                     true,
+		"text/event-stream; charset=utf-8":      true,
+		"text/event-stream ;charset=utf-8":      true,
+		" text/event-stream":                    true,
+		"text/event-streams":                    false,
+		"text/event-stream-x":                   false,
+		"text/event":                            false,
+		"application/json":                      false,
+		"":                                      false,
+		"application/json; x=text/event-stream": false,
+	} {
+		resp := &http.Response{StatusCode: 200, Header: http.Header{"Content-Type": {ct}}}
+		if got := isEventStream(resp); got != want {
+			t.Errorf("%q: %v, want %v", ct, got, want)
+		}
+	}
+	if isEventStream(&http.Response{StatusCode: 500, Header: http.Header{"Content-Type": {"text/event-stream"}}}) {
+		t.Error("a 500 is not an event stream to hold")
+	}
+}

@@ -94,17 +94,30 @@ type sendFunc func(*http.Request) (*http.Response, error)
 // or decide what follows (the same place after a wait, another key or
 // target now, or a stop), pay the budget for a retry, and go.
 func (t *Transport) do(req *http.Request, send sendFunc) (*http.Response, error) {
-	if err := validateRequest(req); err != nil {
-		closeBody(req)
-		return nil, t.giveUp(req, nil, 0, verdict{reason: ReasonInvalidRequest}, err, nil)
-	}
-	j, err := t.start(req)
-	if err != nil {
-		closeBody(req)
+	var j journey
+	if err := t.begin(req, &j); err != nil {
 		return nil, err
 	}
 	defer j.release() // no probe outlives its request, however it ends
 	return t.loop(&j, send, 1, t.idempotencyKey(req))
+}
+
+// begin checks req and finds its first placement, in j. On an error, the
+// request's body is closed and nothing is to be sent. Its own frame, not
+// do's: do's stays on the stack, below a held stream, for as long as the
+// request lasts, and a goroutine's stack is as large as its deepest call.
+//
+//go:noinline
+func (t *Transport) begin(req *http.Request, j *journey) error {
+	if err := validateRequest(req); err != nil {
+		closeBody(req)
+		return t.giveUp(req, nil, 0, verdict{reason: ReasonInvalidRequest}, err, nil)
+	}
+	if err := t.start(req, j); err != nil {
+		closeBody(req)
+		return err
+	}
+	return nil
 }
 
 // loop sends attempts from number first on, until one is handed over or
