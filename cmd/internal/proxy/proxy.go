@@ -330,6 +330,9 @@ func (p *Proxy) Metrics() *Metrics { return p.metrics }
 // redirect of its own.
 func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	r, info := withRequest(r, w.Header())
+	if info.cancel != nil {
+		defer info.cancel()
+	}
 	p.forward(w, r, info)
 }
 
@@ -374,7 +377,15 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, info *requestInf
 	// (copyBuffers).
 	rp := *p.rp
 	rp.BufferPool = &info.buffers
-	rp.ServeHTTP(w, r) // the held body is not used after this returns
+	out := takeStreams(w, r, info)
+	if sc, ok := out.(*streamConn); ok {
+		whole := false
+		defer func() { sc.finish(whole) }() // a panic (a stream cut upstream) leaves it cut
+		rp.ServeHTTP(out, r)                // the held body is not used after this returns
+		whole = true
+		return
+	}
+	rp.ServeHTTP(out, r)
 }
 
 // firstChunk is the most memory a request body is given before its bytes
@@ -575,9 +586,16 @@ func Serve(ctx context.Context, srv *http.Server, serve func() error, grace time
 	logger.Info("llmretry: draining: new connections refused, in-flight requests may finish", "grace", grace)
 	sctx, cancel := context.WithTimeout(context.Background(), grace)
 	defer cancel()
+	taken := takenStreamsOf(srv)
 	err := srv.Shutdown(sctx)
+	if err == nil && taken != nil {
+		err = taken.wait(sctx)
+	}
 	if errors.Is(err, context.DeadlineExceeded) {
 		_ = srv.Close()
+		if taken != nil {
+			taken.closeAll()
+		}
 		err = fmt.Errorf("in-flight requests still running after the %v grace period were cut", grace)
 		logger.Warn("llmretry: drain ended: grace passed, the requests still running were cut", "grace", grace)
 	} else {
@@ -597,5 +615,10 @@ func NewServer(h http.Handler) *http.Server {
 	srv.Protocols = new(http.Protocols)
 	srv.Protocols.SetHTTP1(true)
 	srv.Protocols.SetUnencryptedHTTP2(true)
+	// The streams written on taken connections (h1stream.go), for Serve's
+	// drain to wait for: net/http's Shutdown does not.
+	taken := &takenStreams{}
+	ctx := context.WithValue(context.Background(), takenKey{}, taken)
+	srv.BaseContext = func(net.Listener) context.Context { return ctx }
 	return srv
 }

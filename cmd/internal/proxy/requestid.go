@@ -34,6 +34,10 @@ type requestInfo struct {
 	broke    sync.Once // the mid-stream break is logged once
 	buffers  copyBuffers
 	origin   string // a listed web page's origin, whose page may read the answer
+	// cancel ends the request's upstream side: for an HTTP/1.x client,
+	// whose stream's connection may be taken from net/http (h1stream.go),
+	// after which net/http no longer cancels it when the server closes.
+	cancel context.CancelFunc
 }
 
 type requestKey struct{}
@@ -48,7 +52,11 @@ func withRequest(r *http.Request, out http.Header) (*http.Request, *requestInfo)
 	binary.LittleEndian.PutUint64(raw[:], rand.Uint64())
 	hex.Encode(b[:], raw[:])
 	info := &requestInfo{id: string(b[:]), start: time.Now(), out: out}
-	return r.WithContext(context.WithValue(r.Context(), requestKey{}, info)), info
+	ctx := context.WithValue(r.Context(), requestKey{}, info)
+	if r.ProtoMajor == 1 {
+		ctx, info.cancel = context.WithCancel(ctx)
+	}
+	return r.WithContext(ctx), info
 }
 
 func requestOf(ctx context.Context) *requestInfo {

@@ -1,0 +1,300 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// A stream answered to an HTTP/1.1 client is written on the connection
+// itself. net/http keeps, for every HTTP/1.1 connection it serves, a 4 KiB
+// read buffer, a 4 KiB write buffer, a 2 KiB chunking buffer and a
+// goroutine that reads ahead to notice the client leaving: about 12 KiB an
+// open stream, which is one connection for an HTTP/1.1 client (Python's
+// httpx, Node's fetch). A stream needs none of them: its request body is
+// already held, and its events are written as they come. So once a 2xx
+// text/event-stream reply's headers are ready, the connection is taken
+// from net/http (Hijack) and the reply is written on it in chunks, each
+// event with one write, and the connection is closed at the end (it is not
+// kept alive: a client opens a new one for its next request, as it does
+// for a stream that broke).
+//
+// What changes for the client: a client that leaves is noticed at the next
+// event written (a write fails), not at once; the upstream request then
+// ends. The trailers a reply announced are written after the last chunk.
+//
+// net/http's Shutdown forgets a connection once it is taken, so the
+// streams on taken connections are counted apart (takenStreams), and the
+// drain (Serve) waits for them too, and cuts them when its grace passes.
+// Only a server made by NewServer counts them, so only there are
+// connections taken.
+
+// streamConn is the ResponseWriter a request to an HTTP/1.1 client is
+// served through: net/http's own, until a stream's headers are written.
+type streamConn struct {
+	http.ResponseWriter
+	r     *http.Request
+	taken *takenStreams
+	// cancel ends the upstream request: the drain's cut cannot wait for
+	// the next event's write to fail.
+	cancel context.CancelFunc
+	conn   net.Conn // the taken connection; nil until then
+	err    error    // the first write error on it
+	// http10: the client speaks HTTP/1.0: no chunks, the stream ends when
+	// the connection closes.
+	http10 bool
+	// size and vec frame one chunk, written with one writev: no
+	// allocation, and no copy of the event.
+	size [20]byte
+	vec  [3][]byte
+}
+
+var crlf = []byte("\r\n")
+
+// takeStreams serves w's streams on the connection itself when the client
+// speaks HTTP/1.x; any other writer is returned as it is.
+func takeStreams(w http.ResponseWriter, r *http.Request, info *requestInfo) http.ResponseWriter {
+	if r.ProtoMajor != 1 || r.Method == http.MethodHead || info == nil || info.cancel == nil {
+		return w
+	}
+	taken, _ := r.Context().Value(takenKey{}).(*takenStreams)
+	if _, ok := w.(http.Hijacker); !ok || taken == nil {
+		return w
+	}
+	return &streamConn{ResponseWriter: w, r: r, taken: taken, cancel: info.cancel, http10: r.ProtoMinor == 0}
+}
+
+func (s *streamConn) WriteHeader(code int) {
+	if s.conn != nil {
+		return
+	}
+	h := s.Header()
+	ct := ""
+	if v := h["Content-Type"]; len(v) > 0 {
+		ct = v[0]
+	}
+	if code < 200 || code > 299 || code == http.StatusNoContent || !strings.HasPrefix(ct, "text/event-stream") || h.Get("Content-Length") != "" {
+		s.ResponseWriter.WriteHeader(code)
+		return
+	}
+	// Counted before it is taken: from the moment it is, Shutdown no
+	// longer waits for it.
+	s.taken.enter(s)
+	conn, brw, err := s.ResponseWriter.(http.Hijacker).Hijack()
+	if err != nil {
+		s.taken.leave(s)
+		s.ResponseWriter.WriteHeader(code)
+		return
+	}
+	// The 4 KiB read buffer and 4 KiB write buffer net/http gave this
+	// connection are the taker's after Hijack, and net/http does not touch
+	// them again; but they stay reachable from its connection for as long
+	// as this handler runs, the whole stream. Emptied, they go with the
+	// next GC. (A client that sent another request behind this one, on the
+	// same connection, loses it with the connection's close: browsers and
+	// SDKs do not pipeline.)
+	*brw.Reader, *brw.Writer = bufio.Reader{}, bufio.Writer{}
+	s.conn = conn
+	s.taken.hold(conn)
+	h.Del("Transfer-Encoding")
+	h.Set("Connection", "close")
+	if _, ok := h["Date"]; !ok {
+		h.Set("Date", time.Now().UTC().Format(http.TimeFormat))
+	}
+	if !s.http10 {
+		h.Set("Transfer-Encoding", "chunked")
+	}
+	head := make([]byte, 0, 512)
+	head = append(head, "HTTP/1."...)
+	head = strconv.AppendInt(head, int64(s.r.ProtoMinor), 10)
+	head = append(head, ' ')
+	head = strconv.AppendInt(head, int64(code), 10)
+	head = append(head, ' ')
+	head = append(head, http.StatusText(code)...)
+	head = append(head, "\r\n"...)
+	var b strings.Builder
+	_ = h.Write(&b)
+	head = append(head, b.String()...)
+	head = append(head, "\r\n"...)
+	_, s.err = conn.Write(head)
+}
+
+func (s *streamConn) Write(p []byte) (int, error) {
+	if s.conn == nil {
+		if s.Header().Get("Content-Type") == "" && len(p) > 0 {
+			return s.ResponseWriter.Write(p) // net/http sniffs the type
+		}
+		s.WriteHeader(http.StatusOK)
+		if s.conn == nil {
+			return s.ResponseWriter.Write(p)
+		}
+	}
+	if s.err != nil {
+		return 0, s.err
+	}
+	if len(p) == 0 {
+		return 0, nil
+	}
+	if s.http10 {
+		n, err := s.conn.Write(p)
+		s.err = err
+		return n, err
+	}
+	n := len(strconv.AppendInt(s.size[:0], int64(len(p)), 16))
+	n += copy(s.size[n:], crlf)
+	s.vec = [3][]byte{s.size[:n], p, crlf}
+	frame := net.Buffers(s.vec[:])
+	_, err := frame.WriteTo(s.conn)
+	s.vec = [3][]byte{} // no hold on the event
+	if err != nil {
+		s.err = err
+		return 0, err
+	}
+	return len(p), nil
+}
+
+// Flush: a taken connection is written unbuffered.
+func (s *streamConn) Flush() {
+	if s.conn == nil {
+		if f, ok := s.ResponseWriter.(http.Flusher); ok {
+			f.Flush()
+		}
+	}
+}
+
+// Unwrap lets http.ResponseController reach net/http's writer (for a
+// WebSocket's Hijack, a deadline) while the connection is net/http's.
+func (s *streamConn) Unwrap() http.ResponseWriter { return s.ResponseWriter }
+
+// finish ends a taken stream: whole (the last chunk and the trailers the
+// reply announced), or cut (the handler panicked: the client sees the
+// connection close mid-stream, as net/http would show it).
+func (s *streamConn) finish(whole bool) {
+	if s.conn == nil {
+		return
+	}
+	if whole && s.err == nil && !s.http10 {
+		end := []byte("0\r\n")
+		h := s.Header()
+		for _, announced := range h.Values("Trailer") {
+			for k := range strings.SplitSeq(announced, ",") {
+				k = http.CanonicalHeaderKey(strings.TrimSpace(k))
+				for _, v := range h[k] {
+					end = append(end, k...)
+					end = append(end, ": "...)
+					end = append(end, v...)
+					end = append(end, "\r\n"...)
+				}
+			}
+		}
+		for k, vs := range h {
+			if name, ok := strings.CutPrefix(k, http.TrailerPrefix); ok {
+				for _, v := range vs {
+					end = append(end, name...)
+					end = append(end, ": "...)
+					end = append(end, v...)
+					end = append(end, "\r\n"...)
+				}
+			}
+		}
+		end = append(end, "\r\n"...)
+		_, _ = s.conn.Write(end)
+	}
+	_ = s.conn.Close()
+	s.taken.leave(s)
+}
+
+// takenStreams counts the streams being written on taken connections.
+type takenStreams struct {
+	mu    sync.Mutex
+	open  map[*streamConn]struct{}
+	conns map[net.Conn]struct{}
+	cut   bool          // the drain's grace passed: a connection taken now is closed at once
+	idle  chan struct{} // closed when the last stream ends, while a drain waits
+}
+
+// takenKey is the request context key under which NewServer's server
+// passes its takenStreams to the handlers.
+type takenKey struct{}
+
+func (t *takenStreams) enter(s *streamConn) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.open == nil {
+		t.open, t.conns = make(map[*streamConn]struct{}), make(map[net.Conn]struct{})
+	}
+	t.open[s] = struct{}{}
+}
+
+// hold notes the connection s was given, to close if the drain cuts.
+func (t *takenStreams) hold(c net.Conn) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.cut {
+		_ = c.Close()
+		return
+	}
+	t.conns[c] = struct{}{}
+}
+
+func (t *takenStreams) leave(s *streamConn) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	delete(t.open, s)
+	if s.conn != nil {
+		delete(t.conns, s.conn)
+	}
+	if len(t.open) == 0 && t.idle != nil {
+		close(t.idle)
+		t.idle = nil
+	}
+}
+
+// wait returns once no stream is open, or with ctx's error.
+func (t *takenStreams) wait(ctx context.Context) error {
+	t.mu.Lock()
+	if len(t.open) == 0 {
+		t.mu.Unlock()
+		return nil
+	}
+	if t.idle == nil {
+		t.idle = make(chan struct{})
+	}
+	idle := t.idle
+	t.mu.Unlock()
+	select {
+	case <-idle:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// closeAll cuts every open stream: their handlers then end at their next
+// write.
+func (t *takenStreams) closeAll() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.cut = true
+	for c := range t.conns {
+		_ = c.Close()
+	}
+	for s := range t.open {
+		s.cancel()
+	}
+}
+
+// takenStreamsOf returns the takenStreams of a server made by NewServer,
+// or nil.
+func takenStreamsOf(srv *http.Server) *takenStreams {
+	if srv.BaseContext == nil {
+		return nil
+	}
+	t, _ := srv.BaseContext(nil).Value(takenKey{}).(*takenStreams)
+	return t
+}

@@ -1,0 +1,341 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptrace"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// rawRequest sends a POST for a stream to the proxy at base over a
+// connection of its own, as proto (HTTP/1.1 or HTTP/1.0), and returns the
+// connection and a reader on it.
+func rawRequest(t *testing.T, base, proto string) (net.Conn, *bufio.Reader) {
+	t.Helper()
+	u, _ := url.Parse(base)
+	c, err := net.Dial("tcp", u.Host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	body := `{"stream":true}`
+	req := "POST /v1/chat/completions " + proto + "\r\nHost: " + u.Host +
+		"\r\nContent-Type: application/json\r\nContent-Length: " + strconv.Itoa(len(body)) + "\r\n\r\n" + body
+	if _, err := io.WriteString(c, req); err != nil {
+		t.Fatal(err)
+	}
+	return c, bufio.NewReader(c)
+}
+
+// sseUpstream answers with the events in order, each written and flushed
+// on its own, each after a receive on next (when next is not nil).
+func sseUpstream(next <-chan struct{}, events ...string) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		w.Header().Set("Content-Type", "text/event-stream")
+		for i, ev := range events {
+			if i > 0 && next != nil {
+				select {
+				case <-next:
+				case <-r.Context().Done():
+					return
+				}
+			}
+			_, _ = io.WriteString(w, ev)
+			w.(http.Flusher).Flush()
+		}
+	}
+}
+
+// A stream to an HTTP/1.1 client is written on the connection itself: one
+// chunk an event, the terminal chunk at the end, and the connection closed
+// after it (the reply says so), with the proxy's own headers as always.
+func TestStreamToAnHTTP11ClientIsWrittenOnTheConnection(t *testing.T) {
+	next := make(chan struct{})
+	base, _, _ := start(t, sseUpstream(next, "data: one\n\n", "data: two\n\n", "data: [DONE]\n\n"))
+	c, br := rawRequest(t, base, "HTTP/1.1")
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// (ReadResponse takes "Connection: close" off the headers into Close.)
+	if resp.StatusCode != 200 || !resp.Close || len(resp.TransferEncoding) != 1 || resp.TransferEncoding[0] != "chunked" ||
+		resp.Header.Get(AttemptsHeader) != "1" || resp.Header.Get(RequestIDHeader) == "" {
+		t.Fatalf("status %d close %v headers %v transfer-encoding %v", resp.StatusCode, resp.Close, resp.Header, resp.TransferEncoding)
+	}
+	// The raw chunks, not ReadResponse's reading of them: the framing is
+	// what is tested. Each event is sent once the last one has arrived.
+	for i, want := range []string{"b\r\ndata: one\n\n\r\n", "b\r\ndata: two\n\n\r\n", "e\r\ndata: [DONE]\n\n\r\n0\r\n\r\n"} {
+		if i > 0 {
+			next <- struct{}{}
+		}
+		got := make([]byte, len(want))
+		if _, err := io.ReadFull(br, got); err != nil || string(got) != want {
+			t.Fatalf("chunk %d: %q %v, want %q", i, got, err, want)
+		}
+	}
+	if n, err := br.Read(make([]byte, 1)); n != 0 || err != io.EOF {
+		t.Fatalf("after the terminal chunk: %d bytes, %v; want the connection closed", n, err)
+	}
+}
+
+// An HTTP/1.0 client gets its stream unchunked, ended by the connection's
+// close.
+func TestStreamToAnHTTP10ClientEndsWithTheConnection(t *testing.T) {
+	base, _, _ := start(t, sseUpstream(nil, "data: one\n\n", "data: two\n\n"))
+	c, br := rawRequest(t, base, "HTTP/1.0")
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := io.ReadAll(resp.Body)
+	if err != nil || resp.Proto != "HTTP/1.0" || len(resp.TransferEncoding) != 0 || string(b) != "data: one\n\ndata: two\n\n" {
+		t.Fatalf("%s transfer-encoding %v body %q %v", resp.Proto, resp.TransferEncoding, b, err)
+	}
+}
+
+// Replies that are not streams stay net/http's: the connection is kept
+// alive for the next request. So is a HEAD's.
+func TestRepliesThatAreNotStreamsKeepTheConnection(t *testing.T) {
+	up := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		if r.URL.Path == "/v1/stream" {
+			w.Header().Set("Content-Type", "text/event-stream")
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, `{"ok":true}`)
+	})
+	base, _, _ := start(t, up)
+	c := client(t)
+	var reused []bool
+	for _, req := range []struct{ method, path string }{{"POST", "/v1/chat/completions"}, {"POST", "/v1/chat/completions"}, {"HEAD", "/v1/stream"}, {"POST", "/v1/chat/completions"}} {
+		r, _ := http.NewRequest(req.method, base+req.path, strings.NewReader("{}"))
+		r = r.WithContext(httptrace.WithClientTrace(r.Context(), &httptrace.ClientTrace{
+			GotConn: func(info httptrace.GotConnInfo) { reused = append(reused, info.Reused) },
+		}))
+		resp, err := c.Do(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || resp.Close {
+			t.Fatalf("%s %s: %d close %v %q", req.method, req.path, resp.StatusCode, resp.Close, b)
+		}
+	}
+	if len(reused) != 4 || reused[0] || !reused[1] || !reused[2] || !reused[3] {
+		t.Fatalf("connections reused %v, want one connection for all four", reused)
+	}
+}
+
+// watchedConn reports the result of every write on it.
+type watchedConn struct {
+	net.Conn
+	writes chan<- error
+}
+
+func (c watchedConn) Write(p []byte) (int, error) {
+	n, err := c.Conn.Write(p)
+	c.writes <- err
+	return n, err
+}
+
+type watchedListener struct {
+	net.Listener
+	writes chan<- error
+}
+
+func (l watchedListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return watchedConn{c, l.writes}, nil
+}
+
+// A client that leaves a taken stream is noticed when the next event is
+// written, and the upstream request ends then.
+func TestClientLeavingATakenStreamEndsTheUpstreamRequest(t *testing.T) {
+	next := make(chan struct{})
+	ended := make(chan struct{})
+	events := []string{"data: one\n\n"}
+	for range 10 {
+		events = append(events, "data: more\n\n")
+	}
+	up := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		defer close(ended)
+		sseUpstream(next, events...)(w, r)
+	})
+	_, p, _ := start(t, up)
+	writes := make(chan error, 100)
+	base, _, _ := serveProxy(t, p, time.Minute, io.Discard, func(ln net.Listener) net.Listener { return watchedListener{ln, writes} })
+	c, br := rawRequest(t, base, "HTTP/1.1")
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, err := bufio.NewReader(resp.Body).ReadString('\n')
+	if err != nil || first != "data: one\n" {
+		t.Fatalf("first line %q %v", first, err)
+	}
+	// Gone at once, with a reset rather than a goodbye.
+	_ = c.(*net.TCPConn).SetLinger(0)
+	c.Close()
+	for len(writes) > 0 { // the head's and the first event's
+		if err := <-writes; err != nil {
+			t.Fatal(err)
+		}
+	}
+	// An event at a time, each once the proxy has tried to pass the last
+	// one on, until a write fails.
+	failed := false
+	for i := 1; i < len(events) && !failed; i++ {
+		select {
+		case next <- struct{}{}:
+		case <-ended:
+			t.Fatal("the upstream request ended before its events were asked for")
+		}
+		select {
+		case err := <-writes:
+			failed = err != nil
+		case <-time.After(10 * time.Second):
+			t.Fatal("the proxy did not write the event")
+		}
+	}
+	if !failed {
+		t.Fatal("every event was written: the departed client was never noticed")
+	}
+	select {
+	case <-ended:
+	case <-time.After(10 * time.Second):
+		t.Fatal("a write to the departed client failed, and the upstream request went on")
+	}
+}
+
+// A stream the upstream cuts midway reaches an HTTP/1.1 client cut: no
+// terminal chunk, so the client cannot take it for whole.
+func TestStreamCutUpstreamReachesTheHTTP11ClientCut(t *testing.T) {
+	up := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		conn, brw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			return
+		}
+		defer conn.Close()
+		_, _ = brw.WriteString("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n" +
+			"b\r\ndata: one\n\n\r\n6\r\ndata: ")
+		_ = brw.Flush()
+	})
+	base, _, _ := start(t, up)
+	resp, err := client(t).Post(base+"/v1/chat/completions", "application/json", strings.NewReader(`{"stream":true}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !errors.Is(err, io.ErrUnexpectedEOF) || !strings.HasPrefix(string(b), "data: one\n\n") {
+		t.Fatalf("client read %q, %v: want the first event, then unexpected EOF", b, err)
+	}
+}
+
+// serveProxy serves p through NewServer and Serve, on a listener that wrap
+// may wrap, until stop is called; wait returns Serve's result.
+func serveProxy(t *testing.T, p http.Handler, grace time.Duration, logs io.Writer, wrap ...func(net.Listener) net.Listener) (base string, stop func(), wait func() error) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	for _, w := range wrap {
+		ln = w(ln)
+	}
+	srv := NewServer(p)
+	ctx, cancel := context.WithCancel(context.Background())
+	d := make(chan error, 1)
+	go func() {
+		d <- Serve(ctx, srv, func() error { return srv.Serve(ln) }, grace, slog.New(slog.NewTextHandler(logs, nil)))
+	}()
+	wait = sync.OnceValue(func() error { return <-d })
+	t.Cleanup(func() { cancel(); _ = wait() })
+	return "http://" + addr, cancel, wait
+}
+
+// A drain waits for the streams on taken connections, which net/http's
+// Shutdown no longer sees, to end.
+func TestServeDrainWaitsForATakenStream(t *testing.T) {
+	next := make(chan struct{})
+	_, p, _ := start(t, sseUpstream(next, "data: one\n\n", "data: two\n\n"))
+	logs := &logBuffer{}
+	base, stop, wait := serveProxy(t, p, time.Minute, logs)
+	done := make(chan error, 1)
+	c, br := rawRequest(t, base, "HTTP/1.1")
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := bufio.NewReader(resp.Body)
+	if l, err := body.ReadString('\n'); err != nil || l != "data: one\n" {
+		t.Fatalf("first line %q %v", l, err)
+	}
+	stop()
+	go func() { done <- wait() }()
+	select {
+	case err := <-done:
+		t.Fatalf("the drain ended (%v) while a taken stream was open", err)
+	case next <- struct{}{}: // the upstream sends its second event, and ends
+	case <-time.After(10 * time.Second):
+		t.Fatal("the upstream did not take its next event")
+	}
+	rest, err := io.ReadAll(body)
+	if err != nil || string(rest) != "\ndata: two\n\n" {
+		t.Fatalf("rest %q %v", rest, err)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(logs.String(), "drain ended: every in-flight request finished") {
+		t.Fatalf("logs:\n%s", logs.String())
+	}
+}
+
+// When the drain's grace passes, the streams on taken connections are cut
+// too, and Serve says so.
+func TestServeDrainCutsATakenStreamWhenGracePasses(t *testing.T) {
+	next := make(chan struct{}) // never sent on: the stream stays open
+	_, p, _ := start(t, sseUpstream(next, "data: one\n\n", "data: two\n\n"))
+	logs := &logBuffer{}
+	base, stop, wait := serveProxy(t, p, 50*time.Millisecond, logs)
+	c, br := rawRequest(t, base, "HTTP/1.1")
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := bufio.NewReader(resp.Body)
+	if l, err := body.ReadString('\n'); err != nil || l != "data: one\n" {
+		t.Fatalf("first line %q %v", l, err)
+	}
+	stop()
+	if err := wait(); err == nil || !strings.Contains(err.Error(), "grace period were cut") {
+		t.Fatalf("Serve returned %v", err)
+	}
+	if _, err := io.ReadAll(body); !errors.Is(err, io.ErrUnexpectedEOF) {
+		t.Fatalf("the cut stream read to %v, want unexpected EOF", err)
+	}
+}
