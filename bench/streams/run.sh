@@ -40,6 +40,8 @@
 #   RAMP=30s           start the streams over 30 s instead of at once: the
 #                      streams are then never all open together, and the run
 #                      must fail (a check of the check)
+#   LLMRETRY_BIN=PATH  measure this llmretry binary instead of building the
+#                      tree's (to compare two builds in alternating runs)
 #   PROFILE=DIR        profile llmretry's proxy instead of measuring it: a
 #                      build with net/http/pprof (bench/streams/pprof, via
 #                      -overlay; cmd/ unchanged), every allocation recorded
@@ -59,7 +61,7 @@ gap=${GAP:-1s}
 case $proto in h2c | h1) ;; *) echo "run.sh: PROTO is h2c or h1" >&2; exit 2 ;; esac
 tmp=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; [ -f "$tmp/nginx.pid" ] && kill "$(cat "$tmp/nginx.pid")" 2>/dev/null; wait 2>/dev/null; rm -rf "$tmp"' EXIT
-go build -o "$tmp/llmretry" ./cmd/llmretry
+if [ -n "${LLMRETRY_BIN:-}" ]; then cp "$LLMRETRY_BIN" "$tmp/llmretry"; else go build -o "$tmp/llmretry" ./cmd/llmretry; fi
 (cd bench && go build -o "$tmp/client" ./streams/client && go build -o "$tmp/plainproxy" ./proxy/plainproxy && go build -o "$tmp/tlsmock" ./streams/tlsmock)
 if [ -n "${PROFILE:-}" ]; then
 	mkdir -p "$PROFILE"
@@ -73,7 +75,7 @@ wait_for() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/nu
 wait_for $mock
 "$tmp/tlsmock" -listen 127.0.0.1:$tlsmock -cert "$tmp/mock.pem" -gap "$gap" 2>/dev/null &
 for _ in $(seq 100); do [ -s "$tmp/mock.pem" ] && break; sleep 0.1; done
-echo "# bench/streams/run.sh $n, PROTO=$proto GAP=$gap${RAMP:+ RAMP=$RAMP}${PROFILE:+ PROFILE}, $(date -u +%FT%TZ), $(nproc) CPUs ($(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)), load average $(cut -d' ' -f1-3 /proc/loadavg), descriptors $(ulimit -n), llmretry at $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- cmd go.mod ./*.go || echo ' plus uncommitted changes'), $(nginx -v 2>&1)"
+echo "# bench/streams/run.sh $n, PROTO=$proto GAP=$gap${RAMP:+ RAMP=$RAMP}${PROFILE:+ PROFILE}, $(date -u +%FT%TZ), $(nproc) CPUs ($(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)), load average $(cut -d' ' -f1-3 /proc/loadavg), descriptors $(ulimit -n), llmretry ${LLMRETRY_BIN:+$LLMRETRY_BIN, not }at $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- cmd go.mod ./*.go || echo ' plus uncommitted changes'), $(nginx -v 2>&1)"
 echo
 echo "| target | clients | upstream | streams | RSS idle | RSS peak, all open | per stream | all open from - until | samples then | failed | RSS peak of the run | upstream connections, most at once |"
 echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
