@@ -48,6 +48,9 @@ type streamConn struct {
 	// http10: the client speaks HTTP/1.0: no chunks, the stream ends when
 	// the connection closes.
 	http10 bool
+	// passed: the header went to net/http's writer (not a stream, or the
+	// Hijack failed), which writes the rest as usual.
+	passed bool
 	// size and vec frame one chunk, written with one writev: no
 	// allocation, and no copy of the event.
 	size [20]byte
@@ -73,12 +76,17 @@ func (s *streamConn) WriteHeader(code int) {
 	if s.conn != nil {
 		return
 	}
+	if s.passed { // a second call: net/http's to log as superfluous
+		s.ResponseWriter.WriteHeader(code)
+		return
+	}
 	h := s.Header()
 	ct := ""
 	if v := h["Content-Type"]; len(v) > 0 {
 		ct = v[0]
 	}
 	if code < 200 || code > 299 || code == http.StatusNoContent || !strings.HasPrefix(ct, "text/event-stream") || h.Get("Content-Length") != "" {
+		s.passed = true
 		s.ResponseWriter.WriteHeader(code)
 		return
 	}
@@ -88,6 +96,7 @@ func (s *streamConn) WriteHeader(code int) {
 	conn, brw, err := s.ResponseWriter.(http.Hijacker).Hijack()
 	if err != nil {
 		s.taken.leave(s)
+		s.passed = true
 		s.ResponseWriter.WriteHeader(code)
 		return
 	}
@@ -125,8 +134,15 @@ func (s *streamConn) WriteHeader(code int) {
 }
 
 func (s *streamConn) Write(p []byte) (int, error) {
+	if s.passed {
+		return s.ResponseWriter.Write(p)
+	}
 	if s.conn == nil {
+		// A first write with no header written: the header is implied,
+		// as net/http implies it (a write after WriteHeader must not
+		// imply a second one, which net/http logs as superfluous).
 		if s.Header().Get("Content-Type") == "" && len(p) > 0 {
+			s.passed = true
 			return s.ResponseWriter.Write(p) // net/http sniffs the type
 		}
 		s.WriteHeader(http.StatusOK)

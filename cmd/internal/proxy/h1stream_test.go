@@ -339,3 +339,35 @@ func TestServeDrainCutsATakenStreamWhenGracePasses(t *testing.T) {
 		t.Fatalf("the cut stream read to %v, want unexpected EOF", err)
 	}
 }
+
+// A reply that is not a stream goes to net/http's writer as it is, its
+// header once: the wrapper that takes streams once implied a header on
+// every write after the first, and net/http printed "superfluous
+// response.WriteHeader call" to stderr for most answers of the proxy (its
+// own refusals, JSON replies, replies with no type).
+func TestRepliesThatAreNotStreamsWriteTheirHeaderOnce(t *testing.T) {
+	up := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		if r.URL.Path == "/v1/json" {
+			w.Header().Set("Content-Type", "application/json")
+		}
+		_, _ = io.WriteString(w, `{"ok":`)
+		w.(http.Flusher).Flush()
+		_, _ = io.WriteString(w, `true}`)
+	})
+	base, _, logs := start(t, up)
+	for _, path := range []string{"/v1/json", "/v1/untyped", "/v1/json"} {
+		resp, err := client(t).Post(base+path, "application/json", strings.NewReader("{}"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || string(b) != `{"ok":true}` {
+			t.Fatalf("%s: %d %q", path, resp.StatusCode, b)
+		}
+	}
+	if strings.Contains(logs.String(), "superfluous") {
+		t.Fatalf("net/http saw a second header:\n%s", logs.String())
+	}
+}

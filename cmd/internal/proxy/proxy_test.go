@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"log"
 	"log/slog"
 	"net"
 	"net/http"
@@ -49,6 +50,9 @@ func start(t *testing.T, upstream http.Handler, mutate ...func(*Config)) (string
 	}
 	srv := httptest.NewUnstartedServer(p)
 	srv.Config = NewServer(p)
+	// net/http's own complaints (a superfluous WriteHeader, a panic) are
+	// the proxy's log too, for the tests to read.
+	srv.Config.ErrorLog = log.New(logs, "http: server: ", 0)
 	srv.Start()
 	t.Cleanup(srv.Close)
 	return srv.URL, p, logs
