@@ -100,7 +100,10 @@ func goCmd(t *testing.T, dir, proxy, cache string, args ...string) (string, erro
 	cmd := exec.Command(goBin(), args...)
 	cmd.Dir = dir
 	cmd.Env = append(os.Environ(),
-		"GOWORK=off", "GOFLAGS=-mod=mod -modcacherw -trimpath", "GOTOOLCHAIN=local",
+		// The caller's GOFLAGS come first: the test command's -race and
+		// -trimpath let this install share the build cache with every other
+		// step (with -trimpath, where the module cache lies does not count).
+		"GOWORK=off", "GOFLAGS="+strings.TrimSpace(os.Getenv("GOFLAGS")+" -mod=mod -modcacherw -trimpath"), "GOTOOLCHAIN=local",
 		"GOPROXY=file://"+proxy+",file://"+filepath.Join(realCache, "cache", "download")+","+realProxy,
 		// The project's own modules have no published checksums yet; every
 		// other module is checked against go.sum and the checksum database.

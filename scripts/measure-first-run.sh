@@ -13,8 +13,10 @@
 # bytes the machine received while it ran (from /proc/net/dev: run it on a
 # quiet machine; the Debian packages the test command installs are not in
 # it when they are already installed), and what was left in the caches
-# (du of the Go build cache, the Go module cache, npm's cache and
-# node_modules). The clone and the caches live in a temporary directory,
+# (du of the Go build cache, the Go module cache, npm's cache,
+# node_modules and the user cache directory, where staticcheck keeps its
+# own: XDG_CACHE_HOME points into the temporary directory too, so that
+# staticcheck starts cold as well). The clone and the caches live in a temporary directory,
 # removed at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,15 +26,17 @@ src=$PWD
 tmp=$(mktemp -d)
 trap 'chmod -R u+w "$tmp" 2>/dev/null; rm -rf "$tmp"' EXIT
 git clone -q "$src" "$tmp/repo"
-export GOCACHE=$tmp/gocache GOMODCACHE=$tmp/gomodcache npm_config_cache=$tmp/npmcache
-mkdir -p "$GOCACHE" "$GOMODCACHE" "$npm_config_cache"
+export GOCACHE=$tmp/gocache GOMODCACHE=$tmp/gomodcache npm_config_cache=$tmp/npmcache XDG_CACHE_HOME=$tmp/usercache
+mkdir -p "$GOCACHE" "$GOMODCACHE" "$npm_config_cache" "$XDG_CACHE_HOME"
 
 received() { awk -F'[: ]+' 'NR > 2 && $2 != "lo" {n += $3} END {print n + 0}' /proc/net/dev; }
 caches() {
 	local nm=$tmp/repo/cmd/internal/proxy/testdata/node/node_modules
-	printf 'caches after: Go build %s, Go modules %s, npm cache %s, node_modules %s\n' \
+	printf 'caches after: Go build %s, Go modules %s, npm cache %s, node_modules %s, user cache (staticcheck) %s, all %s\n' \
 		"$(du -sh "$GOCACHE" | cut -f1)" "$(du -sh "$GOMODCACHE" | cut -f1)" \
-		"$(du -sh "$npm_config_cache" | cut -f1)" "$( [ -d "$nm" ] && du -sh "$nm" | cut -f1 || echo none)"
+		"$(du -sh "$npm_config_cache" | cut -f1)" "$( [ -d "$nm" ] && du -sh "$nm" | cut -f1 || echo none)" \
+		"$(du -sh "$XDG_CACHE_HOME" | cut -f1)" \
+		"$(du -sch "$GOCACHE" "$GOMODCACHE" "$npm_config_cache" "$XDG_CACHE_HOME" $( [ -d "$nm" ] && echo "$nm") | tail -1 | cut -f1)"
 }
 step() { # step NAME COMMAND...
 	local name=$1
@@ -65,8 +69,8 @@ case $what in demo | all)
 esac
 case $what in test | all)
 	if [ "$what" = all ]; then # the test command's cold run starts from empty caches too
-		chmod -R u+w "$GOMODCACHE" && rm -rf "$GOCACHE" "$GOMODCACHE" "$npm_config_cache"
-		mkdir -p "$GOCACHE" "$GOMODCACHE" "$npm_config_cache"
+		chmod -R u+w "$GOMODCACHE" && rm -rf "$GOCACHE" "$GOMODCACHE" "$npm_config_cache" "$XDG_CACHE_HOME"
+		mkdir -p "$GOCACHE" "$GOMODCACHE" "$npm_config_cache" "$XDG_CACHE_HOME"
 	fi
 	step "test command, cold" ./scripts/test.sh
 	step "test command, warm" ./scripts/test.sh

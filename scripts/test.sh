@@ -48,11 +48,24 @@ if [ -n "$unformatted" ]; then
 	echo "not gofmt'ed:"; echo "$unformatted"; exit 1
 fi
 
+# Every step builds the same way, for the race detector and with paths
+# trimmed, so that each package is compiled once for the whole command:
+# vet, staticcheck (through go list -export), the tests, the go commands
+# the tests run (the README's Go blocks, the release installed from a
+# module cache of its own, which only -trimpath lets share), all find the
+# compiler's output in the build cache. Built each their own way, they
+# once cost 926 s of CPU cold and left 3.8 GB of build cache. The flags go
+# after the user's own (go env GOFLAGS reads the environment and go env -w).
+export GOFLAGS="$(go env GOFLAGS) -race -trimpath"
+
 echo "== go vet"
 go vet "${pkgs[@]}"
 
 echo "== staticcheck"
-go run honnef.co/go/tools/cmd/staticcheck@v0.8.2 "${pkgs[@]}"
+# staticcheck itself runs without the race detector (-race=false), which
+# would slow it several times; the packages it reads are loaded with
+# GOFLAGS, like everything else.
+go run -race=false honnef.co/go/tools/cmd/staticcheck@v0.8.2 "${pkgs[@]}"
 
 echo "== go test -race"
 go test -race -count=1 "${pkgs[@]}"
