@@ -30,6 +30,8 @@
 #
 # Needs valgrind and nginx (apt-get install valgrind nginx-light); perf
 # (linux-perf) for system calls by kind.
+# LLMRETRY_BIN, if set, is the llmretry binary whose proxy is measured (a
+# build of another commit, to compare); the mock is always this checkout's.
 #   bench/proxy/instructions.sh [N] [-stream]        (default 2000, plain)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -44,7 +46,7 @@ mock=18391 port=18392
 "$tmp/llmretry" mock --listen 127.0.0.1:$mock >/dev/null 2>&1 &
 for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$mock/" && break; sleep 0.1; done
 sed "s#PREFIX#$tmp#; s#MOCKPORT#$mock#; s#NGINXPORT#$port#" bench/proxy/nginx-cpu.conf >"$tmp/nginx.conf"
-echo "# instructions.sh $n $kind, $(date -u +%FT%TZ), $(nproc) CPUs ($(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)), llmretry at $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- cmd go.mod ./*.go || echo ' plus uncommitted changes'), $(valgrind --version), $(nginx -v 2>&1)"
+echo "# instructions.sh $n $kind, $(date -u +%FT%TZ), $(nproc) CPUs ($(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)), llmretry at $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- cmd go.mod ./*.go || echo ' plus uncommitted changes')${LLMRETRY_BIN:+ (proxy measured: $LLMRETRY_BIN)}, $(valgrind --version), $(nginx -v 2>&1)"
 # load NAME REQUESTS: sets failed; a failure through llmretry ends the run.
 load() {
 	local out
@@ -110,6 +112,6 @@ measure() { # name command...
 	wait $vpid 2>/dev/null || true
 	echo "$name $kind: $((ir / n)) instructions, $sys, failed $fails of $n and $n, per request"
 }
-measure llmretry "$tmp/llmretry" proxy --listen 127.0.0.1:$port --admin-listen "" --upstream http://127.0.0.1:$mock --quiet
+measure llmretry "${LLMRETRY_BIN:-$tmp/llmretry}" proxy --listen 127.0.0.1:$port --admin-listen "" --upstream http://127.0.0.1:$mock --quiet
 measure reverseproxy "$tmp/plainproxy" 127.0.0.1:$port http://127.0.0.1:$mock
 measure nginx nginx -c "$tmp/nginx.conf" -p "$tmp"
