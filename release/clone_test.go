@@ -104,6 +104,7 @@ func goIn(t *testing.T, dir string, workspace bool, args ...string) (string, err
 // And the reason the recipe gives for replace lines over a workspace
 // holds: in a workspace, go mod tidy fails.
 func TestCloneRecipeBuildsTheQuickstart(t *testing.T) {
+	t.Parallel() // each runs go commands of its own; the module cache locks what they share
 	recipe := fenced(t, readmeSection(t, "## Install"), "", "git clone ")
 	work := t.TempDir()
 	app := filepath.Join(work, "app")

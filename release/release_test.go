@@ -152,6 +152,7 @@ func goBin() string { return "go" }
 // `go get github.com/llmretry/llmretry@vX` work: neither can use a module
 // whose go.mod has replace directives, as this one's once did.
 func TestReleaseInstallsAndImportsFromTheModuleProxy(t *testing.T) {
+	t.Parallel() // each runs go commands of its own; the module cache locks what they share
 	version, proxy, cache := setup(t)
 
 	if out, err := goCmd(t, t.TempDir(), proxy, cache, "install", "github.com/llmretry/llmretry/cmd/llmretry@"+version); err != nil {
@@ -202,6 +203,7 @@ func main() {
 // those of the published release, written when it is tagged (RELEASING.md),
 // and a checkout's modules are not that release.
 func TestEveryModuleIsTidyOnItsOwn(t *testing.T) {
+	t.Parallel() // each runs go commands of its own; the module cache locks what they share
 	_, proxy, cache := setup(t)
 	for _, dir := range every {
 		if *fix {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"flag"
+	"fmt"
 	"math"
 	"os"
 	"testing"
@@ -25,12 +26,19 @@ func TestStormTable(t *testing.T) {
 	}
 	ss := stormScenarios(scale)
 	results := make([][]result, len(ss))
-	for i, sc := range ss {
-		results[i] = make([]result, len(stormPolicies))
-		for j, p := range stormPolicies {
-			synctest.Test(t, func(t *testing.T) { results[i][j] = runStorm(sc, p) })
+	// Each run is its own bubble of virtual time, independent of the
+	// others: in parallel, the table takes half the wall time on two CPUs.
+	t.Run("runs", func(t *testing.T) {
+		for i, sc := range ss {
+			results[i] = make([]result, len(stormPolicies))
+			for j, p := range stormPolicies {
+				t.Run(fmt.Sprintf("%d-%d", i, j), func(t *testing.T) {
+					t.Parallel()
+					synctest.Test(t, func(t *testing.T) { results[i][j] = runStorm(sc, p) })
+				})
+			}
 		}
-	}
+	})
 	table := stormTable(ss, results)
 	t.Log("\n" + table)
 	if *stormOut != "" {
