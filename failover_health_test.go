@@ -527,14 +527,17 @@ func TestFailover404ForAModelMovesOnWithoutWalkingKeys(t *testing.T) {
 	}
 }
 
-// A 403 about the request (a region block, a gateway's quota, a CDN's
-// page) rests no key and is handed over at once.
+// A 403 about the request (a region block, a content policy, a gateway's
+// quota, a CDN's page) rests no key and is handed over at once. A content
+// policy refusal is about what was asked: another key would be refused the
+// same, and resting the key would take it from every other request.
 func TestFailover403AboutTheRequestRestsNoKey(t *testing.T) {
 	for name, body := range map[string]string{
-		"region":  `{"error":{"code":"unsupported_country_region_territory","message":"Country, region, or territory not supported","type":"request_forbidden"}}`,
-		"gateway": `{"statusCode":403,"message":"Out of call volume quota. Quota will be replenished in 00:00:06."}`,
-		"html":    `<html><body>Access denied</body></html>`,
-		"empty":   ``,
+		"region":         `{"error":{"code":"unsupported_country_region_territory","message":"Country, region, or territory not supported","type":"request_forbidden"}}`,
+		"content policy": contentPolicy403,
+		"gateway":        `{"statusCode":403,"message":"Out of call volume quota. Quota will be replenished in 00:00:06."}`,
+		"html":           `<html><body>Access denied</body></html>`,
+		"empty":          ``,
 	} {
 		t.Run(name, func(t *testing.T) {
 			p := newProvider(t, always(status(403, body)))
@@ -863,6 +866,10 @@ func TestFailoverProbeAnsweredWithAStreamEndsWithTheStream(t *testing.T) {
 	}
 }
 
+// contentPolicy403 is OpenAI's refusal of what a request asked for (its
+// safety system), sent with 403: it names the request, not the key.
+const contentPolicy403 = `{"error":{"message":"Your request was rejected as a result of our safety system. Your prompt may contain text that is not allowed by our safety system.","type":"invalid_request_error","param":null,"code":"content_policy_violation"}}`
+
 // How a 403 or a 404 is read: what it denies, from the providers' own
 // errors.
 func TestDenialOfReadsProvidersForbiddenAndNotFound(t *testing.T) {
@@ -875,6 +882,9 @@ func TestDenialOfReadsProvidersForbiddenAndNotFound(t *testing.T) {
 		{"openai project", 403, modelDenied403, deniedModel},
 		{"openai not found", 404, `{"error":{"message":"The model ` + "`gpt-9`" + ` does not exist or you do not have access to it.","type":"invalid_request_error","code":"model_not_found"}}`, unknownModel},
 		{"openai region", 403, `{"error":{"code":"unsupported_country_region_territory","message":"Country, region, or territory not supported","type":"request_forbidden"}}`, deniedRequest},
+		{"openai content policy", 403, contentPolicy403, deniedRequest},
+		{"content filter", 403, `{"error":{"message":"The response was filtered due to the prompt triggering Azure OpenAI's content management policy.","type":null,"param":"prompt","code":"content_filter"}}`, deniedRequest},
+		{"moderation naming the model", 403, `{"error":{"message":"Your request to gpt-9 was flagged by our moderation system.","type":"invalid_request_error","code":null}}`, deniedRequest},
 		{"openai wrong path", 404, `{"error":{"message":"Invalid URL (POST /v1/chat/completion)","type":"invalid_request_error","code":null}}`, deniedRequest},
 		{"anthropic permission", 403, `{"type":"error","error":{"type":"permission_error","message":"Your API key does not have permission to use the specified resource."}}`, deniedModel},
 		{"anthropic model not found", 404, `{"type":"error","error":{"type":"not_found_error","message":"model: claude-9"}}`, unknownModel},
