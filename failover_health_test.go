@@ -297,6 +297,29 @@ func TestFailoverNeverForwardsAQueryKeyInAnySpelling(t *testing.T) {
 	}
 }
 
+// A caller's Cookie is never sent to a target, as its credentials are
+// not: no LLM API takes one, and it may carry a session with another site.
+func TestFailoverNeverForwardsTheCallersCookie(t *testing.T) {
+	p := newProvider(t, always(status(200, okJSON)))
+	_, c := failoverTransport(t, newFakeClock(), Failover{Targets: []Target{
+		{Name: "o", BaseURL: p.URL, Keys: []Key{NewKey("k", "sk-target")}},
+	}})
+	req := post(t, p.URL+"/chat/completions", `{"model":"m"}`)
+	req.Header.Set("Cookie", "session=caller-session")
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	readAll(t, resp)
+	got := p.requests()
+	if len(got) != 1 {
+		t.Fatalf("%d requests sent", len(got))
+	}
+	if cookie := got[0].header.Get("Cookie"); cookie != "" {
+		t.Fatalf("the target got Cookie %q", cookie)
+	}
+}
+
 // A Gemini model segment is a model name: dot-segments and slashes after
 // it cannot carry the request past the allow-list.
 func TestFailoverGeminiModelPathCannotSidestepTheAllowList(t *testing.T) {
