@@ -19,9 +19,13 @@
 // sent to it again.
 //
 // NewFailoverTransport retries elsewhere when waiting won't help soon
-// enough: another key of the same target at once after a 429, the next
-// target when one keeps failing, within one API family and the same
-// hand-over point.
+// enough: another key of the same target at once after a 429 or any
+// server wait; the next target at once after a failure that asked no wait
+// (a 5xx, a transport error), a wait longer than Failover.Threshold, or
+// AttemptsPerTarget short waits sat out; backing off where it is only with
+// nowhere else to go. Each verdict rests what it proves and no more (a key
+// for one model, a key, a target), never for longer than Failover.MaxRest.
+// All within one API family and the same hand-over point.
 //
 // Where to find what:
 //

@@ -297,6 +297,29 @@ func TestFailoverNeverForwardsAQueryKeyInAnySpelling(t *testing.T) {
 	}
 }
 
+// A caller's Cookie is never sent to a target, as its credentials are
+// not: no LLM API takes one, and it may carry a session with another site.
+func TestFailoverNeverForwardsTheCallersCookie(t *testing.T) {
+	p := newProvider(t, always(status(200, okJSON)))
+	_, c := failoverTransport(t, newFakeClock(), Failover{Targets: []Target{
+		{Name: "o", BaseURL: p.URL, Keys: []Key{NewKey("k", "sk-target")}},
+	}})
+	req := post(t, p.URL+"/chat/completions", `{"model":"m"}`)
+	req.Header.Set("Cookie", "session=caller-session")
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	readAll(t, resp)
+	got := p.requests()
+	if len(got) != 1 {
+		t.Fatalf("%d requests sent", len(got))
+	}
+	if cookie := got[0].header.Get("Cookie"); cookie != "" {
+		t.Fatalf("the target got Cookie %q", cookie)
+	}
+}
+
 // A Gemini model segment is a model name: dot-segments and slashes after
 // it cannot carry the request past the allow-list.
 func TestFailoverGeminiModelPathCannotSidestepTheAllowList(t *testing.T) {
@@ -527,14 +550,17 @@ func TestFailover404ForAModelMovesOnWithoutWalkingKeys(t *testing.T) {
 	}
 }
 
-// A 403 about the request (a region block, a gateway's quota, a CDN's
-// page) rests no key and is handed over at once.
+// A 403 about the request (a region block, a content policy, a gateway's
+// quota, a CDN's page) rests no key and is handed over at once. A content
+// policy refusal is about what was asked: another key would be refused the
+// same, and resting the key would take it from every other request.
 func TestFailover403AboutTheRequestRestsNoKey(t *testing.T) {
 	for name, body := range map[string]string{
-		"region":  `{"error":{"code":"unsupported_country_region_territory","message":"Country, region, or territory not supported","type":"request_forbidden"}}`,
-		"gateway": `{"statusCode":403,"message":"Out of call volume quota. Quota will be replenished in 00:00:06."}`,
-		"html":    `<html><body>Access denied</body></html>`,
-		"empty":   ``,
+		"region":         `{"error":{"code":"unsupported_country_region_territory","message":"Country, region, or territory not supported","type":"request_forbidden"}}`,
+		"content policy": contentPolicy403,
+		"gateway":        `{"statusCode":403,"message":"Out of call volume quota. Quota will be replenished in 00:00:06."}`,
+		"html":           `<html><body>Access denied</body></html>`,
+		"empty":          ``,
 	} {
 		t.Run(name, func(t *testing.T) {
 			p := newProvider(t, always(status(403, body)))
@@ -863,6 +889,10 @@ func TestFailoverProbeAnsweredWithAStreamEndsWithTheStream(t *testing.T) {
 	}
 }
 
+// contentPolicy403 is OpenAI's refusal of what a request asked for (its
+// safety system), sent with 403: it names the request, not the key.
+const contentPolicy403 = `{"error":{"message":"Your request was rejected as a result of our safety system. Your prompt may contain text that is not allowed by our safety system.","type":"invalid_request_error","param":null,"code":"content_policy_violation"}}`
+
 // How a 403 or a 404 is read: what it denies, from the providers' own
 // errors.
 func TestDenialOfReadsProvidersForbiddenAndNotFound(t *testing.T) {
@@ -875,6 +905,9 @@ func TestDenialOfReadsProvidersForbiddenAndNotFound(t *testing.T) {
 		{"openai project", 403, modelDenied403, deniedModel},
 		{"openai not found", 404, `{"error":{"message":"The model ` + "`gpt-9`" + ` does not exist or you do not have access to it.","type":"invalid_request_error","code":"model_not_found"}}`, unknownModel},
 		{"openai region", 403, `{"error":{"code":"unsupported_country_region_territory","message":"Country, region, or territory not supported","type":"request_forbidden"}}`, deniedRequest},
+		{"openai content policy", 403, contentPolicy403, deniedRequest},
+		{"content filter", 403, `{"error":{"message":"The response was filtered due to the prompt triggering Azure OpenAI's content management policy.","type":null,"param":"prompt","code":"content_filter"}}`, deniedRequest},
+		{"moderation naming the model", 403, `{"error":{"message":"Your request to gpt-9 was flagged by our moderation system.","type":"invalid_request_error","code":null}}`, deniedRequest},
 		{"openai wrong path", 404, `{"error":{"message":"Invalid URL (POST /v1/chat/completion)","type":"invalid_request_error","code":null}}`, deniedRequest},
 		{"anthropic permission", 403, `{"type":"error","error":{"type":"permission_error","message":"Your API key does not have permission to use the specified resource."}}`, deniedModel},
 		{"anthropic model not found", 404, `{"type":"error","error":{"type":"not_found_error","message":"model: claude-9"}}`, unknownModel},
@@ -1068,5 +1101,113 @@ func TestFailoverSaysAtDebugWhichQueryPartsItLeftOut(t *testing.T) {
 	}
 	if strings.Contains(logs.String(), "%zz") {
 		t.Fatal("the log shows the query")
+	}
+}
+
+// A mark in the store that ends far beyond the Transport's MaxRest (a
+// fleet member with a longer ceiling wrote it, or a store that does not
+// clamp kept a hostile wait) rests the key, or ejects the target, for at
+// most MaxRest from when the Transport first read it: not for as long as
+// the store says, and not for MaxRest from every read.
+func TestFailoverStoreMarkBeyondMaxRestRestsForTheTransportsCeiling(t *testing.T) {
+	const ceiling = time.Hour
+	for _, kind := range []MarkKind{MarkQuota, MarkAvoid, MarkCooldown, MarkEjection} {
+		t.Run(kind.String(), func(t *testing.T) {
+			a := newProvider(t, always(status(200, okJSON)))
+			b := newProvider(t, always(status(200, okJSON)))
+			clk := newFakeClock()
+			store := NewLocalHealthStore()
+			tr, c := failoverTransport(t, clk, Failover{MaxRest: ceiling, Targets: []Target{
+				{Name: "a", BaseURL: a.URL, Keys: []Key{NewKey("a1", "sk-a1"), NewKey("a2", "sk-a2")}},
+				{Name: "b", BaseURL: b.URL, Keys: []Key{NewKey("b1", "sk-b1")}},
+			}}, WithHealthStore(store))
+			u, _ := url.Parse(a.URL)
+			m := Mark{Kind: kind, Scheme: u.Scheme, Host: u.Host}
+			switch kind {
+			case MarkEjection:
+				m.Target = "a"
+			case MarkQuota:
+				m.Key = tr.route.targets[0].keys[0].cred
+			default:
+				m.Key, m.Model = tr.route.targets[0].keys[0].cred, "m"
+			}
+			store.Put(m, clk.Now().Add(31*365*24*time.Hour))
+			// served reports which target and key served a request now.
+			served := func() string {
+				t.Helper()
+				resp, _ := send(t, c, a.URL, "m")
+				if resp.StatusCode != 200 {
+					t.Fatalf("status %d", resp.StatusCode)
+				}
+				got := a.requests()
+				if resp.Header.Get(TargetHeader) == "b" {
+					got = b.requests()
+				}
+				return resp.Header.Get(TargetHeader) + " " + got[len(got)-1].auth
+			}
+			away := "a sk-a2"
+			if kind == MarkEjection {
+				away = "b sk-b1"
+			}
+			if got := served(); got != away {
+				t.Fatalf("served by %q: want %q while the mark holds", got, away)
+			}
+			clk.Advance(ceiling - time.Minute)
+			if got := served(); got != away {
+				t.Fatalf("served by %q a minute before the ceiling: want %q", got, away)
+			}
+			// The store still says 31 years; the Transport allows an hour,
+			// from its first read, and does not start it afresh.
+			for range 2 {
+				clk.Advance(time.Minute)
+				if got := served(); got != "a sk-a1" {
+					t.Fatalf("served by %q once the ceiling passed: want a's first key back", got)
+				}
+			}
+			if !store.Until(m).After(clk.Now().Add(ceiling)) {
+				t.Fatal("the test's store cut the mark itself")
+			}
+		})
+	}
+}
+
+// The marks a Transport remembers as ending too late are bounded: a flood
+// of them (one per model name) cannot grow its memory without end.
+func TestOverlongMarksAreBounded(t *testing.T) {
+	var o overlong
+	store := NewLocalHealthStore()
+	now := time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC)
+	for i := range maxOverlong + 200 {
+		m := Mark{Kind: MarkAvoid, Scheme: "https", Host: "h", Key: "k", Model: fmt.Sprint(i)}
+		store.Put(m, now.Add(time.Duration(i+2)*time.Hour))
+		if got := o.until(store, m, now, time.Hour); !got.Equal(now.Add(time.Hour)) {
+			t.Fatalf("mark %d cut to %v, want an hour from now", i, got)
+		}
+	}
+	if n := len(o.m); n > maxOverlong || int(o.size.Load()) != n {
+		t.Fatalf("%d marks remembered (size %d), cap %d", n, o.size.Load(), maxOverlong)
+	}
+}
+
+// A plain Transport holds a request for a cooldown the store keeps for
+// its caller's key and model, but never for longer than its own ceiling
+// (a day): a store's 31-year cooldown does not hold it for 31 years.
+func TestPlainTransportHoldsForAStoreCooldownAtMostADay(t *testing.T) {
+	up := newProvider(t, always(status(200, okJSON)))
+	u, _ := url.Parse(up.URL)
+	req := post(t, up.URL+"/v1/chat/completions", `{"model":"m"}`)
+	req.Header.Set("Authorization", "Bearer sk-own")
+	j := journey{rt: ownRoute(nil), req: req}
+	store := NewLocalHealthStore()
+	clk := newFakeClock()
+	store.Put(Mark{Kind: MarkCooldown, Scheme: u.Scheme, Host: u.Host, Key: j.callerCred(), Model: "m"}, clk.Now().Add(31*365*24*time.Hour))
+	_, c := testTransport(t, clk, WithHealthStore(store))
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if w := clk.Waits(); len(w) != 1 || w[0] > defaultMaxRest+time.Second {
+		t.Fatalf("waits %v: want one hold of at most a day", w)
 	}
 }

@@ -743,8 +743,11 @@ func TestFailoverRenameEscapesTheName(t *testing.T) {
 	}
 }
 
-// With one attempt left, a request goes to the next target rather than to
-// the one that just failed: the last attempt is the one most worth moving.
+// After a key move, a 503 on the other key goes to the next target rather
+// than back to the target that just failed. Its 503 asks no wait, so the
+// go-at-once rule moves it as well as the last-attempt rule:
+// TestFailoverLastAttemptGoesToTheNextTargetEvenWhenAShortWaitWouldStay
+// holds the last-attempt rule alone.
 func TestFailoverLastAttemptGoesToTheNextTarget(t *testing.T) {
 	primary := newProvider(t, func(key string) http.HandlerFunc {
 		if key == "sk-a" {
@@ -763,6 +766,41 @@ func TestFailoverLastAttemptGoesToTheNextTarget(t *testing.T) {
 	resp, _ := send(t, c, primary.URL, "m")
 	if resp.StatusCode != 200 || resp.Header.Get(TargetHeader) != "fallback" || len(primary.requests()) != 2 {
 		t.Fatalf("status %d from %q after %d primary attempts", resp.StatusCode, resp.Header.Get(TargetHeader), len(primary.requests()))
+	}
+}
+
+// The last-attempt rule on its own: a 503 asking for a short wait (within
+// Threshold) would be sat out on the same target, since the target has had
+// fewer than AttemptsPerTarget failures; but when the next attempt is the
+// request's last, it goes to the next target instead, with no wait. Going
+// at once for a failure that asks no wait does not apply here, nor does
+// moving after AttemptsPerTarget failures: only the last-attempt rule can
+// send the request to the fallback.
+func TestFailoverLastAttemptGoesToTheNextTargetEvenWhenAShortWaitWouldStay(t *testing.T) {
+	for _, c := range []struct {
+		name                   string
+		maxAttempts, perTarget int
+		primaryAttempts        int
+	}{
+		{"second attempt is the last", 2, 2, 1},
+		// One short wait is sat out; the third attempt, the last, moves
+		// though the primary has had fewer than AttemptsPerTarget.
+		{"third attempt is the last", 3, 3, 2},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			primary := newProvider(t, always(status(503, `{}`, "Retry-After", "1")))
+			fallback := newProvider(t, always(status(200, okJSON)))
+			clk := newFakeClock()
+			_, cl := failoverTransport(t, clk, Failover{AttemptsPerTarget: c.perTarget, Targets: []Target{
+				{Name: "primary", BaseURL: primary.URL}, {Name: "fallback", BaseURL: fallback.URL},
+			}}, WithPolicy(Policy{MaxAttempts: c.maxAttempts}))
+			resp, _ := send(t, cl, primary.URL, "m")
+			if resp.StatusCode != 200 || resp.Header.Get(TargetHeader) != "fallback" ||
+				len(primary.requests()) != c.primaryAttempts || len(clk.Waits()) != c.primaryAttempts-1 {
+				t.Fatalf("status %d from %q after %d primary attempts and waits %v: want the fallback after %d",
+					resp.StatusCode, resp.Header.Get(TargetHeader), len(primary.requests()), clk.Waits(), c.primaryAttempts)
+			}
+		})
 	}
 }
 

@@ -74,9 +74,19 @@ type Mark struct {
 
 // HealthStore keeps Marks until they end. Transports given the same store
 // share what they learn; redisstate shares it across a fleet. An
-// implementation must be safe for concurrent use, must not block (a
-// request asks on its way out), and must clamp an end further than the
-// Transport's MaxRest ceiling that it did not write itself.
+// implementation must be safe for concurrent use and must not block (a
+// request asks on its way out).
+//
+// A store may hold a mark that ends later than a Transport's ceiling
+// (Failover.MaxRest; 24 h for a plain Transport): written by a Transport
+// with a longer one, by a fleet member configured otherwise, or by anyone
+// with access to the store. The Transport does not trust such an end: it
+// takes the mark to end MaxRest after it first read it, and no later,
+// whatever the store says afterwards. So no store can rest a key, or eject
+// a target, for longer than the Transport that reads it allows. A store
+// shared by a fleet should still cut what it holds to a ceiling of its own
+// (redisstate does, Config.MaxRest), so that an end it was given once does
+// not outlive every Transport's memory of it.
 type HealthStore interface {
 	// Active reports whether any mark for Key key of scheme://host, or
 	// for the upstream as a whole (an ejection), may be in force at now;
@@ -88,6 +98,99 @@ type HealthStore interface {
 	Until(m Mark) time.Time
 	// Put makes m last until at least until.
 	Put(m Mark, until time.Time)
+}
+
+// overlong remembers the marks a Transport read from its store that end
+// later than its ceiling, with the end it gave each when it first read it.
+// Cutting such a mark to the ceiling from each read instead would let it
+// slide forward at every request, and rest the key for as long as the
+// store keeps the mark: as a hostile Retry-After asked, not as the
+// Transport allows. A Transport's own rests end within its ceiling, and
+// the ones that bind only its keys are held in its own health as well, so
+// a mark cut here never hides a verdict the Transport reached itself.
+type overlong struct {
+	// size is len(m): while it is 0, a read whose end is within the
+	// ceiling takes no lock.
+	size atomic.Int32
+	mu   sync.Mutex
+	m    map[Mark]overlongEnd
+}
+
+type overlongEnd struct {
+	cut    time.Time // when the Transport takes the mark to end
+	stored time.Time // the latest end the store said: the entry is kept until then
+}
+
+// maxOverlong bounds overlong: a flood of marks that end too late (a
+// hostile writer's, one per model name) cannot grow it without end.
+const maxOverlong = 1024
+
+// until returns when m ends, as store says, but never more than ceiling
+// after the Transport first read an end beyond that.
+func (o *overlong) until(store HealthStore, m Mark, now time.Time, ceiling time.Duration) time.Time {
+	u := store.Until(m)
+	if o.size.Load() == 0 && !u.After(now.Add(ceiling)) {
+		return u
+	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	defer func() { o.size.Store(int32(len(o.m))) }()
+	e, held := o.m[m]
+	switch {
+	case !u.After(now): // the store holds it no more: nor does this
+		delete(o.m, m)
+		return u
+	case !held && !u.After(now.Add(ceiling)):
+		return u
+	case !held:
+		if o.m == nil {
+			o.m = make(map[Mark]overlongEnd)
+		}
+		if len(o.m) >= maxOverlong {
+			o.forget(now)
+		}
+		e.cut = now.Add(ceiling)
+	}
+	// Kept, once its cut has passed, until the store's end: a mark the
+	// store still holds must not be read afresh, for another ceiling.
+	e.stored = later(e.stored, u)
+	o.m[m] = e
+	if u.Before(e.cut) {
+		return u
+	}
+	return e.cut
+}
+
+// forget makes room: it drops the entries whose stored end has passed,
+// and if that frees nothing, the half that end soonest (those marks, if
+// the store still holds them, are cut afresh when next read). o.mu is
+// held.
+func (o *overlong) forget(now time.Time) {
+	for m, e := range o.m {
+		if !e.stored.After(now) {
+			delete(o.m, m)
+		}
+	}
+	if len(o.m) < maxOverlong {
+		return
+	}
+	ends := make([]time.Time, 0, len(o.m))
+	for _, e := range o.m {
+		ends = append(ends, e.stored)
+	}
+	cut := medianTime(ends)
+	for m, e := range o.m {
+		if !e.stored.After(cut) {
+			delete(o.m, m)
+		}
+	}
+}
+
+func later(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
 }
 
 // maxMarks bounds a LocalHealthStore: a flood of model names (each 429

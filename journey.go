@@ -81,6 +81,13 @@ func (j *journey) mark(kind MarkKind, ts *target, k *key) Mark {
 	return m
 }
 
+// storeUntil is when the store's mark of kind for k of ts ends, for the
+// request: never later than the route's MaxRest after the Transport first
+// read it, whoever wrote it.
+func (j *journey) storeUntil(t *Transport, kind MarkKind, ts *target, k *key, now time.Time) time.Time {
+	return t.overlong.until(t.cfg.store, j.mark(kind, ts, k), now, j.rt.f.MaxRest)
+}
+
 // keyStatus says whether k of ts may carry the request now, until when it
 // is blocked, and which recheck it would be the probe of.
 type keyStatus struct {
@@ -108,18 +115,18 @@ func (j *journey) status(t *Transport, ts *target, k *key, now time.Time) keySta
 		return st
 	}
 	if j.rt.holdsKeys { // the caller's own key is never taken out
-		if u := store.Until(j.mark(MarkQuota, ts, k)); u.After(now) {
+		if u := j.storeUntil(t, MarkQuota, ts, k, now); u.After(now) {
 			return keyStatus{block: keyOut, until: u}
 		}
 	}
 	if st.block > keyCooling {
 		return st
 	}
-	if u := store.Until(j.mark(MarkCooldown, ts, k)); u.After(now) {
+	if u := j.storeUntil(t, MarkCooldown, ts, k, now); u.After(now) {
 		return keyStatus{block: keyCooling, until: u}
 	}
 	if st.block <= keyAvoided && j.rt.holdsKeys {
-		if u := store.Until(j.mark(MarkAvoid, ts, k)); u.After(now) && u.After(st.until) {
+		if u := j.storeUntil(t, MarkAvoid, ts, k, now); u.After(now) && u.After(st.until) {
 			return keyStatus{block: keyAvoided, until: u}
 		}
 	}
@@ -191,7 +198,7 @@ func (j *journey) admission(t *Transport, ts *target, now time.Time) admission {
 	}
 	if store := t.cfg.store; store != nil && j.rt.holdsKeys {
 		scheme, host := j.upstream(ts)
-		if store.Active(now, scheme, host, "") && store.Until(j.mark(MarkEjection, ts, nil)).After(now) {
+		if store.Active(now, scheme, host, "") && j.storeUntil(t, MarkEjection, ts, nil, now).After(now) {
 			return ejected
 		}
 	}

@@ -12,8 +12,8 @@ import (
 // verdict reaches: every verdict is scoped to what it proves. A 401 says
 // the key is invalid, for every model. A 403 or 404 that names a model, or
 // a permission on one, says only that this key may not use that model. A
-// 403 that concerns the request (a region block, a gateway's quota) says
-// nothing of the key. A 5xx says something of the target, a 429 of the
+// 403 that concerns the request (a region block, a content policy, a
+// gateway's quota) says nothing of the key. A 5xx says something of the target, a 429 of the
 // key's limit for the model.
 
 // proof is what one attempt proved.

@@ -50,9 +50,11 @@ type key struct {
 	health        keyHealth
 }
 
-// ownRoute is the route of a plain Transport.
+// ownRoute is the route of a plain Transport. Its MaxRest, the default,
+// is the ceiling on a cooldown it reads from its store: a plain Transport
+// rests nothing for longer itself.
 func ownRoute(budget Budget) *route {
-	return &route{targets: []*target{{budget: budget, keys: []*key{{}}}}}
+	return &route{f: Failover{MaxRest: defaultMaxRest}, targets: []*target{{budget: budget, keys: []*key{{}}}}}
 }
 
 // failoverRoute makes the route of targets (checked by checkTargets).

@@ -29,6 +29,9 @@ type Transport struct {
 	cfg  config
 	// streaks counts 429s in a row per key and model, for cooldowns.
 	streaks limitStreaks
+	// overlong holds the store's marks that end later than the route's
+	// MaxRest, cut to it from when each was first read.
+	overlong overlong
 	// route is where requests go: for NewTransport the request's own URL
 	// and credential; for NewFailoverTransport its targets and keys.
 	route *route

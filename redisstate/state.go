@@ -61,7 +61,11 @@ type Config struct {
 	// a mark that ends later is cut to end MaxRest from when it is read,
 	// in Redis too, so a hostile or mistaken end (a Retry-After of 31
 	// years) does not rest a key for that long, nor survive an upgrade.
-	// Default 24 h, the Transport's own ceiling by default.
+	// Default 24 h, the Transport's own ceiling by default. Set it to the
+	// longest Failover.MaxRest of the Transports that share the State (the
+	// command does): a shorter one cuts their rests short for the fleet,
+	// and a longer one keeps marks in Redis that each Transport cuts to
+	// its own MaxRest when it reads them anyway.
 	MaxRest time.Duration
 	// Logger gets a warning when Redis fails and a note when it is back,
 	// and a warning for each field in Redis this version did not write.

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 
@@ -82,7 +83,7 @@ func TestShareThroughRedisGivesEveryTargetItsOwnFleetBudget(t *testing.T) {
 	rc := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1"})
 	defer rc.Close()
 	var names []string
-	newState := func(name string) (*redisstate.State, error) {
+	newState := func(name string, _ time.Duration) (*redisstate.State, error) {
 		names = append(names, name)
 		return redisstate.New(redisstate.Config{Client: rc, Name: name})
 	}
@@ -103,6 +104,56 @@ func TestShareThroughRedisGivesEveryTargetItsOwnFleetBudget(t *testing.T) {
 	names = nil
 	if _, err := shareThroughRedis(fc, "fleet", true, newState); err != nil || len(names) != 1 {
 		t.Fatalf("budget off: states %v, %v; want the cooldowns' only", names, err)
+	}
+}
+
+// The fleet's health store is given the routes' max_rest: without it,
+// redisstate kept its own day, and a route with max_rest 1h could be
+// rested a day by a mark the fleet shared. It takes the longest any route
+// allows (the default day for a route that sets none), so that it cuts no
+// route's rests short; each route's Transport cuts to its own.
+func TestShareThroughRedisGivesTheFleetStoreTheRoutesMaxRest(t *testing.T) {
+	for _, c := range []struct {
+		name, routes string
+		want         time.Duration
+	}{
+		{"one route", `
+  - prefix: /a
+    max_rest: 1h
+    targets: [{name: a, base_url: 'https://a.example/v1'}]`, time.Hour},
+		{"the longest", `
+  - prefix: /a
+    max_rest: 1h
+    targets: [{name: a, base_url: 'https://a.example/v1'}]
+  - prefix: /b
+    max_rest: 30m
+    targets: [{name: b, base_url: 'https://b.example/v1'}]`, time.Hour},
+		{"a route with the default", `
+  - prefix: /a
+    max_rest: 1h
+    targets: [{name: a, base_url: 'https://a.example/v1'}]
+  - prefix: /b
+    targets: [{name: b, base_url: 'https://b.example/v1'}]`, 24 * time.Hour},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			fc, err := proxy.ParseConfig("c.yaml", []byte("routes:"+c.routes+"\n"), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			rc := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1"})
+			defer rc.Close()
+			got := map[string]time.Duration{}
+			newState := func(name string, maxRest time.Duration) (*redisstate.State, error) {
+				got[name] = maxRest
+				return redisstate.New(redisstate.Config{Client: rc, Name: name, MaxRest: maxRest})
+			}
+			if _, err := shareThroughRedis(fc, "fleet", true, newState); err != nil {
+				t.Fatal(err)
+			}
+			if got["fleet"] != c.want {
+				t.Fatalf("the fleet's health store was given max_rest %v, want %v", got["fleet"], c.want)
+			}
+		})
 	}
 }
 

@@ -173,7 +173,7 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			st.Close()
 		}
 	}()
-	var newState func(name string) (*redisstate.State, error)
+	var newState func(name string, maxRest time.Duration) (*redisstate.State, error)
 	var ropts *redis.Options
 	if *redisURL != "" {
 		var err error
@@ -186,9 +186,9 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		defer rc.Close()
 		// A Redis that is down never stops the proxy: it goes on with local
 		// state and says so in the log.
-		newState = func(name string) (*redisstate.State, error) {
+		newState = func(name string, maxRest time.Duration) (*redisstate.State, error) {
 			st, err := redisstate.New(redisstate.Config{Client: rc, Name: name, Logger: slog.New(slog.NewTextHandler(stderr, nil)),
-				Budget: llmretry.BudgetConfig{Ratio: ratio}})
+				Budget: llmretry.BudgetConfig{Ratio: ratio}, MaxRest: maxRest})
 			if err != nil {
 				return nil, err
 			}
@@ -217,7 +217,7 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	} else {
 		fleetName = cmp.Or(*redisName, u.Host)
 		if newState != nil {
-			st, err := newState(fleetName)
+			st, err := newState(fleetName, 0) // a plain Transport's ceiling: the default
 			if err != nil {
 				return err
 			}
@@ -265,10 +265,11 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 
 // shareThroughRedis puts the routes of fc on fleet states that newState
 // makes: one, named name, for the cooldowns of every route (the keys and
-// targets resting), and unless budgetOff one budget per target, named
-// name + the route's prefix + "/" + the target's name.
-func shareThroughRedis(fc *proxy.FileConfig, name string, budgetOff bool, newState func(string) (*redisstate.State, error)) (llmretry.HealthStore, error) {
-	cd, err := newState(name)
+// targets resting), whose ceiling is fleetMaxRest(fc), and unless
+// budgetOff one budget per target, named name + the route's prefix + "/" +
+// the target's name.
+func shareThroughRedis(fc *proxy.FileConfig, name string, budgetOff bool, newState func(string, time.Duration) (*redisstate.State, error)) (llmretry.HealthStore, error) {
+	cd, err := newState(name, fleetMaxRest(fc))
 	if err != nil {
 		return nil, err
 	}
@@ -278,7 +279,7 @@ func shareThroughRedis(fc *proxy.FileConfig, name string, budgetOff bool, newSta
 	for ri := range fc.Routes {
 		for ti := range fc.Routes[ri].Failover.Targets {
 			tg := &fc.Routes[ri].Failover.Targets[ti]
-			b, err := newState(name + fc.Routes[ri].Prefix + "/" + tg.Name)
+			b, err := newState(name+fc.Routes[ri].Prefix+"/"+tg.Name, 0) // a budget holds no marks
 			if err != nil {
 				return nil, err
 			}
@@ -286,6 +287,22 @@ func shareThroughRedis(fc *proxy.FileConfig, name string, budgetOff bool, newSta
 		}
 	}
 	return cd, nil
+}
+
+// defaultMaxRest is the ceiling of a route that sets no max_rest:
+// Failover.MaxRest's default, and redisstate.Config.MaxRest's.
+const defaultMaxRest = 24 * time.Hour
+
+// fleetMaxRest is the ceiling of the health marks the fleet's store keeps:
+// the longest any route allows (max_rest), so that the store cuts no
+// route's rests short, nor keeps a mark longer than every route would
+// trust it. Each route's Transport cuts what it reads to its own max_rest.
+func fleetMaxRest(fc *proxy.FileConfig) time.Duration {
+	var longest time.Duration
+	for _, r := range fc.Routes {
+		longest = max(longest, cmp.Or(r.Failover.MaxRest, defaultMaxRest))
+	}
+	return longest
 }
 
 // loopback reports whether addr (HOST:PORT) listens on loopback only.

@@ -97,6 +97,26 @@ func TestClientTokenIsNeverForwardedInAnyForm(t *testing.T) {
 	}
 }
 
+// A Cookie is removed on a route that holds keys, with clients configured
+// or without: no LLM API takes one, and it may carry the caller's session
+// with another site (a browser adds cookies on its own).
+func TestCookieIsNeverForwardedOnAKeyedRoute(t *testing.T) {
+	up := newWireLog(t, nil)
+	for _, clients := range []string{"clients: [{id: app, env: TOKEN}]\n", ""} {
+		base, _, _ := startRouter(t, keyedRoute(up.URL, clients, ""), map[string]string{"KEY": "sk-upstream", "TOKEN": testToken})
+		before := len(up.seen())
+		resp := do(t, http.MethodPost, base+"/openai/chat/completions", `{"model":"gpt-4o"}`,
+			"Authorization", "Bearer "+testToken, "Cookie", "session=caller-session")
+		got := up.seen()[before:]
+		if resp.StatusCode != 200 || len(got) != 1 {
+			t.Fatalf("clients %q: status %d after %d requests upstream", clients, resp.StatusCode, len(got))
+		}
+		if strings.Contains(got[0], "caller-session") {
+			t.Errorf("clients %q: the upstream saw the cookie:\n%s", clients, got[0])
+		}
+	}
+}
+
 // OpenAI Realtime from a browser sends its key as a WebSocket subprotocol:
 // the upgrade goes through with the token checked and removed, and the
 // upstream gets the target's key.
