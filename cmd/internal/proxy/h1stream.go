@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -23,6 +24,11 @@ import (
 // event with one write, and the connection is closed at the end (it is not
 // kept alive: a client opens a new one for its next request, as it does
 // for a stream that broke).
+//
+// Only streams beyond the first few open at once are taken
+// (Config.KeptStreams, 128 by default): a client that sends its streams
+// one after another keeps its connection as long as few are open, and
+// memory per stream counts where many are.
 //
 // What changes for the client: a client that leaves is noticed at the next
 // event written (a write fails), not at once; the upstream request then
@@ -48,6 +54,10 @@ type streamConn struct {
 	// http10: the client speaks HTTP/1.0: no chunks, the stream ends when
 	// the connection closes.
 	http10 bool
+	// kept: how many open streams keep their connection before one is
+	// taken; counted: this one is in taken.streams.
+	kept    int64
+	counted bool
 	// passed: the header went to net/http's writer (not a stream, or the
 	// Hijack failed), which writes the rest as usual.
 	passed bool
@@ -61,7 +71,7 @@ var crlf = []byte("\r\n")
 
 // takeStreams serves w's streams on the connection itself when the client
 // speaks HTTP/1.x; any other writer is returned as it is.
-func takeStreams(w http.ResponseWriter, r *http.Request, info *requestInfo) http.ResponseWriter {
+func takeStreams(w http.ResponseWriter, r *http.Request, info *requestInfo, kept int64) http.ResponseWriter {
 	if r.ProtoMajor != 1 || r.Method == http.MethodHead || info == nil || info.cancel == nil {
 		return w
 	}
@@ -69,7 +79,7 @@ func takeStreams(w http.ResponseWriter, r *http.Request, info *requestInfo) http
 	if _, ok := w.(http.Hijacker); !ok || taken == nil {
 		return w
 	}
-	return &streamConn{ResponseWriter: w, r: r, taken: taken, cancel: info.cancel, http10: r.ProtoMinor == 0}
+	return &streamConn{ResponseWriter: w, r: r, taken: taken, cancel: info.cancel, http10: r.ProtoMinor == 0, kept: kept}
 }
 
 func (s *streamConn) WriteHeader(code int) {
@@ -86,6 +96,14 @@ func (s *streamConn) WriteHeader(code int) {
 		ct = v[0]
 	}
 	if code < 200 || code > 299 || code == http.StatusNoContent || !strings.HasPrefix(ct, "text/event-stream") || h.Get("Content-Length") != "" {
+		s.passed = true
+		s.ResponseWriter.WriteHeader(code)
+		return
+	}
+	// A stream: counted while it is open (finish), taken only beyond
+	// the kept ones.
+	s.counted = true
+	if s.taken.streams.Add(1) <= s.kept {
 		s.passed = true
 		s.ResponseWriter.WriteHeader(code)
 		return
@@ -191,6 +209,9 @@ func (s *streamConn) Unwrap() http.ResponseWriter { return s.ResponseWriter }
 // reply announced), or cut (the handler panicked: the client sees the
 // connection close mid-stream, as net/http would show it).
 func (s *streamConn) finish(whole bool) {
+	if s.counted {
+		s.taken.streams.Add(-1)
+	}
 	if s.conn == nil {
 		return
 	}
@@ -227,11 +248,13 @@ func (s *streamConn) finish(whole bool) {
 
 // takenStreams counts the streams being written on taken connections.
 type takenStreams struct {
-	mu    sync.Mutex
-	open  map[*streamConn]struct{}
-	conns map[net.Conn]struct{}
-	cut   bool          // the drain's grace passed: a connection taken now is closed at once
-	idle  chan struct{} // closed when the last stream ends, while a drain waits
+	// streams: the HTTP/1.x streams open now, taken or kept.
+	streams atomic.Int64
+	mu      sync.Mutex
+	open    map[*streamConn]struct{}
+	conns   map[net.Conn]struct{}
+	cut     bool          // the drain's grace passed: a connection taken now is closed at once
+	idle    chan struct{} // closed when the last stream ends, while a drain waits
 }
 
 // takenKey is the request context key under which NewServer's server

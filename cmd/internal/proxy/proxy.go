@@ -87,7 +87,21 @@ type Config struct {
 	// to each target that has no budget of its own; Store is shared
 	// by all, so that a fleet knows which keys and targets rest.
 	Failover *llmretry.Failover
+	// KeptStreams is how many HTTP/1.x streams, open at once on the
+	// server, net/http writes as usual, each keeping its connection for the
+	// client's next request; beyond it, a stream is written on its
+	// connection itself, which then closes (h1stream.go). 0 means
+	// DefaultKeptStreams; negative, none.
+	KeptStreams int
 }
+
+// DefaultKeptStreams: a few streams at once keep their connections, which
+// saves each client's next request a new connection (about 12 system
+// calls and 70,000 instructions more per stream through the proxy, with
+// a keep-alive client sending streams one after another); many streams
+// at once give up theirs, which saves about 12 KiB of memory each. At
+// 128, what the kept ones hold is about 1.5 MiB.
+const DefaultKeptStreams = 128
 
 // Defaults of Config.
 const (
@@ -340,6 +354,18 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // sends the request on; r carries info (withRequest). A body above MaxBody
 // is refused before anything goes upstream; one that does not arrive in
 // time gets 408; one that would take the bodies held past MaxHeld gets 503.
+// keptStreams is Config.KeptStreams, its default filled in.
+func (p *Proxy) keptStreams() int64 {
+	switch k := p.cfg.KeptStreams; {
+	case k == 0:
+		return DefaultKeptStreams
+	case k < 0:
+		return 0
+	default:
+		return int64(k)
+	}
+}
+
 func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, info *requestInfo) {
 	// The upstream's answers are stamped in ModifyResponse; the proxy's
 	// own, in refuse and fail. (Stamping w's headers up front would not
@@ -377,7 +403,7 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, info *requestInf
 	// (copyBuffers).
 	rp := *p.rp
 	rp.BufferPool = &info.buffers
-	out := takeStreams(w, r, info)
+	out := takeStreams(w, r, info, p.keptStreams())
 	if sc, ok := out.(*streamConn); ok {
 		whole := false
 		defer func() { sc.finish(whole) }() // a panic (a stream cut upstream) leaves it cut
