@@ -101,6 +101,11 @@ type ContinuationEvent struct {
 	Outcome      ContinuationOutcome
 	// Cause says why the stream broke, or why it was not continued.
 	Cause string
+	// PromptTokens and OutputTokens are the usage the broken stream had
+	// reported when it broke (0: none reported): the output is added to the
+	// usage the continuation reports, and the prompt, which the
+	// continuation's own usage replaces, was billed all the same.
+	PromptTokens, OutputTokens int
 	// Target and Key name where the broken stream came from, and
 	// NextTarget and NextKey where the continuation went (failover only;
 	// with a model mapping, another model may have finished the answer).

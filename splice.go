@@ -3,6 +3,7 @@ package llmretry
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
 	"net/http"
@@ -204,7 +205,8 @@ func (s *continuedStream) broke(err error) {
 	case isIdle(err):
 		cause = "idle timeout"
 	}
-	ev := ContinuationEvent{Method: s.j.req.Method, URL: redactURL(s.j.req.URL), After: runeCount(s.d.text.bytes()), Seams: s.seams, Cause: cause}
+	ev := ContinuationEvent{Method: s.j.req.Method, URL: redactURL(s.j.req.URL), After: runeCount(s.d.text.bytes()), Seams: s.seams, Cause: cause,
+		PromptTokens: max(s.d.promptTokens, 0), OutputTokens: max(s.d.outTokens, 0)}
 	if s.j.rt.holdsKeys {
 		ev.Target, ev.Key = s.j.rt.names(s.j.at)
 	}
@@ -343,6 +345,9 @@ func (t *Transport) resume(s *continuedStream) (resp *http.Response, trimmed str
 	if body == nil {
 		return nil, "", true, why
 	}
+	if why := lowerMaxTokens(body, s.d.family, s.d.outTokens); why != "" {
+		return nil, "", true, why
+	}
 	forms := []string{t.cfg.continuation.OpenAIPrefix}
 	if s.d.family == streamAnthropic {
 		forms = []string{"prefill", ""}
@@ -364,6 +369,32 @@ func (t *Transport) resume(s *continuedStream) (resp *http.Response, trimmed str
 		}
 	}
 	return nil, "", false, "no form of continuation was taken"
+}
+
+// lowerMaxTokens lowers the request's output limits by delivered, the
+// output the broken stream had reported (-1: none, and nothing is
+// lowered: the core has no tokenizer to guess it). The limit counts the
+// whole answer, and the continuation's output is only its rest. why says
+// what leaves nothing to continue with: a limit is never set below 1.
+func lowerMaxTokens(body map[string]json.RawMessage, family streamFamily, delivered int) (why string) {
+	if delivered <= 0 {
+		return ""
+	}
+	keys := []string{"max_tokens", "max_completion_tokens"}
+	if family == streamAnthropic {
+		keys = keys[:1]
+	}
+	for _, k := range keys {
+		n, err := strconv.Atoi(string(bytes.TrimSpace(body[k])))
+		if err != nil {
+			continue // absent, or not a count: left as it is
+		}
+		if n-delivered < 1 {
+			return "no output tokens left (" + k + " " + strconv.Itoa(n) + ", " + strconv.Itoa(delivered) + " already delivered)"
+		}
+		body[k] = json.RawMessage(strconv.Itoa(n - delivered))
+	}
+	return ""
 }
 
 // mentionsPrefill reports an error body that says the model takes no
