@@ -124,11 +124,15 @@ func (s *continuedStream) fill() {
 		err = io.EOF // an in-stream error ended it: the stream ends there
 	}
 	switch {
-	case s.errEv == nil && err == io.EOF && s.d.complete:
-		s.end(io.EOF) // the last event came (or the reply said it was whole)
+	case s.errEv == nil && s.d.ended:
+		// The family's last event came: nothing is missing, whatever
+		// ended the connection after it.
+		s.end(io.EOF)
 	case s.ctx.Err() != nil:
 		s.end(err) // the caller left
 	default:
+		// Broken, by a cut or by an end before the last event (a reply
+		// that said it was whole gets that event: broke writes it).
 		s.broke(err)
 	}
 }

@@ -1,0 +1,97 @@
+package llmretry
+
+import (
+	"bytes"
+	"testing"
+)
+
+// The paths of issue 21, Part 2 item 1 that decide whether a broken stream
+// is continued, one by one; the last event of a reply that said it was
+// whole; and what the splice keeps across the seam.
+
+const (
+	aStart   = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"m1\",\"content\":[]}}\n\n"
+	aText0   = "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n"
+	aHello   = "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hello \"}}\n\n"
+	aStop0   = "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n"
+	aDone    = "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"}}\n\n"
+	aMsgStop = "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n"
+	// aWorld is a continuation's whole stream: its text is "world".
+	aWorld = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"m2\",\"content\":[]}}\n\n" + aText0 +
+		"event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"world\"}}\n\n" +
+		aStop0 + aDone + aMsgStop
+
+	oHello  = "data: {\"id\":\"c1\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"Hello \"}}]}\n\n"
+	oFinish = "data: {\"id\":\"c1\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n"
+	oDone   = "data: [DONE]\n\n"
+	// oWorld is a continuation's whole stream: its text is "world".
+	oWorld = "data: {\"id\":\"c2\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"world\"}}]}\n\n" +
+		"data: {\"id\":\"c2\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n" + oDone
+)
+
+func bodyFor(family streamFamily) string {
+	if family == streamAnthropic {
+		return anthropicBody + "}"
+	}
+	return chatBody + "}"
+}
+
+// A stream that ends cleanly, without the family's last event and before
+// its reply said it was whole, broke as much as a cut one: it is
+// continued. (The other tests' servers all cut the connection.)
+func TestStreamContinuationFinishesACleanEndWithoutTheLastEvent(t *testing.T) {
+	for family, parts := range map[streamFamily][2]string{
+		streamAnthropic:  {aStart + aText0 + aHello, aWorld},
+		streamOpenAIChat: {oHello, oWorld},
+	} {
+		srv, bodies := serveEventsEnding(t, parts[0], parts[1], false)
+		got, events := fetchWith(t, srv.URL, family, bodyFor(family))
+		r := readStream(t, family, got.body)
+		if got.err != nil || r.text != "Hello world" || len(events) != 1 || events[0].Outcome != Continued ||
+			events[0].Cause != "stream ended before its last event" || len(*bodies) != 2 {
+			t.Fatalf("%v: err %v, text %q, events %+v, %d requests", family, got.err, r.text, events, len(*bodies))
+		}
+	}
+}
+
+// A reply that said it was whole and then lost its last event, by a cut
+// or by a clean end, is sent nowhere again, and the caller's stream gets
+// that last event, once, after a comment that says whose it is.
+func TestStreamContinuationWritesTheMissingLastEvent(t *testing.T) {
+	for _, cut := range []bool{true, false} {
+		for family, c := range map[streamFamily]struct{ first, last string }{
+			streamAnthropic:  {aStart + aText0 + aHello + aStop0 + aDone, aMsgStop},
+			streamOpenAIChat: {oHello + oFinish, oDone},
+		} {
+			srv, bodies := serveEventsEnding(t, c.first, "never", cut)
+			got, events := fetchWith(t, srv.URL, family, bodyFor(family))
+			if got.err != nil || len(events) != 1 || events[0].Outcome != Completed || len(*bodies) != 1 ||
+				!bytes.HasPrefix(got.body, []byte(c.first)) || !bytes.HasSuffix(got.body, []byte("this one is llmretry's\n\n"+c.last)) ||
+				bytes.Count(got.body, []byte(c.last)) != 1 {
+				t.Fatalf("%v, cut %v: err %v, events %+v, %d requests, body %q", family, cut, got.err, events, len(*bodies), got.body)
+			}
+		}
+	}
+}
+
+// After the family's last event nothing is missing: a cut or a clean end
+// there adds nothing, reports nothing and sends nothing again, even when
+// the reply gave no finish_reason before [DONE].
+func TestStreamContinuationAddsNothingAfterTheLastEvent(t *testing.T) {
+	for _, cut := range []bool{true, false} {
+		for _, c := range []struct {
+			family streamFamily
+			whole  string
+		}{
+			{streamAnthropic, aStart + aText0 + aHello + aStop0 + aDone + aMsgStop},
+			{streamOpenAIChat, oHello + oFinish + oDone},
+			{streamOpenAIChat, oHello + oDone}, // no finish_reason: [DONE] ends it all the same
+		} {
+			srv, bodies := serveEventsEnding(t, c.whole, "never", cut)
+			got, events := fetchWith(t, srv.URL, c.family, bodyFor(c.family))
+			if got.err != nil || string(got.body) != c.whole || len(events) != 0 || len(*bodies) != 1 {
+				t.Fatalf("%v, cut %v: err %v, events %+v, %d requests, body %q", c.family, cut, got.err, events, len(*bodies), got.body)
+			}
+		}
+	}
+}
