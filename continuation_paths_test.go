@@ -2,7 +2,13 @@ package llmretry
 
 import (
 	"bytes"
+	"context"
+	"io"
+	"net/http"
+	"strings"
 	"testing"
+	"testing/synctest"
+	"time"
 )
 
 // The paths of issue 21, Part 2 item 1 that decide whether a broken stream
@@ -94,4 +100,52 @@ func TestStreamContinuationAddsNothingAfterTheLastEvent(t *testing.T) {
 			}
 		}
 	}
+}
+
+// stallThenCut is a stream body: head, then, after wait, a cut.
+type stallThenCut struct {
+	head []byte
+	wait time.Duration
+}
+
+func (b *stallThenCut) Read(p []byte) (int, error) {
+	if len(b.head) > 0 {
+		n := copy(p, b.head)
+		b.head = b.head[n:]
+		return n, nil
+	}
+	time.Sleep(b.wait)
+	return 0, io.ErrUnexpectedEOF
+}
+
+func (b *stallThenCut) Close() error { return nil }
+
+// A stream that breaks after the request's deadline has passed is not
+// continued: the deadline bounds the whole journey. The caller gets the
+// break, and the event says why, not silence.
+func TestSynctest_StreamContinuationRefusedPastTheDeadline(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		sent := 0
+		base := roundTripFunc(func(r *http.Request) (*http.Response, error) {
+			sent++
+			resp := reply(r, 200, "", "Content-Type", "text/event-stream")
+			resp.Body = &stallThenCut{head: []byte(oHello), wait: 10 * time.Second}
+			return resp, nil
+		})
+		var events []ContinuationEvent
+		tr := NewTransport(base, WithStreamContinuation(Continuation{}),
+			WithOnContinuation(func(e ContinuationEvent) { events = append(events, e) }))
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		req, _ := http.NewRequestWithContext(ctx, "POST", "http://api.test/v1/chat/completions", strings.NewReader(chatBody+"}"))
+		resp, err := tr.RoundTrip(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err == nil || sent != 1 || len(events) != 1 || events[0].Outcome != Refused || !strings.Contains(events[0].Cause, "deadline") {
+			t.Fatalf("err %v, %d sent, events %+v", err, sent, events)
+		}
+	})
 }

@@ -128,11 +128,12 @@ func (s *continuedStream) fill() {
 		// The family's last event came: nothing is missing, whatever
 		// ended the connection after it.
 		s.end(io.EOF)
-	case s.ctx.Err() != nil:
-		s.end(err) // the caller left
+	case s.ctx.Err() != nil && !errors.Is(s.ctx.Err(), context.DeadlineExceeded):
+		s.end(err) // the caller left: there is no one to tell
 	default:
 		// Broken, by a cut or by an end before the last event (a reply
-		// that said it was whole gets that event: broke writes it).
+		// that said it was whole gets that event: broke writes it), or
+		// past the deadline, which broke reports as the refusal it is.
 		s.broke(err)
 	}
 }
@@ -316,6 +317,8 @@ func (s *continuedStream) refusal(request string) (ContinuationOutcome, string) 
 		return Refused, "no text was delivered"
 	case request != "":
 		return Refused, request
+	case errors.Is(s.ctx.Err(), context.DeadlineExceeded) || passesDeadline(s.ctx, s.t.cfg.clock.Now(), 0):
+		return Refused, "the deadline has passed"
 	case s.ctx.Err() != nil:
 		return Refused, "the caller left"
 	}
