@@ -5,7 +5,9 @@ import (
 	"context"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -148,4 +150,77 @@ func TestSynctest_StreamContinuationRefusedPastTheDeadline(t *testing.T) {
 			t.Fatalf("err %v, %d sent, events %+v", err, sent, events)
 		}
 	})
+}
+
+// step is one answer of a steps server: a status with body, a stream
+// (cut after it when cut).
+type step struct {
+	status int
+	body   string
+	cut    bool
+}
+
+// serveSteps answers the n-th request with the n-th step (the last
+// repeats), and keeps the bodies sent.
+func serveSteps(t *testing.T, steps ...step) (*httptest.Server, func() []string) {
+	var mu sync.Mutex
+	var bodies []string
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		raw, _ := io.ReadAll(r.Body)
+		mu.Lock()
+		bodies = append(bodies, string(raw))
+		s := steps[min(len(bodies), len(steps))-1]
+		mu.Unlock()
+		if s.status != 200 {
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(s.status)
+			_, _ = io.WriteString(w, s.body)
+			return
+		}
+		w.Header().Set("Content-Type", "text/event-stream")
+		_, _ = io.WriteString(w, s.body)
+		if s.cut {
+			w.(http.Flusher).Flush()
+			panic(http.ErrAbortHandler)
+		}
+	}))
+	t.Cleanup(srv.Close)
+	return srv, func() []string {
+		mu.Lock()
+		defer mu.Unlock()
+		return append([]string(nil), bodies...)
+	}
+}
+
+// A continuation request that fails before its first output (a 503, an
+// overload after message_start) is retried by the usual rules, and the
+// retry carries the same continuation; MaxAttempts bounds it with the rest
+// of the journey.
+func TestStreamContinuationRetriesAContinuationThatFailsBeforeItsOutput(t *testing.T) {
+	overloaded := aStart + aText0 + "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n"
+	for _, c := range []struct {
+		name    string
+		family  streamFamily
+		first   string
+		failure step
+		after   string
+	}{
+		{"openai 503", streamOpenAIChat, oHello, step{status: 503, body: `{"error":{"message":"busy"}}`}, oWorld},
+		{"anthropic overload in the stream", streamAnthropic, aStart + aText0 + aHello, step{status: 200, body: overloaded}, aWorld},
+	} {
+		srv, bodies := serveSteps(t, step{status: 200, body: c.first, cut: true}, c.failure, step{status: 200, body: c.after})
+		got, events := fetchWith(t, srv.URL, c.family, bodyFor(c.family))
+		r := readStream(t, c.family, got.body)
+		sent := bodies()
+		if got.err != nil || r.text != "Hello world" || len(events) != 1 || events[0].Outcome != Continued || len(sent) != 3 || sent[1] != sent[2] {
+			t.Fatalf("%s: err %v, text %q, events %+v, %d requests", c.name, got.err, r.text, events, len(sent))
+		}
+		// With two attempts, the continuation is the last: its failure is
+		// not retried, and the caller gets the break.
+		srv, bodies = serveSteps(t, step{status: 200, body: c.first, cut: true}, c.failure, step{status: 200, body: c.after})
+		got, events = fetchWith(t, srv.URL, c.family, bodyFor(c.family), WithPolicy(Policy{MaxAttempts: 2}))
+		if got.err == nil || len(events) != 1 || events[0].Outcome != ContinuationFailed || len(bodies()) != 2 {
+			t.Fatalf("%s, MaxAttempts 2: err %v, events %+v, %d requests", c.name, got.err, events, len(bodies()))
+		}
+	}
 }

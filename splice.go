@@ -2,6 +2,7 @@ package llmretry
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -365,14 +366,21 @@ func (t *Transport) resume(s *continuedStream) (resp *http.Response, trimmed str
 			return nil, "", false, err.Error()
 		}
 		resp, refused, why = t.sendContinuation(s, next)
-		if resp == nil || resp.StatusCode/100 == 2 && isEventStream(resp) {
-			return resp, tr, refused, why
+		if resp == nil {
+			return nil, "", refused, why
 		}
+		if why == "" && resp.StatusCode/100 == 2 && isEventStream(resp) {
+			return resp, tr, false, ""
+		}
+		// A failure the loop handed over as it is: no attempts left, or
+		// not one to retry. A stream that failed before its output (an
+		// overload after message_start) is one too: spliced in, it
+		// would give the caller a seam and then that error.
 		status := resp.StatusCode
 		noPrefill := status == http.StatusBadRequest && i+1 < len(forms) && mentionsPrefill(resp)
 		discard(resp, t.cfg.clock)
 		if !noPrefill {
-			return nil, "", false, "status " + strconv.Itoa(status)
+			return nil, "", false, cmp.Or(why, "status "+strconv.Itoa(status))
 		}
 	}
 	return nil, "", false, "no form of continuation was taken"
@@ -411,7 +419,8 @@ func mentionsPrefill(resp *http.Response) bool {
 	return bytes.Contains(bytes.ToLower(body), []byte("prefill"))
 }
 
-// sendContinuation runs the attempt loop for one continuation body.
+// sendContinuation runs the attempt loop for one continuation body. With
+// a response, why is the cause of its failure when it is one.
 func (t *Transport) sendContinuation(s *continuedStream, next []byte) (*http.Response, bool, string) {
 	j := s.j
 	if j.sent >= t.cfg.policy.MaxAttempts {
@@ -447,5 +456,5 @@ func (t *Transport) sendContinuation(s *continuedStream, next []byte) (*http.Res
 	case resp == nil:
 		return nil, false, "no response"
 	}
-	return resp, false, ""
+	return resp, false, jc.lastCause // a success leaves no cause
 }
