@@ -3,6 +3,7 @@ package llmretry
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -101,6 +102,72 @@ func TestStreamContinuationAddsNothingAfterTheLastEvent(t *testing.T) {
 				t.Fatalf("%v, cut %v: err %v, events %+v, %d requests, body %q", c.family, cut, got.err, events, len(*bodies), got.body)
 			}
 		}
+	}
+}
+
+// Thinking or a refusal seen in the stream itself forbids a continuation:
+// a thinking block cannot be prefilled (and a cut inside one leaves
+// nothing to go on from), and a refusal is no answer to finish.
+func TestStreamContinuationRefusesThinkingOrARefusalInTheStream(t *testing.T) {
+	thinking := "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"thinking\",\"thinking\":\"\"}}\n\n" +
+		"event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"thinking_delta\",\"thinking\":\"Let me see\"}}\n\n"
+	afterThinking := thinking + "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n" +
+		"event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":1,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n" +
+		"event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":1,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hello \"}}\n\n"
+	for _, c := range []struct {
+		name   string
+		family streamFamily
+		first  string
+		cause  string
+	}{
+		{"anthropic text after thinking", streamAnthropic, aStart + afterThinking, "thinking"},
+		{"anthropic cut inside thinking", streamAnthropic, aStart + thinking, "thinking"},
+		{"openai reasoning_content", streamOpenAIChat, "data: {\"id\":\"c1\",\"choices\":[{\"index\":0,\"delta\":{\"reasoning_content\":\"Let me see\"}}]}\n\n" + oHello, "thinking"},
+		{"openai refusal", streamOpenAIChat, "data: {\"id\":\"c1\",\"choices\":[{\"index\":0,\"delta\":{\"refusal\":\"I can't \"}}]}\n\n" + oHello, "refusal"},
+	} {
+		srv, bodies := serveEvents(t, c.first, "never")
+		got, events := fetchWith(t, srv.URL, c.family, bodyFor(c.family))
+		if got.err == nil || len(events) != 1 || events[0].Outcome != Refused || !strings.Contains(events[0].Cause, c.cause) || len(*bodies) != 1 {
+			t.Fatalf("%s: err %v, events %+v, %d requests: want the cut, refused for %s", c.name, got.err, events, len(*bodies), c.cause)
+		}
+	}
+}
+
+// A request body that cannot be made again (no GetBody) cannot be sent
+// again with the delivered text: the stream is not continued.
+func TestStreamContinuationRefusesABodyThatCannotBeReplayed(t *testing.T) {
+	srv, bodies := serveEvents(t, oHello, oWorld)
+	var events []ContinuationEvent
+	_, c := testTransport(t, newFakeClock(), WithStreamContinuation(Continuation{}),
+		WithOnContinuation(func(e ContinuationEvent) { events = append(events, e) }))
+	req, _ := http.NewRequest("POST", srv.URL+"/v1/chat/completions", io.MultiReader(strings.NewReader(chatBody+"}")))
+	if req.GetBody != nil {
+		t.Fatal("the test needs a body without GetBody")
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err == nil || len(events) != 1 || events[0].Outcome != Refused || !strings.Contains(events[0].Cause, "not replayable") || len(*bodies) != 1 {
+		t.Fatalf("err %v, events %+v, %d requests", err, events, len(*bodies))
+	}
+}
+
+// noRetries is a budget that is always spent.
+type noRetries struct{}
+
+func (noRetries) OnRequest()              {}
+func (noRetries) AllowRetry() bool        { return false }
+func (noRetries) OnAttempt(AttemptResult) {}
+
+// A continuation is a retry in the budget: a spent budget refuses it.
+func TestStreamContinuationRefusedByTheBudget(t *testing.T) {
+	srv, bodies := serveEvents(t, oHello, oWorld)
+	got, events := fetchWith(t, srv.URL, streamOpenAIChat, chatBody+"}", WithBudget(noRetries{}))
+	if got.err == nil || len(events) != 1 || events[0].Outcome != Refused || !strings.Contains(events[0].Cause, "budget") || len(*bodies) != 1 {
+		t.Fatalf("err %v, events %+v, %d requests", got.err, events, len(*bodies))
 	}
 }
 
@@ -222,5 +289,94 @@ func TestStreamContinuationRetriesAContinuationThatFailsBeforeItsOutput(t *testi
 		if got.err == nil || len(events) != 1 || events[0].Outcome != ContinuationFailed || len(bodies()) != 2 {
 			t.Fatalf("%s, MaxAttempts 2: err %v, events %+v, %d requests", c.name, got.err, events, len(bodies()))
 		}
+	}
+}
+
+// Every chunk of a continued OpenAI stream keeps the first attempt's id,
+// created and model, whatever the continuation's were.
+func TestStreamContinuationKeepsIdCreatedAndModel(t *testing.T) {
+	first := "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"created\":111,\"model\":\"gpt-a\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"Hello \"}}]}\n\n"
+	later := "data: {\"id\":\"c2\",\"object\":\"chat.completion.chunk\",\"created\":222,\"model\":\"gpt-b\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"world\"}}]}\n\n" +
+		"data: {\"id\":\"c2\",\"object\":\"chat.completion.chunk\",\"created\":222,\"model\":\"gpt-b\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n" +
+		"data: {\"id\":\"c2\",\"object\":\"chat.completion.chunk\",\"created\":222,\"model\":\"gpt-b\",\"choices\":[],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":1,\"total_tokens\":2}}\n\n" + oDone
+	srv, _ := serveEvents(t, first, later)
+	got, events := fetchWith(t, srv.URL, streamOpenAIChat, chatBody+"}")
+	if got.err != nil || len(events) != 1 || events[0].Outcome != Continued {
+		t.Fatalf("err %v, events %+v", got.err, events)
+	}
+	chunks := 0
+	s := sseScanner{}
+	for p := got.body; len(p) > 0; {
+		ev, n, ok := s.scan(p)
+		p = p[n:]
+		if !ok {
+			break
+		}
+		if isDone(ev.data) {
+			continue
+		}
+		var m struct {
+			ID      string `json:"id"`
+			Created int    `json:"created"`
+			Model   string `json:"model"`
+		}
+		if err := json.Unmarshal(ev.data, &m); err != nil || m.ID != "c1" || m.Created != 111 || m.Model != "gpt-a" {
+			t.Fatalf("chunk %q: want id c1, created 111, model gpt-a", ev.data)
+		}
+		chunks++
+	}
+	if chunks < 4 {
+		t.Fatalf("%d chunks in %q", chunks, got.body)
+	}
+}
+
+// A cut between Anthropic blocks: the continuation's blocks take the
+// indices after the last one the caller had, each started and stopped
+// once, so that an SDK's accumulator sees distinct blocks.
+func TestStreamContinuationAfterACutBetweenBlocksTakesTheNextIndices(t *testing.T) {
+	block := func(i int, text string) string {
+		b, _ := json.Marshal(map[string]any{"type": "content_block_delta", "index": i, "delta": map[string]any{"type": "text_delta", "text": text}})
+		s, _ := json.Marshal(map[string]any{"type": "content_block_start", "index": i, "content_block": map[string]any{"type": "text", "text": ""}})
+		e, _ := json.Marshal(map[string]any{"type": "content_block_stop", "index": i})
+		return "event: content_block_start\ndata: " + string(s) + "\n\nevent: content_block_delta\ndata: " + string(b) +
+			"\n\nevent: content_block_stop\ndata: " + string(e) + "\n\n"
+	}
+	first := aStart + block(0, "One. ") + block(1, "Two. ")
+	later := "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"m2\",\"content\":[]}}\n\n" +
+		block(0, "Three. ") + block(1, "Four.") + aDone + aMsgStop
+	srv, _ := serveEvents(t, first, later)
+	got, events := fetchWith(t, srv.URL, streamAnthropic, anthropicBody+"}")
+	if got.err != nil || len(events) != 1 || events[0].Outcome != Continued {
+		t.Fatalf("err %v, events %+v", got.err, events)
+	}
+	var order []string
+	texts := map[int]string{}
+	s := sseScanner{}
+	for p := got.body; len(p) > 0; {
+		ev, n, ok := s.scan(p)
+		p = p[n:]
+		if !ok {
+			break
+		}
+		var m struct {
+			Type  string `json:"type"`
+			Index int    `json:"index"`
+			Delta struct {
+				Text string `json:"text"`
+			} `json:"delta"`
+		}
+		if json.Unmarshal(ev.data, &m) != nil {
+			t.Fatalf("event %q", ev.data)
+		}
+		switch m.Type {
+		case "content_block_start", "content_block_stop":
+			order = append(order, m.Type[len("content_block_"):]+" "+string(rune('0'+m.Index)))
+		case "content_block_delta":
+			texts[m.Index] += m.Delta.Text
+		}
+	}
+	want := "start 0,stop 0,start 1,stop 1,start 2,stop 2,start 3,stop 3"
+	if strings.Join(order, ",") != want || texts[0] != "One. " || texts[1] != "Two. " || texts[2] != "Three. " || texts[3] != "Four." {
+		t.Fatalf("blocks %v, texts %v: want %s, each its own text", order, texts, want)
 	}
 }
