@@ -445,6 +445,8 @@ func (t *Transport) sendContinuation(s *continuedStream, next []byte) (*http.Res
 	}
 	jc.onTarget = 1
 	defer jc.release()
+	// A continuation is a retry: it pays the budget here, the one place
+	// besides the loop, which pays for the retries that follow it.
 	if b := jc.rt.targets[jc.at.target].budget; b != nil && !b.AllowRetry() {
 		return nil, true, "the retry budget is spent"
 	}
