@@ -55,6 +55,46 @@ func TestProxyContinuesAStreamCutMidway(t *testing.T) {
 	}
 }
 
+// A stream that breaks again past the continuation cap is not continued:
+// the proxy's log line for it says so, with the request id, after the
+// library's line that says why, and never that nothing is resent (the
+// continuation before it was).
+func TestProxyLogsAStreamThatWasNotContinued(t *testing.T) {
+	url, rt, logs := continuingRoute(t, "cut=900,drop=3")
+	req, _ := http.NewRequest("POST", url+"/openai/chat/completions",
+		strings.NewReader(`{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]}`))
+	resp, err := client(t).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err == nil {
+		t.Fatal("the client read the stream whole: want the second cut")
+	}
+	var why, notContinued string
+	for _, l := range strings.Split(logs.String(), "\n") {
+		if strings.Contains(l, "stream broke after output") && strings.Contains(l, "over the cap") {
+			why = l
+		}
+		if strings.Contains(l, "upstream reply broke mid-stream and was not continued") {
+			notContinued = l
+		}
+	}
+	id := func(l string) string {
+		_, rest, _ := strings.Cut(l, "request_id=")
+		v, _, _ := strings.Cut(rest, " ")
+		return v
+	}
+	if why == "" || notContinued == "" || id(notContinued) == "" || id(notContinued) != id(why) ||
+		strings.Contains(logs.String(), "nothing is resent") {
+		t.Fatalf("log:\n%s", logs.String())
+	}
+	if n := metricOf(t, rt.Metrics(), `llmretry_continuations_total{outcome="over_cap",route="/openai"}`); n != 1 {
+		t.Fatalf("%v over the cap counted", n)
+	}
+}
+
 // streamedText joins the content of a chat stream's chunks.
 func streamedText(t *testing.T, body []byte) string {
 	t.Helper()
