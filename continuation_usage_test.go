@@ -188,3 +188,33 @@ func TestStreamContinuationSeamHoldsThroughUsageInEveryChunk(t *testing.T) {
 		t.Fatalf("usage %v", us)
 	}
 }
+
+// Whatever a stream sends, tracking it and splicing a continuation's
+// events never panics, and lowering a request's limits never does either.
+func FuzzContinuationSplice(f *testing.F) {
+	for _, s := range []string{
+		`{"id":"c","created":1,"model":"m","choices":[{"index":0,"delta":{"content":"Hi"}}],"usage":{"completion_tokens":3,"total_tokens":4}}`,
+		`{"type":"message_start","message":{"usage":{"input_tokens":5,"output_tokens":3}}}`,
+		`{"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":-1}}`,
+		`{"type":"content_block_start","index":99999999999999999999,"content_block":{"type":"text","text":"\ud800"}}`,
+		`{"choices":[],"usage":{"completion_tokens":"x"}}`, `[DONE]`, `{"usage":[1,2]}`, `not json`,
+	} {
+		f.Add([]byte("content_block_delta"), []byte(s), []byte(`{"max_tokens":4,"max_completion_tokens":1e3}`))
+	}
+	f.Fuzz(func(t *testing.T, name, data, body []byte) {
+		for _, family := range []streamFamily{streamAnthropic, streamOpenAIChat} {
+			d := newDelivery(family)
+			ev := sseEvent{name: name, data: data}
+			d.observe(ev)
+			d.observe(ev)
+			s := newSplice(&d, " ")
+			_ = s.rewrite(ev, data)
+			_ = s.rewrite(ev, data)
+			_ = s.release(nil)
+			var m map[string]json.RawMessage
+			if json.Unmarshal(body, &m) == nil && m != nil {
+				_ = lowerMaxTokens(m, family, d.outTokens)
+			}
+		}
+	})
+}
