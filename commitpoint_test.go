@@ -3,6 +3,7 @@ package llmretry
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"strings"
@@ -171,6 +172,33 @@ func TestInStreamQuotaStopsWithItsStatus(t *testing.T) {
 	v := tr.decide(Attempt{Request: req, Response: held, Number: 1, Now: testNow, t: tr})
 	if v.retry || v.status != http.StatusTooManyRequests || v.reason != ReasonNotRetryable || v.cause != "in-stream error: insufficient_quota" {
 		t.Fatalf("verdict %+v", v)
+	}
+}
+
+// On a failover Transport, a quota error sent in the stream after the role
+// chunk, before any output, moves the request to another key as a 429
+// quota response would, and takes the key out: key b serves the stream
+// whole, and the caller never sees key a's.
+func TestInStreamQuotaMovesAFailoverTransportToAnotherKey(t *testing.T) {
+	p := newProvider(t, func(key string) http.HandlerFunc {
+		if key == "sk-a" {
+			return sse(oRole, oQuota)
+		}
+		return sse(oStream)
+	})
+	var health []HealthEvent
+	_, c := failoverTransport(t, newFakeClock(), Failover{Targets: []Target{{
+		Name: "openai", BaseURL: p.URL + "/v1", Keys: []Key{NewKey("a", "sk-a"), NewKey("b", "sk-b")},
+	}}}, WithOnHealth(func(e HealthEvent) { health = append(health, e) }))
+	resp, err := c.Do(post(t, p.URL+"/v1/chat/completions", `{"model":"gpt-4o","stream":true,"messages":[{"role":"user","content":"hi"}]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := readAll(t, resp); got != oStream || fmt.Sprint(p.keys()) != "[sk-a sk-b]" {
+		t.Fatalf("keys %v, body %q: want key b's stream, whole", p.keys(), got)
+	}
+	if len(health) != 1 || health[0].Health != KeyOutQuota || health[0].Key != "a" {
+		t.Fatalf("health %+v: want key a out for its quota", health)
 	}
 }
 

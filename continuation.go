@@ -43,7 +43,10 @@ const continueInstruction = "Your previous reply was cut off. Continue it from e
 
 // WithStreamContinuation turns stream continuation on (see Continuation).
 // A continuation counts as an attempt (Policy.MaxAttempts) and as a retry
-// in the budget, and bills the prompt again.
+// in the budget, and bills the prompt again. Where the broken stream had
+// reported the output it used, the continuation's max_tokens (and OpenAI's
+// max_completion_tokens) is lowered by it, and it is added to the output
+// the continuation reports; what no stream reported is never guessed.
 func WithStreamContinuation(c Continuation) Option {
 	return func(cfg *config) {
 		if c.Max <= 0 {
@@ -71,9 +74,10 @@ const (
 	// OverCap: the stream was already continued Continuation.Max times.
 	OverCap
 	// Completed: the reply had said it was whole (a stop reason, a
-	// finish_reason) and only the family's last event was missing: nothing
-	// is sent again, and the caller's stream gets that last event
-	// (message_stop, [DONE]) after an SSE comment that says so.
+	// finish_reason) and only the family's last event was missing, whether
+	// the connection broke or closed cleanly: nothing is sent again, and
+	// the caller's stream gets that last event (message_stop, [DONE])
+	// after an SSE comment that says so.
 	Completed
 )
 
@@ -101,6 +105,11 @@ type ContinuationEvent struct {
 	Outcome      ContinuationOutcome
 	// Cause says why the stream broke, or why it was not continued.
 	Cause string
+	// PromptTokens and OutputTokens are the usage the broken stream had
+	// reported when it broke (0: none reported): the output is added to the
+	// usage the continuation reports, and the prompt, which the
+	// continuation's own usage replaces, was billed all the same.
+	PromptTokens, OutputTokens int
 	// Target and Key name where the broken stream came from, and
 	// NextTarget and NextKey where the continuation went (failover only;
 	// with a model mapping, another model may have finished the answer).

@@ -566,6 +566,12 @@ func TestStreamContinuationAfterTheIdleTimeout(t *testing.T) {
 // serveEvents answers the first request with first (then cuts the
 // connection), and every later one with later.
 func serveEvents(t *testing.T, first, later string) (*httptest.Server, *[]string) {
+	return serveEventsEnding(t, first, later, true)
+}
+
+// serveEventsEnding is serveEvents; cut false ends the first answer
+// cleanly instead, as a server that closes its stream early does.
+func serveEventsEnding(t *testing.T, first, later string, cut bool) (*httptest.Server, *[]string) {
 	var mu sync.Mutex
 	var bodies []string
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -578,6 +584,9 @@ func serveEvents(t *testing.T, first, later string) (*httptest.Server, *[]string
 		if n == 1 {
 			_, _ = io.WriteString(w, first)
 			w.(http.Flusher).Flush()
+			if !cut {
+				return
+			}
 			panic(http.ErrAbortHandler)
 		}
 		if strings.HasPrefix(later, "400 ") {

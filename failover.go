@@ -21,7 +21,10 @@ import (
 // a failure is one decision (next.go: the same place after a wait, another
 // key now, the next target now, or a stop). The stream contract holds
 // across targets: once a response is handed over, nothing is sent
-// anywhere again.
+// anywhere again. (With WithStreamContinuation, a stream that breaks after
+// its first output may be sent again to finish it: to the same key and
+// target when they are healthy, else where these rules send it; nothing
+// the caller has is sent to it again.)
 
 // TargetHeader is set on every response a failover Transport hands over to
 // the Name of the target that sent it (never a key).

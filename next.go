@@ -26,8 +26,9 @@ import (
 //
 // Policy.MaxAttempts and the context's deadline bound the whole journey.
 // The decision spends nothing: the loop pays the budget for a retry on
-// the same target (same key or another), in one place; moving to another
-// target is a first attempt there.
+// the same target (same key or another); moving to another target is a
+// first attempt there. (A stream's continuation is a retry too, paid
+// before its loop starts: sendContinuation.)
 
 // moveKind is where the next attempt goes.
 type moveKind uint8

@@ -53,10 +53,29 @@ type delivery struct {
 	openIndex, lastIndex int
 	// OpenAI: the first chunk's id, created and model, as written.
 	id, created, model []byte
+	// ended: the family's last event (message_stop, [DONE]) was given.
+	ended bool
+	// The usage the given events reported (-1: none). Providers report
+	// it as a running total, so the last figure is the one kept: OpenAI's
+	// usage.completion_tokens and prompt_tokens (in the last chunk, or in
+	// every chunk with vLLM's continuous usage), Anthropic's
+	// usage.output_tokens and input_tokens (message_start, message_delta).
+	outTokens, promptTokens int
 }
 
 func newDelivery(f streamFamily) delivery {
-	return delivery{family: f, openIndex: -1, lastIndex: -1}
+	return delivery{family: f, openIndex: -1, lastIndex: -1, outTokens: -1, promptTokens: -1}
+}
+
+// usage reads a usage object's output and prompt figures, each when it is
+// there: out and prompt are the names the family gives them.
+func (d *delivery) usage(u []byte, out, prompt string) {
+	if n := jsonInt(u, out); n >= 0 {
+		d.outTokens = n
+	}
+	if n := jsonInt(u, prompt); n >= 0 {
+		d.promptTokens = n
+	}
 }
 
 // observe reads one event the caller is given.
@@ -107,29 +126,62 @@ func (d *delivery) observeAnthropic(ev sseEvent) {
 		if jsonInt(ev.data, "index") == d.openIndex {
 			d.openIndex = -1
 		}
+	case "message_start":
+		msg, _ := jsonMember(ev.data, "message")
+		if u, ok := jsonMember(msg, "usage"); ok {
+			d.usage(u, "output_tokens", "input_tokens")
+		}
 	case "message_delta":
 		delta, _ := jsonMember(ev.data, "delta")
 		if v, ok := jsonMember(delta, "stop_reason"); ok && !jsonEmpty(v) {
 			d.complete = true
 		}
+		if u, ok := jsonMember(ev.data, "usage"); ok {
+			d.usage(u, "output_tokens", "input_tokens")
+		}
 	case "message_stop":
-		d.complete = true
+		d.complete, d.ended = true, true
 	}
 }
 
 func (d *delivery) observeChat(ev sseEvent) {
 	if isDone(ev.data) {
+		d.ended = true
 		return
 	}
-	if d.id == nil {
-		if v := jsonStringMember(ev.data, "id"); v != nil {
-			d.id = append([]byte{}, v...)
-			d.model = append([]byte{}, jsonStringMember(ev.data, "model")...)
-			c, _ := jsonMember(ev.data, "created")
-			d.created = append([]byte{}, c...)
+	// One walk over the chunk's members: this runs for every chunk.
+	top, ok := jsonIterate(ev.data)
+	if !ok || !top.object {
+		return
+	}
+	var id, model, created, choices []byte
+	for {
+		k, v, ok := top.next()
+		if !ok {
+			break
+		}
+		switch string(k) {
+		case "id":
+			id = v
+		case "model":
+			model = v
+		case "created":
+			created = v
+		case "choices":
+			choices = v
+		case "usage":
+			if !jsonEmpty(v) { // OpenAI writes "usage":null in every chunk but the last
+				d.usage(v, "completion_tokens", "prompt_tokens")
+			}
 		}
 	}
-	choices, _ := jsonMember(ev.data, "choices")
+	if d.id == nil {
+		if v := jsonStringContents(id); v != nil {
+			d.id = append([]byte{}, v...)
+			d.model = append([]byte{}, jsonStringContents(model)...)
+			d.created = append([]byte{}, created...)
+		}
+	}
 	it, ok := jsonIterate(choices)
 	if !ok {
 		return
@@ -276,10 +328,17 @@ type splice struct {
 	holding bool
 	hold    []byte
 	holdIdx int // Anthropic: the index the held text goes to
+	// heldUsage is the usage of the last chunk held (OpenAI, a server that
+	// reports it in every chunk), summed, for the chunk the seam writes.
+	heldUsage json.RawMessage
+	// deliveredOut is the output the caller's stream had reported at the
+	// seam (0: none): it is added to what the continuation reports, which
+	// counts its own output only.
+	deliveredOut int
 }
 
 func newSplice(d *delivery, trimmed string) *splice {
-	s := &splice{d: d, trimmed: trimmed, holding: true}
+	s := &splice{d: d, trimmed: trimmed, holding: true, deliveredOut: max(d.outTokens, 0)}
 	if d.family == streamAnthropic {
 		if d.openIndex >= 0 {
 			s.continueOpen, s.shift = true, d.openIndex
@@ -350,6 +409,12 @@ func (s *splice) rewriteAnthropic(ev sseEvent, raw []byte) []byte {
 		return append(out, anthropicEvent("content_block_delta", setMember(ev.data, "index", s.shift+idx))...)
 	case "content_block_stop":
 		return append(out, anthropicEvent("content_block_stop", setMember(ev.data, "index", s.shift+jsonInt(ev.data, "index")))...)
+	case "message_delta":
+		// Its output_tokens counts the continuation's output only: the
+		// output the caller's stream had reported is added.
+		if u, ok := jsonMember(ev.data, "usage"); ok && s.deliveredOut > 0 {
+			return append(out, anthropicEvent("message_delta", setRaw(ev.data, "usage", addTokens(u, s.deliveredOut, "output_tokens")))...)
+		}
 	}
 	return append(out, raw...) // message_delta, message_stop, and what is not known
 }
@@ -364,7 +429,14 @@ func (s *splice) rewriteChat(ev sseEvent, raw []byte) []byte {
 	}
 	var choices []map[string]json.RawMessage
 	_ = json.Unmarshal(chunk["choices"], &choices)
-	other := false // the chunk carries something besides the held content
+	usage := !jsonEmpty(chunk["usage"])
+	if usage && s.deliveredOut > 0 {
+		chunk["usage"] = addTokens(chunk["usage"], s.deliveredOut, "completion_tokens", "total_tokens")
+	}
+	// other: the chunk carries something besides the held content. Usage
+	// alongside content is not (a server may send it in every chunk, and
+	// the seam's hold would end at the first); a usage chunk of its own is.
+	other := usage && len(choices) == 0
 	for _, c := range choices {
 		var delta map[string]json.RawMessage
 		_ = json.Unmarshal(c["delta"], &delta)
@@ -378,10 +450,10 @@ func (s *splice) rewriteChat(ev sseEvent, raw []byte) []byte {
 		}
 		c["delta"], _ = json.Marshal(delta)
 	}
-	if !jsonEmpty(chunk["usage"]) {
-		other = true
-	}
 	if s.holding && !other {
+		if usage { // a running total: the last one held is written at the seam
+			s.heldUsage = chunk["usage"]
+		}
 		if len(s.hold) < seamWindow {
 			return nil // held: written at the seam
 		}
@@ -422,7 +494,9 @@ func (s *splice) release(out []byte) []byte {
 	s.holding = false
 	text := s.hold[seamCut(s.d.text.tail(seamWindow), s.hold, s.trimmed, s.d.text.size):]
 	s.hold = nil
-	if len(text) == 0 {
+	usage := s.heldUsage
+	s.heldUsage = nil
+	if len(text) == 0 && usage == nil {
 		return out
 	}
 	if s.d.family == streamAnthropic {
@@ -431,8 +505,15 @@ func (s *splice) release(out []byte) []byte {
 		return append(out, anthropicEvent("content_block_delta", data)...)
 	}
 	chunk := map[string]json.RawMessage{"object": json.RawMessage(`"chat.completion.chunk"`)}
-	choice, _ := json.Marshal([]map[string]any{{"index": 0, "delta": map[string]any{"content": string(text)}, "finish_reason": nil}})
+	delta := map[string]any{}
+	if len(text) > 0 {
+		delta["content"] = string(text)
+	}
+	choice, _ := json.Marshal([]map[string]any{{"index": 0, "delta": delta, "finish_reason": nil}})
 	chunk["choices"] = choice
+	if usage != nil {
+		chunk["usage"] = usage
+	}
 	s.stamp(chunk)
 	b, _ := json.Marshal(chunk)
 	return append(append(append(out, "data: "...), b...), "\n\n"...)
@@ -467,6 +548,39 @@ func anthropicEvent(name string, data []byte) []byte {
 	b = append(b, "\ndata: "...)
 	b = append(b, data...)
 	return append(b, "\n\n"...)
+}
+
+// addTokens returns the usage object u with n added to each of its
+// members keys that is a count; u as it is when it is not an object.
+func addTokens(u []byte, n int, keys ...string) []byte {
+	var m map[string]json.RawMessage
+	if json.Unmarshal(u, &m) != nil || m == nil {
+		return u
+	}
+	for _, k := range keys {
+		if v := jsonInt(u, k); v >= 0 {
+			m[k] = json.RawMessage(strconv.Itoa(v + n))
+		}
+	}
+	b, err := json.Marshal(m)
+	if err != nil {
+		return u
+	}
+	return b
+}
+
+// setRaw returns obj with its top-level member key set to the JSON v.
+func setRaw(obj []byte, key string, v json.RawMessage) []byte {
+	var m map[string]json.RawMessage
+	if json.Unmarshal(obj, &m) != nil || m == nil {
+		return obj
+	}
+	m[key] = v
+	b, err := json.Marshal(m)
+	if err != nil {
+		return obj
+	}
+	return b
 }
 
 // setMember returns obj with its top-level member key set to the number n.

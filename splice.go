@@ -2,7 +2,9 @@ package llmretry
 
 import (
 	"bytes"
+	"cmp"
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
 	"net/http"
@@ -123,11 +125,16 @@ func (s *continuedStream) fill() {
 		err = io.EOF // an in-stream error ended it: the stream ends there
 	}
 	switch {
-	case s.errEv == nil && err == io.EOF && s.d.complete:
-		s.end(io.EOF) // the last event came (or the reply said it was whole)
-	case s.ctx.Err() != nil:
-		s.end(err) // the caller left
+	case s.errEv == nil && s.d.ended:
+		// The family's last event came: nothing is missing, whatever
+		// ended the connection after it.
+		s.end(io.EOF)
+	case s.ctx.Err() != nil && !errors.Is(s.ctx.Err(), context.DeadlineExceeded):
+		s.end(err) // the caller left: there is no one to tell
 	default:
+		// Broken, by a cut or by an end before the last event (a reply
+		// that said it was whole gets that event: broke writes it), or
+		// past the deadline, which broke reports as the refusal it is.
 		s.broke(err)
 	}
 }
@@ -204,7 +211,8 @@ func (s *continuedStream) broke(err error) {
 	case isIdle(err):
 		cause = "idle timeout"
 	}
-	ev := ContinuationEvent{Method: s.j.req.Method, URL: redactURL(s.j.req.URL), After: runeCount(s.d.text.bytes()), Seams: s.seams, Cause: cause}
+	ev := ContinuationEvent{Method: s.j.req.Method, URL: redactURL(s.j.req.URL), After: runeCount(s.d.text.bytes()), Seams: s.seams, Cause: cause,
+		PromptTokens: max(s.d.promptTokens, 0), OutputTokens: max(s.d.outTokens, 0)}
 	if s.j.rt.holdsKeys {
 		ev.Target, ev.Key = s.j.rt.names(s.j.at)
 	}
@@ -310,6 +318,8 @@ func (s *continuedStream) refusal(request string) (ContinuationOutcome, string) 
 		return Refused, "no text was delivered"
 	case request != "":
 		return Refused, request
+	case errors.Is(s.ctx.Err(), context.DeadlineExceeded) || passesDeadline(s.ctx, s.t.cfg.clock.Now(), 0):
+		return Refused, "the deadline has passed"
 	case s.ctx.Err() != nil:
 		return Refused, "the caller left"
 	}
@@ -343,6 +353,9 @@ func (t *Transport) resume(s *continuedStream) (resp *http.Response, trimmed str
 	if body == nil {
 		return nil, "", true, why
 	}
+	if why := lowerMaxTokens(body, s.d.family, s.d.outTokens); why != "" {
+		return nil, "", true, why
+	}
 	forms := []string{t.cfg.continuation.OpenAIPrefix}
 	if s.d.family == streamAnthropic {
 		forms = []string{"prefill", ""}
@@ -353,17 +366,50 @@ func (t *Transport) resume(s *continuedStream) (resp *http.Response, trimmed str
 			return nil, "", false, err.Error()
 		}
 		resp, refused, why = t.sendContinuation(s, next)
-		if resp == nil || resp.StatusCode/100 == 2 && isEventStream(resp) {
-			return resp, tr, refused, why
+		if resp == nil {
+			return nil, "", refused, why
 		}
+		if why == "" && resp.StatusCode/100 == 2 && isEventStream(resp) {
+			return resp, tr, false, ""
+		}
+		// A failure the loop handed over as it is: no attempts left, or
+		// not one to retry. A stream that failed before its output (an
+		// overload after message_start) is one too: spliced in, it
+		// would give the caller a seam and then that error.
 		status := resp.StatusCode
 		noPrefill := status == http.StatusBadRequest && i+1 < len(forms) && mentionsPrefill(resp)
 		discard(resp, t.cfg.clock)
 		if !noPrefill {
-			return nil, "", false, "status " + strconv.Itoa(status)
+			return nil, "", false, cmp.Or(why, "status "+strconv.Itoa(status))
 		}
 	}
 	return nil, "", false, "no form of continuation was taken"
+}
+
+// lowerMaxTokens lowers the request's output limits by delivered, the
+// output the broken stream had reported (-1: none, and nothing is
+// lowered: the core has no tokenizer to guess it). The limit counts the
+// whole answer, and the continuation's output is only its rest. why says
+// what leaves nothing to continue with: a limit is never set below 1.
+func lowerMaxTokens(body map[string]json.RawMessage, family streamFamily, delivered int) (why string) {
+	if delivered <= 0 {
+		return ""
+	}
+	keys := []string{"max_tokens", "max_completion_tokens"}
+	if family == streamAnthropic {
+		keys = keys[:1]
+	}
+	for _, k := range keys {
+		n, err := strconv.Atoi(string(bytes.TrimSpace(body[k])))
+		if err != nil {
+			continue // absent, or not a count: left as it is
+		}
+		if n-delivered < 1 {
+			return "no output tokens left (" + k + " " + strconv.Itoa(n) + ", " + strconv.Itoa(delivered) + " already delivered)"
+		}
+		body[k] = json.RawMessage(strconv.Itoa(n - delivered))
+	}
+	return ""
 }
 
 // mentionsPrefill reports an error body that says the model takes no
@@ -373,7 +419,8 @@ func mentionsPrefill(resp *http.Response) bool {
 	return bytes.Contains(bytes.ToLower(body), []byte("prefill"))
 }
 
-// sendContinuation runs the attempt loop for one continuation body.
+// sendContinuation runs the attempt loop for one continuation body. With
+// a response, why is the cause of its failure when it is one.
 func (t *Transport) sendContinuation(s *continuedStream, next []byte) (*http.Response, bool, string) {
 	j := s.j
 	if j.sent >= t.cfg.policy.MaxAttempts {
@@ -398,6 +445,8 @@ func (t *Transport) sendContinuation(s *continuedStream, next []byte) (*http.Res
 	}
 	jc.onTarget = 1
 	defer jc.release()
+	// A continuation is a retry: it pays the budget here, the one place
+	// besides the loop, which pays for the retries that follow it.
 	if b := jc.rt.targets[jc.at.target].budget; b != nil && !b.AllowRetry() {
 		return nil, true, "the retry budget is spent"
 	}
@@ -409,5 +458,5 @@ func (t *Transport) sendContinuation(s *continuedStream, next []byte) (*http.Res
 	case resp == nil:
 		return nil, false, "no response"
 	}
-	return resp, false, ""
+	return resp, false, jc.lastCause // a success leaves no cause
 }

@@ -139,7 +139,9 @@ func (t *Transport) loop(j *journey, send sendFunc, first int, idemKey string) (
 		}
 		mv := t.next(ctx, j, attempt, v, p)
 		budget := j.rt.targets[j.at.target].budget
-		if mv.retry() && budget != nil && !budget.AllowRetry() { // the one place the budget is paid
+		// A request's retries pay the budget here; a broken stream's
+		// continuation pays before its loop starts (sendContinuation).
+		if mv.retry() && budget != nil && !budget.AllowRetry() {
 			mv = t.refused(j)
 		}
 		if mv.kind == moveStop {

@@ -49,10 +49,35 @@ type Route struct {
 	// BASE/chat/completions.
 	Prefix   string
 	Failover llmretry.Failover
-	// Continuation, when set, finishes the route's streams that break
-	// after output (continue_streams: N, continue_openai_prefix); it
-	// overrides --continue-streams.
-	Continuation *llmretry.Continuation
+	// ContinueStreams is the route's continue_streams, nil when the file
+	// does not set it (--continue-streams decides): 0 turns stream
+	// continuation off for the route whatever else is set, N turns it on
+	// with a cap of N.
+	ContinueStreams *int
+	// ContinueOpenAIPrefix is its continue_openai_prefix
+	// (Continuation.OpenAIPrefix: "" for instruction), nil when not set.
+	// It says how, not whether: it never turns continuation on.
+	ContinueOpenAIPrefix *string
+}
+
+// continuation is the route's stream continuation, given the one
+// --continue-streams sets (nil: off).
+func (r Route) continuation(flag *llmretry.Continuation) *llmretry.Continuation {
+	c := flag
+	if r.ContinueStreams != nil {
+		if *r.ContinueStreams == 0 {
+			return nil
+		}
+		c = &llmretry.Continuation{Max: *r.ContinueStreams}
+	}
+	if c == nil {
+		return nil
+	}
+	out := *c
+	if r.ContinueOpenAIPrefix != nil {
+		out.OpenAIPrefix = *r.ContinueOpenAIPrefix
+	}
+	return &out
 }
 
 // HoldsKeys reports whether any target of c has keys: the proxy then
@@ -405,10 +430,7 @@ func (r *reader) route(n *yaml.Node) (Route, error) {
 			if err != nil || n < 0 {
 				return r.errf(v, "continue_streams %q: want 0 (off) or how many times one stream may be continued", text)
 			}
-			if rt.Continuation == nil {
-				rt.Continuation = &llmretry.Continuation{}
-			}
-			rt.Continuation.Max = n
+			rt.ContinueStreams = &n
 			return nil
 		},
 		"continue_openai_prefix": func(v *yaml.Node) error {
@@ -419,10 +441,8 @@ func (r *reader) route(n *yaml.Node) (Route, error) {
 			if form != "instruction" && form != "prefix" && form != "vllm" {
 				return r.errf(v, "continue_openai_prefix %q: want instruction (OpenAI: the default), prefix (DeepSeek, Mistral) or vllm", form)
 			}
-			if rt.Continuation == nil {
-				rt.Continuation = &llmretry.Continuation{}
-			}
-			rt.Continuation.OpenAIPrefix = strings.TrimPrefix(form, "instruction")
+			form = strings.TrimPrefix(form, "instruction")
+			rt.ContinueOpenAIPrefix = &form
 			return nil
 		},
 	}, "prefix", "targets")
@@ -432,8 +452,9 @@ func (r *reader) route(n *yaml.Node) (Route, error) {
 	if len(f.Targets) == 0 {
 		return rt, r.errf(n, "route %q has no targets", rt.Prefix)
 	}
-	if rt.Continuation != nil && rt.Continuation.Max == 0 && rt.Continuation.OpenAIPrefix == "" {
-		rt.Continuation.Max = -1 // continue_streams: 0: off, whatever the flag says
+	if rt.ContinueStreams != nil && *rt.ContinueStreams == 0 && rt.ContinueOpenAIPrefix != nil {
+		r.notes = append(r.notes, (&ConfigError{File: r.file, Line: n.Line,
+			Msg: fmt.Sprintf("route %q: continue_openai_prefix has no effect: continue_streams: 0 turns stream continuation off", rt.Prefix)}).Error())
 	}
 	return rt, nil
 }

@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -51,6 +52,46 @@ func TestProxyContinuesAStreamCutMidway(t *testing.T) {
 	}
 	if !strings.Contains(line, "outcome=continued") || !strings.Contains(line, "request_id=") || strings.Contains(logs.String(), "nothing is resent") {
 		t.Fatalf("log:\n%s", logs.String())
+	}
+}
+
+// A stream that breaks again past the continuation cap is not continued:
+// the proxy's log line for it says so, with the request id, after the
+// library's line that says why, and never that nothing is resent (the
+// continuation before it was).
+func TestProxyLogsAStreamThatWasNotContinued(t *testing.T) {
+	url, rt, logs := continuingRoute(t, "cut=900,drop=3")
+	req, _ := http.NewRequest("POST", url+"/openai/chat/completions",
+		strings.NewReader(`{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]}`))
+	resp, err := client(t).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err == nil {
+		t.Fatal("the client read the stream whole: want the second cut")
+	}
+	var why, notContinued string
+	for _, l := range strings.Split(logs.String(), "\n") {
+		if strings.Contains(l, "stream broke after output") && strings.Contains(l, "over the cap") {
+			why = l
+		}
+		if strings.Contains(l, "upstream reply broke mid-stream and was not continued") {
+			notContinued = l
+		}
+	}
+	id := func(l string) string {
+		_, rest, _ := strings.Cut(l, "request_id=")
+		v, _, _ := strings.Cut(rest, " ")
+		return v
+	}
+	if why == "" || notContinued == "" || id(notContinued) == "" || id(notContinued) != id(why) ||
+		strings.Contains(logs.String(), "nothing is resent") {
+		t.Fatalf("log:\n%s", logs.String())
+	}
+	if n := metricOf(t, rt.Metrics(), `llmretry_continuations_total{outcome="over_cap",route="/openai"}`); n != 1 {
+		t.Fatalf("%v over the cap counted", n)
 	}
 }
 
@@ -165,4 +206,84 @@ routes:
     targets:
       - {name: mock, base_url: '`+up.URL+`/v1'}
 `, nil)
+}
+
+// A route's continue_streams: 0 turns continuation off whatever else is
+// set (the flag, continue_openai_prefix); N turns it on with that cap.
+// continue_openai_prefix says how an OpenAI-compatible server is asked to
+// go on, and never turns continuation on by itself: without
+// continue_streams the flag decides, and its cap is kept.
+func TestRouteContinueStreamsZeroIsOffWhateverElseIsSet(t *testing.T) {
+	for _, c := range []struct {
+		flag   int // --continue-streams
+		fields string
+		want   *llmretry.Continuation
+	}{
+		{0, "", nil},
+		{2, "", &llmretry.Continuation{Max: 2}},
+		{0, "continue_streams: 0, continue_openai_prefix: prefix", nil},
+		{2, "continue_streams: 0", nil},
+		{2, "continue_openai_prefix: vllm, continue_streams: 0", nil},
+		{0, "continue_openai_prefix: prefix", nil},
+		{2, "continue_openai_prefix: prefix", &llmretry.Continuation{Max: 2, OpenAIPrefix: "prefix"}},
+		{0, "continue_streams: 3", &llmretry.Continuation{Max: 3}},
+		{1, "continue_streams: 3, continue_openai_prefix: instruction", &llmretry.Continuation{Max: 3}},
+	} {
+		fields := c.fields
+		if fields != "" {
+			fields += ", "
+		}
+		text := "routes:\n  - {prefix: /openai, " + fields + "targets: [{name: t, base_url: 'http://127.0.0.1:1/v1'}]}\n"
+		fc, err := ParseConfig("c.yaml", []byte(text), nil)
+		if err != nil {
+			t.Fatalf("%s: %v", c.fields, err)
+		}
+		base := Config{}
+		if c.flag > 0 {
+			base.Continuation = &llmretry.Continuation{Max: c.flag}
+		}
+		rt, err := NewRouter(fc, base)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := rt.routes[0].cfg.Continuation
+		if (got == nil) != (c.want == nil) || got != nil && *got != *c.want {
+			t.Errorf("flag %d, %q: continuation %+v, want %+v", c.flag, c.fields, got, c.want)
+		}
+	}
+}
+
+// End to end: a route with continue_streams: 0 and a prefix form set
+// leaves a cut stream cut, and sends nothing upstream again.
+func TestRouteContinueStreamsZeroLeavesACutStreamCut(t *testing.T) {
+	script, err := mockllm.ParseFaults("cut=900")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var hits atomic.Int32
+	mock := mockllm.New(script, 1)
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hits.Add(1)
+		mock.ServeHTTP(w, r)
+	}))
+	t.Cleanup(up.Close)
+	url, _, _ := startRouter(t, `
+routes:
+  - prefix: /openai
+    continue_streams: 0
+    continue_openai_prefix: prefix
+    targets:
+      - {name: mock, base_url: '`+up.URL+`/v1'}
+`, nil)
+	req, _ := http.NewRequest("POST", url+"/openai/chat/completions",
+		strings.NewReader(`{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]}`))
+	resp, err := client(t).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err == nil || hits.Load() != 1 {
+		t.Fatalf("read error %v, %d upstream requests: want the cut, and one request", err, hits.Load())
+	}
 }

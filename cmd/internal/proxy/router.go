@@ -62,12 +62,7 @@ func NewRouter(fc *FileConfig, base Config) (*Router, error) {
 		cfg.Upstream = nil
 		f := route.Failover
 		cfg.Failover = &f
-		if route.Continuation != nil { // the route's own choice, over the flag's
-			cfg.Continuation = route.Continuation
-			if route.Continuation.Max < 0 {
-				cfg.Continuation = nil
-			}
-		}
+		cfg.Continuation = route.continuation(base.Continuation)
 		p, err := newProxy(cfg, rt.sh, cmp.Or(route.Prefix, "/"))
 		if err != nil {
 			return nil, err
