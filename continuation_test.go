@@ -224,48 +224,54 @@ const continuedText = "The quick brown fox jumps over the lazy dog, then naps in
 func TestStreamContinuationFinishesACutStreamAtEveryByte(t *testing.T) {
 	for _, family := range []streamFamily{streamAnthropic, streamOpenAIChat} {
 		for _, overlap := range []int{0, 12} {
-			probe := newContinuer(t, family, continuedText, 1<<30, 0)
-			full := fetch(t, probe.URL, family, nil).body
-			// Every byte over the middle of the reply's deltas, every
-			// seventh elsewhere.
-			mid := bytes.Index(full, []byte("lazy"))
-			continued := 0
-			for cut := 1; cut < len(full); cut++ {
-				if (cut < mid-150 || cut > mid+150) && cut%7 != 0 {
-					continue
-				}
-				name := fmt.Sprintf("%v/overlap %d/cut %d", family, overlap, cut)
-				c := newContinuer(t, family, continuedText, cut, overlap)
-				var events []ContinuationEvent
-				got := fetch(t, c.URL, family, &events)
-				r := readStream(t, family, got.body)
-				if got.err != nil || r.text != continuedText {
-					t.Fatalf("%s: err %v, text %q, events %+v", name, got.err, r.text, events)
-				}
-				switch {
-				case len(events) == 0: // cut before the first output: retried, as ever
-					continue
-				case len(events) > 1 || events[0].Outcome != Continued && events[0].Outcome != Completed:
-					t.Fatalf("%s: events %+v", name, events)
-				case events[0].Outcome == Continued:
-					continued++
-					if r.seams != 1 {
-						t.Fatalf("%s: %d seam comments", name, r.seams)
+			// The four sweeps are independent: in parallel, the test takes
+			// half its wall time on two CPUs (it was the longest of the
+			// package, 43 s under the race detector).
+			t.Run(fmt.Sprintf("%v/overlap %d", family, overlap), func(t *testing.T) {
+				t.Parallel()
+				probe := newContinuer(t, family, continuedText, 1<<30, 0)
+				full := fetch(t, probe.URL, family, nil).body
+				// Every byte over the middle of the reply's deltas, every
+				// seventh elsewhere.
+				mid := bytes.Index(full, []byte("lazy"))
+				continued := 0
+				for cut := 1; cut < len(full); cut++ {
+					if (cut < mid-150 || cut > mid+150) && cut%7 != 0 {
+						continue
+					}
+					name := fmt.Sprintf("%v/overlap %d/cut %d", family, overlap, cut)
+					c := newContinuer(t, family, continuedText, cut, overlap)
+					var events []ContinuationEvent
+					got := fetch(t, c.URL, family, &events)
+					r := readStream(t, family, got.body)
+					if got.err != nil || r.text != continuedText {
+						t.Fatalf("%s: err %v, text %q, events %+v", name, got.err, r.text, events)
+					}
+					switch {
+					case len(events) == 0: // cut before the first output: retried, as ever
+						continue
+					case len(events) > 1 || events[0].Outcome != Continued && events[0].Outcome != Completed:
+						t.Fatalf("%s: events %+v", name, events)
+					case events[0].Outcome == Continued:
+						continued++
+						if r.seams != 1 {
+							t.Fatalf("%s: %d seam comments", name, r.seams)
+						}
+					}
+					// One message; a cut inside the text block continues it, a cut
+					// after it stopped starts the next index.
+					if family == streamAnthropic && (r.counts["message_start"] != 1 || r.counts["message_stop"] != 1 ||
+						r.counts["content_block_start"] != r.counts["content_block_stop"] || r.counts["content_block_start"] > 2) {
+						t.Fatalf("%s: events %v", name, r.counts)
+					}
+					if family == streamOpenAIChat && (r.counts["role"] != 1 || r.counts["finish"] != 1 || r.counts["[DONE]"] != 1 || len(r.ids) != 1) {
+						t.Fatalf("%s: events %v, ids %v", name, r.counts, r.ids)
 					}
 				}
-				// One message; a cut inside the text block continues it, a cut
-				// after it stopped starts the next index.
-				if family == streamAnthropic && (r.counts["message_start"] != 1 || r.counts["message_stop"] != 1 ||
-					r.counts["content_block_start"] != r.counts["content_block_stop"] || r.counts["content_block_start"] > 2) {
-					t.Fatalf("%s: events %v", name, r.counts)
+				if continued < 100 {
+					t.Fatalf("%v/overlap %d: only %d cuts were continued", family, overlap, continued)
 				}
-				if family == streamOpenAIChat && (r.counts["role"] != 1 || r.counts["finish"] != 1 || r.counts["[DONE]"] != 1 || len(r.ids) != 1) {
-					t.Fatalf("%s: events %v, ids %v", name, r.counts, r.ids)
-				}
-			}
-			if continued < 100 {
-				t.Fatalf("%v/overlap %d: only %d cuts were continued", family, overlap, continued)
-			}
+			})
 		}
 	}
 }
