@@ -382,6 +382,10 @@ func TestRepliesThatAreNotStreamsWriteTheirHeaderOnce(t *testing.T) {
 // instructions a stream more than before streams were taken. Beyond the
 // kept ones, a stream is taken and closes its connection.
 func TestFewStreamsAtOnceKeepTheirConnections(t *testing.T) {
+	// The README's figure: the first 128 keep theirs, unless configured.
+	if k := (&Proxy{}).keptStreams(); k != 128 {
+		t.Fatalf("by default %d streams keep their connections, the README says 128", k)
+	}
 	next := make(chan struct{})
 	base, _, _ := start(t, sseUpstream(next, "data: one\n\n", "data: two\n\n"), func(c *Config) { c.KeptStreams = 1 })
 	t.Cleanup(func() { close(next) }) // before the servers close: no handler is left waiting
