@@ -87,7 +87,7 @@ func (s *streamConn) WriteHeader(code int) {
 		return
 	}
 	if s.passed { // a second call: net/http's to log as superfluous
-		s.ResponseWriter.WriteHeader(code)
+		s.pass(code)
 		return
 	}
 	h := s.Header()
@@ -96,16 +96,14 @@ func (s *streamConn) WriteHeader(code int) {
 		ct = v[0]
 	}
 	if code < 200 || code > 299 || code == http.StatusNoContent || !strings.HasPrefix(ct, "text/event-stream") || h.Get("Content-Length") != "" {
-		s.passed = true
-		s.ResponseWriter.WriteHeader(code)
+		s.pass(code)
 		return
 	}
 	// A stream: counted while it is open (finish), taken only beyond
 	// the kept ones.
 	s.counted = true
 	if s.taken.streams.Add(1) <= s.kept {
-		s.passed = true
-		s.ResponseWriter.WriteHeader(code)
+		s.pass(code)
 		return
 	}
 	// Counted before it is taken: from the moment it is, Shutdown no
@@ -114,8 +112,7 @@ func (s *streamConn) WriteHeader(code int) {
 	conn, brw, err := s.ResponseWriter.(http.Hijacker).Hijack()
 	if err != nil {
 		s.taken.leave(s)
-		s.passed = true
-		s.ResponseWriter.WriteHeader(code)
+		s.pass(code)
 		return
 	}
 	// The 4 KiB read buffer and 4 KiB write buffer net/http gave this
@@ -149,6 +146,13 @@ func (s *streamConn) WriteHeader(code int) {
 	head = append(head, b.String()...)
 	head = append(head, "\r\n"...)
 	_, s.err = conn.Write(head)
+}
+
+// pass leaves the reply to net/http's writer, which writes the header and
+// all that follows as usual.
+func (s *streamConn) pass(code int) {
+	s.passed = true
+	s.ResponseWriter.WriteHeader(code)
 }
 
 func (s *streamConn) Write(p []byte) (int, error) {

@@ -97,7 +97,7 @@ type Config struct {
 
 // DefaultKeptStreams: a few streams at once keep their connections, which
 // saves each client's next request a new connection (about 12 system
-// calls and 70,000 instructions more per stream through the proxy, with
+// calls and 67,000 instructions more per stream through the proxy, with
 // a keep-alive client sending streams one after another); many streams
 // at once give up theirs, which saves about 12 KiB of memory each. At
 // 128, what the kept ones hold is about 1.5 MiB.
