@@ -23,6 +23,9 @@ type BodyModel struct {
 	// Start and End are the byte offsets of the model's value in the body,
 	// its quotes included, for a rename; both 0 when there is none.
 	Start, End int64
+	// Stream is true when the body's top-level "stream" key (as written,
+	// exactly) is the literal true: the request asks for an event stream.
+	Stream bool
 	// Problem says why the body cannot be read as one JSON object naming
 	// at most one model: "" when it can. A body with a problem is sent
 	// nowhere that has an allow-list.
@@ -48,6 +51,17 @@ func ReadModel(r io.Reader) (bm BodyModel, err error) {
 		return BodyModel{Problem: s.problem}, nil
 	}
 	return bm, nil
+}
+
+// ReadModelBytes is ReadModel of a body already in memory, read in place:
+// no buffer is allocated, and nothing is copied.
+func ReadModelBytes(body []byte) BodyModel {
+	var bm BodyModel
+	s := &bodyScanner{buf: body, n: len(body), eof: true}
+	if s.document(&bm) != nil {
+		return BodyModel{Problem: s.problem}
+	}
+	return bm
 }
 
 // bodyScanner reads JSON from r through buf.
@@ -202,6 +216,10 @@ func (s *bodyScanner) object(depth int, bm *BodyModel) error {
 					return err
 				}
 				goto next
+			}
+			if string(key) == "stream" { // the last one counts, as in most decoders
+				c, ok := s.peek()
+				bm.Stream = ok && c == 't'
 			}
 		}
 		if err := s.value(depth); err != nil {

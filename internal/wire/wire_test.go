@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
+	"runtime"
 	"strings"
 	"testing"
 	"testing/iotest"
@@ -248,4 +249,54 @@ func FuzzReadModel(f *testing.F) {
 			t.Fatalf("model %q, Go reads %q, in %q", bm.Name, m.Model, body)
 		}
 	})
+}
+
+func TestReadModelSaysWhetherTheBodyAsksForAStream(t *testing.T) {
+	for _, c := range []struct {
+		body   string
+		stream bool
+	}{
+		{`{"model":"m","stream":true}`, true},
+		{`{"stream" : true, "model":"m"}`, true},
+		{`{"model":"m","stream":false}`, false},
+		{`{"model":"m"}`, false},
+		{`{"model":"m","stream":"true"}`, false},
+		{`{"model":"m","stream_options":{"include_usage":true}}`, false},
+		{`{"messages":[{"stream":true}]}`, false},
+		{`{"stream":true,"stream":false}`, false},
+		{`{"stream":false,"stream":true}`, true},
+		{`{"stream":true,"model":NaN}`, false}, // a problem: nothing is claimed
+	} {
+		bm, err := ReadModel(strings.NewReader(c.body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if bm.Stream != c.stream {
+			t.Errorf("ReadModel(%s).Stream = %v, want %v", c.body, bm.Stream, c.stream)
+		}
+		if got := ReadModelBytes([]byte(c.body)); got != bm {
+			t.Errorf("ReadModelBytes(%s) = %+v, ReadModel %+v", c.body, got, bm)
+		}
+	}
+}
+
+// ReadModelBytes reads a body in memory in place: no buffer for it (the
+// proxy reads every stream request's body beyond its kept streams, and
+// ReadModel's 16 KiB would be garbage for each), only the few bytes of its
+// keys.
+func TestReadModelBytesCopiesNoBuffer(t *testing.T) {
+	body := []byte(`{"model":"gpt-4o","stream":true,"messages":[{"role":"user","content":"` + strings.Repeat("hello ", 1000) + `"}]}`)
+	var bm BodyModel
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	for range 100 {
+		bm = ReadModelBytes(body)
+	}
+	runtime.ReadMemStats(&after)
+	if per := (after.TotalAlloc - before.TotalAlloc) / 100; per > 1024 {
+		t.Fatalf("%d bytes allocated per reading of a %d-byte body", per, len(body))
+	}
+	if bm.Name != "gpt-4o" || !bm.Stream {
+		t.Fatalf("%+v", bm)
+	}
 }

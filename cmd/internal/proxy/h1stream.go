@@ -10,6 +10,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/llmretry/llmretry/internal/wire"
 )
 
 // A stream answered to an HTTP/1.1 client is written on the connection
@@ -29,6 +31,16 @@ import (
 // (Config.KeptStreams, 128 by default): a client that sends its streams
 // one after another keeps its connection as long as few are open, and
 // memory per stream counts where many are.
+//
+// A request that asks for a stream (its body's "stream": true, or a
+// Gemini streamGenerateContent path) is taken as soon as its body is
+// held, before it goes upstream (takeEarly): its buffers are then garbage
+// while it waits for its first output, which is when a burst of streams
+// holds the most memory at once. Whatever then answers it, a stream, an
+// upstream error or the proxy's own, is written here too (writeHead), in
+// the framing net/http would have chosen. While nothing is written, a
+// goroutine watches the connection, as net/http's read-ahead does, so that
+// a client that leaves still cancels its request at once (watch).
 //
 // What changes for the client: a client that leaves is noticed at the next
 // event written (a write fails), not at once; the upstream request then
@@ -61,6 +73,24 @@ type streamConn struct {
 	// passed: the header went to net/http's writer (not a stream, or the
 	// Hijack failed), which writes the rest as usual.
 	passed bool
+	// early: taken before any reply (takeEarly): every reply is written
+	// here. head: the reply's header is written; pending, a status whose
+	// header waits for the first bytes (to sniff their type, as net/http
+	// does).
+	early   bool
+	head    bool
+	pending int
+	// How the body is framed once the head is written: chunks, a length
+	// (remain is what is left of it), or neither (HTTP/1.0: until close).
+	chunked bool
+	noBody  bool
+	sized   bool
+	remain  int64
+	// watching: a goroutine reads the connection to see the client leave,
+	// until the head is written (watch, unwatch).
+	watching  bool
+	unwatched atomic.Bool
+	watchDone chan struct{}
 	// size and vec frame one chunk, written with one writev: no
 	// allocation, and no copy of the event.
 	size [20]byte
@@ -82,7 +112,83 @@ func takeStreams(w http.ResponseWriter, r *http.Request, info *requestInfo, kept
 	return &streamConn{ResponseWriter: w, r: r, taken: taken, cancel: info.cancel, http10: r.ProtoMinor == 0, kept: kept}
 }
 
+// takeEarly takes the connection of a request that asks for a stream,
+// before it goes upstream, when more than the kept streams are open. It
+// is counted as an open stream from here, taken or kept.
+func (s *streamConn) takeEarly() {
+	s.counted = true
+	if s.taken.streams.Add(1) <= s.kept {
+		return
+	}
+	if s.hijack() {
+		s.early = true
+		s.watch()
+	}
+}
+
+// hijack takes the connection from net/http; false if it cannot.
+func (s *streamConn) hijack() bool {
+	// Counted before it is taken: from the moment it is, Shutdown no
+	// longer waits for it.
+	s.taken.enter(s)
+	conn, brw, err := s.ResponseWriter.(http.Hijacker).Hijack()
+	if err != nil {
+		s.taken.leave(s)
+		return false
+	}
+	// The 4 KiB read buffer and 4 KiB write buffer net/http gave this
+	// connection are the taker's after Hijack, and net/http does not touch
+	// them again; but they stay reachable from its connection for as long
+	// as this handler runs, the whole stream. Emptied, they go with the
+	// next GC. (A client that sent another request behind this one, on the
+	// same connection, loses it with the connection's close: browsers and
+	// SDKs do not pipeline.)
+	*brw.Reader, *brw.Writer = bufio.Reader{}, bufio.Writer{}
+	s.conn = conn
+	s.taken.hold(conn)
+	return true
+}
+
+// watch reads the taken connection until the head is written, as
+// net/http's read-ahead would: the client closing it cancels the request
+// (its waits, its attempts upstream). Bytes the client sends meanwhile (a
+// request pipelined behind this one) are dropped with the connection.
+func (s *streamConn) watch() {
+	s.watching = true
+	s.watchDone = make(chan struct{})
+	conn, cancel, done := s.conn, s.cancel, s.watchDone
+	go func() {
+		defer close(done)
+		var b [1]byte
+		for {
+			if _, err := conn.Read(b[:]); err != nil {
+				if !s.unwatched.Load() {
+					cancel()
+				}
+				return
+			}
+		}
+	}()
+}
+
+// unwatch ends the watch before the head is written: a client that
+// leaves after that is seen when a write fails.
+func (s *streamConn) unwatch() {
+	if !s.watching {
+		return
+	}
+	s.watching = false
+	s.unwatched.Store(true)
+	_ = s.conn.SetReadDeadline(time.Unix(1, 0))
+	<-s.watchDone
+	_ = s.conn.SetReadDeadline(time.Time{})
+}
+
 func (s *streamConn) WriteHeader(code int) {
+	if s.early {
+		s.writeEarly(code)
+		return
+	}
 	if s.conn != nil {
 		return
 	}
@@ -100,40 +206,74 @@ func (s *streamConn) WriteHeader(code int) {
 		return
 	}
 	// A stream: counted while it is open (finish), taken only beyond
-	// the kept ones.
+	// the kept ones. One counted by takeEarly and kept stays kept.
+	if s.counted {
+		s.pass(code)
+		return
+	}
 	s.counted = true
-	if s.taken.streams.Add(1) <= s.kept {
+	if s.taken.streams.Add(1) <= s.kept || !s.hijack() {
 		s.pass(code)
 		return
 	}
-	// Counted before it is taken: from the moment it is, Shutdown no
-	// longer waits for it.
-	s.taken.enter(s)
-	conn, brw, err := s.ResponseWriter.(http.Hijacker).Hijack()
-	if err != nil {
-		s.taken.leave(s)
-		s.pass(code)
+	s.writeHead(code)
+}
+
+// writeEarly writes the header of any reply on a connection taken early:
+// an interim (1xx) one at once, a final one when its framing is known.
+func (s *streamConn) writeEarly(code int) {
+	if s.head || s.pending != 0 {
 		return
 	}
-	// The 4 KiB read buffer and 4 KiB write buffer net/http gave this
-	// connection are the taker's after Hijack, and net/http does not touch
-	// them again; but they stay reachable from its connection for as long
-	// as this handler runs, the whole stream. Emptied, they go with the
-	// next GC. (A client that sent another request behind this one, on the
-	// same connection, loses it with the connection's close: browsers and
-	// SDKs do not pipeline.)
-	*brw.Reader, *brw.Writer = bufio.Reader{}, bufio.Writer{}
-	s.conn = conn
-	s.taken.hold(conn)
+	if code >= 100 && code < 200 {
+		if code != http.StatusSwitchingProtocols && !s.http10 && s.err == nil {
+			_, s.err = s.conn.Write(s.status(code, s.Header(), nil))
+		}
+		return
+	}
+	s.unwatch()
+	if _, typed := s.Header()["Content-Type"]; !typed && bodyAllowed(code) {
+		s.pending = code // sniffed from the first bytes written
+		return
+	}
+	s.writeHead(code)
+}
+
+func bodyAllowed(code int) bool {
+	return code >= 200 && code != http.StatusNoContent && code != http.StatusNotModified
+}
+
+// writeHead writes a final reply's header on the taken connection and
+// chooses its body's framing: none where the status allows none, the
+// length a Content-Length gives, else chunks (HTTP/1.1) or the
+// connection's close (HTTP/1.0). The connection closes after the reply.
+func (s *streamConn) writeHead(code int) {
+	s.head = true
+	h := s.Header()
 	h.Del("Transfer-Encoding")
 	h.Set("Connection", "close")
 	if _, ok := h["Date"]; !ok {
 		h.Set("Date", time.Now().UTC().Format(http.TimeFormat))
 	}
-	if !s.http10 {
+	switch n, err := strconv.ParseInt(h.Get("Content-Length"), 10, 64); {
+	case !bodyAllowed(code):
+		s.noBody = true
+	case err == nil && n >= 0:
+		s.sized, s.remain = true, n
+	case s.http10:
+		h.Del("Content-Length")
+	default:
+		h.Del("Content-Length")
+		s.chunked = true
 		h.Set("Transfer-Encoding", "chunked")
 	}
-	head := make([]byte, 0, 512)
+	if s.err == nil {
+		_, s.err = s.conn.Write(s.status(code, h, make([]byte, 0, 512)))
+	}
+}
+
+// status renders a status line and header.
+func (s *streamConn) status(code int, h http.Header, head []byte) []byte {
 	head = append(head, "HTTP/1."...)
 	head = strconv.AppendInt(head, int64(s.r.ProtoMinor), 10)
 	head = append(head, ' ')
@@ -145,7 +285,7 @@ func (s *streamConn) WriteHeader(code int) {
 	_ = h.Write(&b)
 	head = append(head, b.String()...)
 	head = append(head, "\r\n"...)
-	_, s.err = conn.Write(head)
+	return head
 }
 
 // pass leaves the reply to net/http's writer, which writes the header and
@@ -158,6 +298,18 @@ func (s *streamConn) pass(code int) {
 func (s *streamConn) Write(p []byte) (int, error) {
 	if s.passed {
 		return s.ResponseWriter.Write(p)
+	}
+	if s.early && !s.head {
+		if s.pending == 0 {
+			s.writeEarly(http.StatusOK)
+		}
+		if s.pending != 0 {
+			if len(p) == 0 {
+				return 0, nil
+			}
+			s.Header().Set("Content-Type", http.DetectContentType(p))
+			s.writeHead(s.pending)
+		}
 	}
 	if s.conn == nil {
 		// A first write with no header written: the header is implied,
@@ -178,7 +330,25 @@ func (s *streamConn) Write(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
-	if s.http10 {
+	switch {
+	case s.noBody:
+		return 0, http.ErrBodyNotAllowed
+	case s.sized:
+		short := int64(len(p)) > s.remain
+		if short {
+			p = p[:s.remain]
+		}
+		n, err := s.conn.Write(p)
+		s.remain -= int64(n)
+		if err != nil {
+			s.err = err
+			return n, err
+		}
+		if short {
+			return n, http.ErrContentLength
+		}
+		return n, nil
+	case !s.chunked:
 		n, err := s.conn.Write(p)
 		s.err = err
 		return n, err
@@ -219,7 +389,22 @@ func (s *streamConn) finish(whole bool) {
 	if s.conn == nil {
 		return
 	}
-	if whole && s.err == nil && !s.http10 {
+	if s.early && !s.head {
+		s.unwatch()
+		// The handler wrote no body (or nothing at all): an empty reply,
+		// as net/http gives one; a cut one gets none, the connection's
+		// close says it failed.
+		if whole {
+			if s.pending == 0 {
+				s.pending = http.StatusOK
+			}
+			if bodyAllowed(s.pending) {
+				s.Header().Set("Content-Length", "0")
+			}
+			s.writeHead(s.pending)
+		}
+	}
+	if whole && s.err == nil && s.chunked {
 		end := []byte("0\r\n")
 		h := s.Header()
 		for _, announced := range h.Values("Trailer") {
@@ -340,4 +525,16 @@ func takenStreamsOf(srv *http.Server) *takenStreams {
 	}
 	t, _ := srv.BaseContext(nil).Value(takenKey{}).(*takenStreams)
 	return t
+}
+
+// asksForStream reports whether a request asks for an event stream: a
+// Gemini streamGenerateContent path, or a JSON body whose top-level
+// "stream" is true (OpenAI's and Anthropic's APIs, and those like them).
+// It only decides when a connection is taken; whatever the reply turns
+// out to be is written either way.
+func asksForStream(r *http.Request, body []byte) bool {
+	if strings.Contains(r.URL.EscapedPath(), ":streamGenerateContent") {
+		return true
+	}
+	return len(body) > 0 && wire.ReadModelBytes(body).Stream
 }

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"net/http/httptrace"
 	"net/url"
 	"strconv"
@@ -429,4 +430,174 @@ func TestFewStreamsAtOnceKeepTheirConnections(t *testing.T) {
 	next <- struct{}{}
 	next <- struct{}{}
 	_ = c1.Close()
+}
+
+// startWatched is start with the proxy's server reporting each connection
+// net/http gives up to a Hijack on hijacked.
+func startWatched(t *testing.T, upstream http.Handler, hijacked chan<- struct{}, mutate ...func(*Config)) string {
+	t.Helper()
+	_, p, _ := start(t, upstream, mutate...)
+	srv := httptest.NewUnstartedServer(p)
+	srv.Config = NewServer(p)
+	srv.Config.ConnState = func(_ net.Conn, st http.ConnState) {
+		if st == http.StateHijacked {
+			hijacked <- struct{}{}
+		}
+	}
+	srv.Start()
+	t.Cleanup(srv.Close)
+	return srv.URL
+}
+
+// A request that asks for a stream, beyond the kept ones, is taken from
+// net/http as soon as its body is held, before it goes upstream: net/http's
+// buffers for its connection (about 10 KiB) and its read-ahead goroutine
+// are then gone while it waits for its first output, which is when a burst
+// of streams holds the most memory (BENCHMARKS.md). Taken at its first
+// output, as it once was, the upstream here would never answer.
+func TestStreamRequestIsTakenBeforeItGoesUpstream(t *testing.T) {
+	hijacked := make(chan struct{}, 10)
+	up := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// net/http reports the Hijack as it happens, before it returns.
+		select {
+		case <-hijacked:
+		default:
+			http.Error(w, "the client's connection was not taken before the request came upstream", http.StatusBadRequest)
+			return
+		}
+		sseUpstream(nil, "data: one\n\n", "data: [DONE]\n\n")(w, r)
+	})
+	base := startWatched(t, up, hijacked, takeEvery)
+	for _, body := range []string{`{"model":"m","stream":true}`, `{"model":"m","stream":false}`} {
+		u, _ := url.Parse(base)
+		c, err := net.Dial("tcp", u.Host)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(20 * time.Second))
+		_, _ = io.WriteString(c, "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: "+
+			strconv.Itoa(len(body))+"\r\n\r\n"+body)
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		stream := strings.Contains(body, "true")
+		if stream && (resp.StatusCode != 200 || string(b) != "data: one\n\ndata: [DONE]\n\n") {
+			t.Fatalf("%s: %d %q", body, resp.StatusCode, b)
+		}
+		// A request that does not ask for a stream is not taken early (its
+		// stream reply is taken when it comes, as before).
+		if !stream && resp.StatusCode != http.StatusBadRequest {
+			t.Fatalf("%s: %d %q: taken before its reply", body, resp.StatusCode, b)
+		}
+	}
+}
+
+// Whatever answers a request taken early reaches the client whole, framed
+// as net/http would frame it: an upstream error with its length, one sent
+// in chunks, one with no type (sniffed), one with no body, and the proxy's
+// own error when the upstream cannot be reached; each with the proxy's
+// headers, and the connection closed after it.
+func TestEveryReplyToARequestTakenEarlyArrivesWhole(t *testing.T) {
+	up := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		switch r.URL.Path {
+		case "/v1/sized":
+			w.Header().Set("Content-Type", "application/json")
+			w.Header().Set("Content-Length", "27")
+			w.WriteHeader(http.StatusBadRequest)
+			_, _ = io.WriteString(w, `{"error":{"message":"bad"}}`)
+		case "/v1/chunked":
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusNotFound)
+			_, _ = io.WriteString(w, `{"error":`)
+			w.(http.Flusher).Flush()
+			_, _ = io.WriteString(w, `{"message":"no such model"}}`)
+		case "/v1/untyped":
+			w.Header()["Content-Type"] = nil // no type, and none sniffed upstream
+			w.WriteHeader(http.StatusBadRequest)
+			_, _ = io.WriteString(w, `<html>bad</html>`)
+		case "/v1/empty":
+			w.WriteHeader(http.StatusNoContent)
+		}
+	})
+	base, p, _ := start(t, up, takeEvery)
+	for _, c := range []struct {
+		path, proto string
+		code        int
+		ctype, body string
+		chunked     bool
+	}{
+		{"/v1/sized", "HTTP/1.1", 400, "application/json", `{"error":{"message":"bad"}}`, false},
+		{"/v1/chunked", "HTTP/1.1", 404, "application/json", `{"error":{"message":"no such model"}}`, true},
+		{"/v1/chunked", "HTTP/1.0", 404, "application/json", `{"error":{"message":"no such model"}}`, false},
+		{"/v1/untyped", "HTTP/1.1", 400, "text/html; charset=utf-8", `<html>bad</html>`, false},
+		{"/v1/empty", "HTTP/1.1", 204, "", "", false},
+	} {
+		u, _ := url.Parse(base)
+		conn, err := net.Dial("tcp", u.Host)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+		body := `{"stream":true}`
+		_, _ = io.WriteString(conn, "POST "+c.path+" "+c.proto+"\r\nHost: x\r\nContent-Length: "+strconv.Itoa(len(body))+"\r\n\r\n"+body)
+		br := bufio.NewReader(conn)
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatalf("%s %s: %v", c.path, c.proto, err)
+		}
+		b, err := io.ReadAll(resp.Body)
+		if err != nil || resp.StatusCode != c.code || resp.Header.Get("Content-Type") != c.ctype || string(b) != c.body ||
+			(len(resp.TransferEncoding) > 0) != c.chunked || resp.Header.Get(RequestIDHeader) == "" || (c.proto == "HTTP/1.1" && !resp.Close) {
+			t.Fatalf("%s %s: %d %v te %v close %v body %q %v", c.path, c.proto, resp.StatusCode, resp.Header, resp.TransferEncoding, resp.Close, b, err)
+		}
+		if n, err := br.Read(make([]byte, 1)); n != 0 || err != io.EOF {
+			t.Fatalf("%s %s: after the reply: %d bytes, %v; want the connection closed", c.path, c.proto, n, err)
+		}
+	}
+	// The upstream gone: the proxy's own error, whole.
+	p.cfg.Upstream.Host = "127.0.0.1:1"
+	c, br := rawRequest(t, base, "HTTP/1.1")
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != http.StatusBadGateway || !strings.Contains(string(b), "llmretry_proxy_error") {
+		t.Fatalf("upstream gone: %d %q %v", resp.StatusCode, b, err)
+	}
+}
+
+// A client that leaves while its request, taken early, waits for its first
+// output cancels it at once, as net/http's read-ahead would have: the
+// upstream request ends, long before any event is written.
+func TestClientLeavingBeforeTheFirstOutputEndsTheUpstreamRequest(t *testing.T) {
+	arrived, ended := make(chan struct{}), make(chan struct{})
+	up := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		close(arrived)
+		select {
+		case <-r.Context().Done():
+			close(ended)
+		case <-time.After(15 * time.Second): // the test has failed by then
+		}
+	})
+	base, _, _ := start(t, up, takeEvery)
+	c, _ := rawRequest(t, base, "HTTP/1.1")
+	select {
+	case <-arrived:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the request did not come upstream")
+	}
+	c.Close()
+	select {
+	case <-ended:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the client left, and its request went on upstream")
+	}
 }

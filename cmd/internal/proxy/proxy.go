@@ -374,8 +374,12 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, info *requestInf
 		p.refuse(w, r, http.StatusRequestEntityTooLarge, fmt.Sprintf("request body larger than %d bytes", p.cfg.MaxBody))
 		return
 	}
+	var body []byte
 	if r.Body != nil && r.Body != http.NoBody {
-		body, reserved, code, msg := p.hold(w, r)
+		var reserved int64
+		var code int
+		var msg string
+		body, reserved, code, msg = p.hold(w, r)
 		defer p.held.Add(-reserved)
 		if code != 0 {
 			if code == http.StatusServiceUnavailable {
@@ -405,6 +409,9 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, info *requestInf
 	rp.BufferPool = &info.buffers
 	out := takeStreams(w, r, info, p.keptStreams())
 	if sc, ok := out.(*streamConn); ok {
+		if sc.taken.streams.Load() >= sc.kept && asksForStream(r, body) {
+			sc.takeEarly()
+		}
 		whole := false
 		defer func() { sc.finish(whole) }() // a panic (a stream cut upstream) leaves it cut
 		rp.ServeHTTP(out, r)                // the held body is not used after this returns
