@@ -41,6 +41,7 @@ Run 'llmretry help COMMAND' (or 'llmretry COMMAND --help') for a command's flags
 var errUsage = errors.New("usage error")
 
 func main() {
+	smallStacks(os.Args)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	os.Exit(run(ctx, os.Args[1:], os.Stdout, os.Stderr))
