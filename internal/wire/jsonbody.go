@@ -23,9 +23,6 @@ type BodyModel struct {
 	// Start and End are the byte offsets of the model's value in the body,
 	// its quotes included, for a rename; both 0 when there is none.
 	Start, End int64
-	// Stream is true when the body's top-level "stream" key (as written,
-	// exactly) is the literal true: the request asks for an event stream.
-	Stream bool
 	// Problem says why the body cannot be read as one JSON object naming
 	// at most one model: "" when it can. A body with a problem is sent
 	// nowhere that has an allow-list.
@@ -53,15 +50,15 @@ func ReadModel(r io.Reader) (bm BodyModel, err error) {
 	return bm, nil
 }
 
-// ReadModelBytes is ReadModel of a body already in memory, read in place:
-// no buffer is allocated, and nothing is copied.
-func ReadModelBytes(body []byte) BodyModel {
+// AsksForStream reports whether a JSON request body in memory asks for an
+// event stream: its top-level "stream" key (as written, unescaped; the
+// last one, as most decoders take) is the literal true. It reads the body
+// in place, allocating nothing, and a body that is not one JSON object
+// asks for nothing.
+func AsksForStream(body []byte) bool {
+	s := bodyScanner{buf: body, n: len(body), eof: true, streamOnly: true}
 	var bm BodyModel
-	s := &bodyScanner{buf: body, n: len(body), eof: true}
-	if s.document(&bm) != nil {
-		return BodyModel{Problem: s.problem}
-	}
-	return bm
+	return s.document(&bm) == nil && s.stream
 }
 
 // bodyScanner reads JSON from r through buf.
@@ -73,6 +70,9 @@ type bodyScanner struct {
 	eof     bool
 	readErr error
 	problem string
+	// streamOnly: the body is all in buf, and only its "stream" is looked
+	// for (AsksForStream), found in stream.
+	streamOnly, stream bool
 }
 
 func (s *bodyScanner) fail(format string, a ...any) error {
@@ -191,7 +191,8 @@ func (s *bodyScanner) object(depth int, bm *BodyModel) error {
 		s.i++
 		var key []byte
 		var err error
-		if depth == 1 {
+		start := s.i
+		if depth == 1 && !s.streamOnly {
 			key, err = s.str(64)
 		} else {
 			_, err = s.str(0)
@@ -203,6 +204,13 @@ func (s *bodyScanner) object(depth int, bm *BodyModel) error {
 			return s.unexpected()
 		}
 		s.i++
+		if depth == 1 && s.streamOnly {
+			// The body is all in buf: the key is read where it lies.
+			if isStreamKey(s.buf[start:]) {
+				c, _ := s.peek()
+				s.stream = c == 't'
+			}
+		}
 		if depth == 1 && key != nil {
 			if name, isModel := modelKey(key); isModel {
 				if name != "model" {
@@ -216,10 +224,6 @@ func (s *bodyScanner) object(depth int, bm *BodyModel) error {
 					return err
 				}
 				goto next
-			}
-			if string(key) == "stream" { // the last one counts, as in most decoders
-				c, ok := s.peek()
-				bm.Stream = ok && c == 't'
 			}
 		}
 		if err := s.value(depth); err != nil {
@@ -240,6 +244,12 @@ func (s *bodyScanner) object(depth int, bm *BodyModel) error {
 		s.i--
 		return s.unexpected()
 	}
+}
+
+// isStreamKey reports whether rest, the bytes after a key's opening quote,
+// start with the key "stream" and its closing quote.
+func isStreamKey(rest []byte) bool {
+	return len(rest) > len("stream") && string(rest[:len("stream")]) == "stream" && rest[len("stream")] == '"'
 }
 
 // modelKey decodes a key (as written, at most 64 bytes of it) and reports

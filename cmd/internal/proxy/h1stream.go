@@ -109,8 +109,14 @@ func takeStreams(w http.ResponseWriter, r *http.Request, info *requestInfo, kept
 	if _, ok := w.(http.Hijacker); !ok || taken == nil {
 		return w
 	}
+	taken.requests.Add(1)
 	return &streamConn{ResponseWriter: w, r: r, taken: taken, cancel: info.cancel, http10: r.ProtoMinor == 0, kept: kept}
 }
+
+// mayTakeEarly reports whether more requests are open than streams are
+// kept: only then is a request's body read for whether it asks for a
+// stream (a few thousand instructions a request).
+func (s *streamConn) mayTakeEarly() bool { return s.taken.requests.Load() > s.kept }
 
 // takeEarly takes the connection of a request that asks for a stream,
 // before it goes upstream, when more than the kept streams are open. It
@@ -383,6 +389,7 @@ func (s *streamConn) Unwrap() http.ResponseWriter { return s.ResponseWriter }
 // reply announced), or cut (the handler panicked: the client sees the
 // connection close mid-stream, as net/http would show it).
 func (s *streamConn) finish(whole bool) {
+	s.taken.requests.Add(-1)
 	if s.counted {
 		s.taken.streams.Add(-1)
 	}
@@ -437,13 +444,15 @@ func (s *streamConn) finish(whole bool) {
 
 // takenStreams counts the streams being written on taken connections.
 type takenStreams struct {
-	// streams: the HTTP/1.x streams open now, taken or kept.
-	streams atomic.Int64
-	mu      sync.Mutex
-	open    map[*streamConn]struct{}
-	conns   map[net.Conn]struct{}
-	cut     bool          // the drain's grace passed: a connection taken now is closed at once
-	idle    chan struct{} // closed when the last stream ends, while a drain waits
+	// streams: the HTTP/1.x streams open now, taken or kept, counted from
+	// their bodies when they asked for one; requests: every HTTP/1.x
+	// request open now.
+	streams, requests atomic.Int64
+	mu                sync.Mutex
+	open              map[*streamConn]struct{}
+	conns             map[net.Conn]struct{}
+	cut               bool          // the drain's grace passed: a connection taken now is closed at once
+	idle              chan struct{} // closed when the last stream ends, while a drain waits
 }
 
 // takenKey is the request context key under which NewServer's server
@@ -536,5 +545,5 @@ func asksForStream(r *http.Request, body []byte) bool {
 	if strings.Contains(r.URL.EscapedPath(), ":streamGenerateContent") {
 		return true
 	}
-	return len(body) > 0 && wire.ReadModelBytes(body).Stream
+	return len(body) > 0 && wire.AsksForStream(body)
 }

@@ -409,7 +409,7 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, info *requestInf
 	rp.BufferPool = &info.buffers
 	out := takeStreams(w, r, info, p.keptStreams())
 	if sc, ok := out.(*streamConn); ok {
-		if asksForStream(r, body) {
+		if sc.mayTakeEarly() && asksForStream(r, body) {
 			sc.takeEarly()
 		}
 		whole := false
