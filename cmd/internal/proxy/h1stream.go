@@ -38,9 +38,9 @@ import (
 // while it waits for its first output, which is when a burst of streams
 // holds the most memory at once. Whatever then answers it, a stream, an
 // upstream error or the proxy's own, is written here too (writeHead), in
-// the framing net/http would have chosen. While nothing is written, a
-// goroutine watches the connection, as net/http's read-ahead does, so that
-// a client that leaves still cancels its request at once (watch).
+// the framing net/http would have chosen. While nothing is written, the
+// connection is watched, as net/http's read-ahead watches it, so that a
+// client that leaves still cancels its request at once (watch, hangup.go).
 //
 // What changes for the client: a client that leaves is noticed at the next
 // event written (a write fails), not at once; the upstream request then
@@ -86,11 +86,9 @@ type streamConn struct {
 	noBody  bool
 	sized   bool
 	remain  int64
-	// watching: a goroutine reads the connection to see the client leave,
-	// until the head is written (watch, unwatch).
-	watching  bool
-	unwatched atomic.Bool
-	watchDone chan struct{}
+	// unwatchHangup ends the watch for the client leaving, kept until
+	// the head is written (watch, unwatch); nil when none.
+	unwatchHangup func()
 	// size and vec frame one chunk, written with one writev: no
 	// allocation, and no copy of the event.
 	size [20]byte
@@ -155,39 +153,20 @@ func (s *streamConn) hijack() bool {
 	return true
 }
 
-// watch reads the taken connection until the head is written, as
-// net/http's read-ahead would: the client closing it cancels the request
-// (its waits, its attempts upstream). Bytes the client sends meanwhile (a
-// request pipelined behind this one) are dropped with the connection.
+// watch has the taken connection watched until the head is written, as
+// net/http's read-ahead watches it: the client leaving cancels the request
+// (its waits, its attempts upstream) at once (hangup.go).
 func (s *streamConn) watch() {
-	s.watching = true
-	s.watchDone = make(chan struct{})
-	conn, cancel, done := s.conn, s.cancel, s.watchDone
-	go func() {
-		defer close(done)
-		var b [1]byte
-		for {
-			if _, err := conn.Read(b[:]); err != nil {
-				if !s.unwatched.Load() {
-					cancel()
-				}
-				return
-			}
-		}
-	}()
+	s.unwatchHangup = s.taken.hangups.watch(s.conn, s.cancel)
 }
 
 // unwatch ends the watch before the head is written: a client that
 // leaves after that is seen when a write fails.
 func (s *streamConn) unwatch() {
-	if !s.watching {
-		return
+	if s.unwatchHangup != nil {
+		s.unwatchHangup()
+		s.unwatchHangup = nil
 	}
-	s.watching = false
-	s.unwatched.Store(true)
-	_ = s.conn.SetReadDeadline(time.Unix(1, 0))
-	<-s.watchDone
-	_ = s.conn.SetReadDeadline(time.Time{})
 }
 
 func (s *streamConn) WriteHeader(code int) {
@@ -448,11 +427,14 @@ type takenStreams struct {
 	// their bodies when they asked for one; requests: every HTTP/1.x
 	// request open now.
 	streams, requests atomic.Int64
-	mu                sync.Mutex
-	open              map[*streamConn]struct{}
-	conns             map[net.Conn]struct{}
-	cut               bool          // the drain's grace passed: a connection taken now is closed at once
-	idle              chan struct{} // closed when the last stream ends, while a drain waits
+	// hangups watches the connections taken early for their clients
+	// leaving, until their heads are written.
+	hangups hangups
+	mu      sync.Mutex
+	open    map[*streamConn]struct{}
+	conns   map[net.Conn]struct{}
+	cut     bool          // the drain's grace passed: a connection taken now is closed at once
+	idle    chan struct{} // closed when the last stream ends, while a drain waits
 }
 
 // takenKey is the request context key under which NewServer's server

@@ -1,0 +1,47 @@
+package proxy
+
+import (
+	"net"
+	"sync/atomic"
+	"time"
+)
+
+// A connection taken before its request went upstream (h1stream.go) is
+// watched for its client leaving until the reply's head is written: the
+// leaving cancels the request at once, its waits and its attempts
+// upstream, as net/http's read-ahead does for the connections it keeps.
+// After the head, a leaving is seen when a write fails.
+//
+// net/http watches with a goroutine a connection, blocked in a read. A
+// burst of streams waiting for their first output is when the proxy holds
+// the most memory, and that goroutine (a stack, at least 2 KiB) was then
+// a tenth of a stream's cost. On Linux, one goroutine watches every taken
+// connection (epoll: hangup_linux.go); elsewhere, and wherever that
+// cannot be set up, a goroutine watches each (readWatch).
+
+// readWatch watches c with a goroutine that reads it: the read ending in
+// an error (the client closed, or reset) calls cancel. Bytes the client
+// sends meanwhile (a request pipelined behind this one) are dropped with
+// the connection. stop ends the watch and returns once the goroutine has.
+func readWatch(c net.Conn, cancel func()) (stop func()) {
+	var stopped atomic.Bool
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		var b [1]byte
+		for {
+			if _, err := c.Read(b[:]); err != nil {
+				if !stopped.Load() {
+					cancel()
+				}
+				return
+			}
+		}
+	}()
+	return func() {
+		stopped.Store(true)
+		_ = c.SetReadDeadline(time.Unix(1, 0))
+		<-done
+		_ = c.SetReadDeadline(time.Time{})
+	}
+}
