@@ -4,6 +4,8 @@ import (
 	"net"
 	"sync/atomic"
 	"time"
+
+	"github.com/llmretry/llmretry/cmd/internal/pollset"
 )
 
 // A connection taken before its request went upstream (h1stream.go) is
@@ -16,8 +18,19 @@ import (
 // burst of streams waiting for their first output is when the proxy holds
 // the most memory, and that goroutine (a stack, at least 2 KiB) was then
 // a tenth of a stream's cost. On Linux, one goroutine watches every taken
-// connection (epoll: hangup_linux.go); elsewhere, and wherever that
-// cannot be set up, a goroutine watches each (readWatch).
+// connection (pollset); elsewhere, and wherever that cannot be set up, a
+// goroutine watches each (readWatch).
+
+// hangups watches taken connections for their clients leaving.
+type hangups struct{ set pollset.Set }
+
+// watch calls cancel when c's client leaves, until stop is called.
+func (h *hangups) watch(c net.Conn, cancel func()) (stop func()) {
+	if unwatch, ok := h.set.Watch(c, pollset.Hangup, cancel); ok {
+		return func() { unwatch() }
+	}
+	return readWatch(c, cancel)
+}
 
 // readWatch watches c with a goroutine that reads it: the read ending in
 // an error (the client closed, or reset) calls cancel. Bytes the client
