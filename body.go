@@ -164,6 +164,20 @@ func (r *lateReader) readBefore(p []byte, expired <-chan struct{}) (n int, err e
 		return n, err, false
 	}
 	if r.pending == nil {
+		if ready, ok := r.rc.(readableNotifier); ok {
+			// Wait for the body's first bytes without a goroutine blocked
+			// in a read: one is started below only once they have come.
+			if came, stop, ok := notifyReadable(ready); ok {
+				select {
+				case <-came:
+				case <-expired:
+					if stop() {
+						return 0, nil, true // nothing read, nothing pending
+					}
+					<-came // it came as the limit passed: read it
+				}
+			}
+		}
 		ch := make(chan readResult, 1) // buffered: the goroutine never waits on it
 		go func() {
 			n, err := r.rc.Read(p)
@@ -178,6 +192,24 @@ func (r *lateReader) readBefore(p []byte, expired <-chan struct{}) (n int, err e
 	case <-expired:
 		return 0, nil, true
 	}
+}
+
+// readableNotifier is a body that can say when it has bytes to read, so
+// that a read with a time limit need not wait for them in a goroutine of
+// its own (a goroutine's stack, 2 KiB at least, for each stream waiting
+// for its first event). NotifyReadable calls f once, from any goroutine,
+// when a Read would find bytes (or the body's end), unless stop reports
+// that it came first; ok is false when the body cannot tell. The proxy's
+// HTTP/1.1 client's bodies implement it (cmd/internal/h1).
+type readableNotifier interface {
+	NotifyReadable(f func()) (stop func() bool, ok bool)
+}
+
+// notifyReadable returns a channel closed when b has bytes to read.
+func notifyReadable(b readableNotifier) (came chan struct{}, stop func() bool, ok bool) {
+	came = make(chan struct{})
+	stop, ok = b.NotifyReadable(func() { close(came) })
+	return came, stop, ok
 }
 
 // Read returns the bytes of an interrupted read first, then reads on.

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"testing/synctest"
@@ -490,5 +491,68 @@ func TestEventStreamMediaTypeIsReadByHand(t *testing.T) {
 	}
 	if isEventStream(&http.Response{StatusCode: 500, Header: http.Header{"Content-Type": {"text/event-stream"}}}) {
 		t.Error("a 500 is not an event stream to hold")
+	}
+}
+
+// notifyingBody is a body that says when it has bytes (readableNotifier),
+// as the proxy's HTTP/1.1 client's do; reads counts the Reads made of it.
+type notifyingBody struct {
+	io.Reader
+	mu      sync.Mutex
+	ready   func() // the notification asked for, until it fires or stops
+	already bool   // bytes are there already: notify at once
+	reads   atomic.Int32
+}
+
+func (b *notifyingBody) Read(p []byte) (int, error) {
+	b.reads.Add(1)
+	return b.Reader.Read(p)
+}
+
+func (b *notifyingBody) Close() error { return nil }
+
+func (b *notifyingBody) NotifyReadable(f func()) (stop func() bool, ok bool) {
+	if b.already {
+		f()
+		return func() bool { return false }, true
+	}
+	b.mu.Lock()
+	b.ready = f
+	b.mu.Unlock()
+	return func() bool {
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		stopped := b.ready != nil
+		b.ready = nil
+		return stopped
+	}, true
+}
+
+// A body that can say when its bytes come is waited on without a read:
+// a hold whose limit passes first leaves nothing read and nothing pending
+// (so no goroutine sat blocked in a Read meanwhile, a stack for each
+// stream waiting on its first event), and every byte is read after; one
+// whose bytes are there is read at once.
+func TestLateReaderWaitsForANotifyingBodyWithoutReading(t *testing.T) {
+	body := &notifyingBody{Reader: strings.NewReader("data: one\n\n")}
+	r := &lateReader{rc: body}
+	expired := make(chan struct{})
+	close(expired)
+	if n, err, late := r.readBefore(make([]byte, 64), expired); !late || n != 0 || err != nil {
+		t.Fatalf("readBefore = %d, %v, late %v; want late", n, err, late)
+	}
+	if got := body.reads.Load(); got != 0 || r.pending != nil {
+		t.Fatalf("%d reads made, pending %v: the wait read the body", got, r.pending != nil)
+	}
+	if got, err := io.ReadAll(r); string(got) != "data: one\n\n" || err != nil {
+		t.Fatalf("after the limit: %q %v", got, err)
+	}
+
+	body = &notifyingBody{Reader: strings.NewReader("data: two\n\n"), already: true}
+	r = &lateReader{rc: body}
+	buf := make([]byte, 64)
+	n, err, late := r.readBefore(buf, make(chan struct{}))
+	if late || err != nil || string(buf[:n]) != "data: two\n\n" {
+		t.Fatalf("readBefore = %q, %v, late %v", buf[:n], err, late)
 	}
 }

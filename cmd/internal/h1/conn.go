@@ -15,6 +15,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/llmretry/llmretry/cmd/internal/pollset"
 )
 
 // conn is one upstream connection. It is used by one request at a time; only
@@ -33,6 +35,14 @@ type conn struct {
 	limit    int64 // bytes left for response headers; <0: no bound
 	writeErr error // the connection's own write error, not the body's
 	aborted  atomic.Bool
+
+	// The NotifyReadable in force (its stop, and its f), ended when the
+	// connection closes: a closed descriptor leaves the Set without an
+	// event, and its waiter must not wait on.
+	waitMu   sync.Mutex
+	closed   bool
+	waitStop func() bool
+	waitF    func()
 }
 
 func newConn(t *Transport, addr string, nc net.Conn) *conn {
@@ -210,10 +220,22 @@ func (c *conn) explain(ctx context.Context, err error) error {
 // unblocks whatever reads or writes it.
 func (c *conn) abort() {
 	c.aborted.Store(true)
-	_ = c.nc.Close()
+	c.close()
 }
 
-func (c *conn) close() { _ = c.nc.Close() }
+// close closes the connection, waking a body's NotifyReadable waiter
+// first (its read then fails at once).
+func (c *conn) close() {
+	c.waitMu.Lock()
+	c.closed = true
+	stop, f := c.waitStop, c.waitF
+	c.waitStop, c.waitF = nil, nil
+	c.waitMu.Unlock()
+	if stop != nil && stop() {
+		f()
+	}
+	_ = c.nc.Close()
+}
 
 // done ends a request on c: reusable says the reply was read whole and
 // neither side asked to close. It goes back for reuse unless bytes nobody
@@ -261,6 +283,40 @@ func (b *body) Read(p []byte) (int, error) {
 		b.finish(err == io.EOF)
 	}
 	return n, err
+}
+
+// NotifyReadable calls f once the body has bytes to read (or its
+// connection ended), from another goroutine, unless stop is called first
+// (stop then reports true); at once when bytes are already buffered. ok is
+// false when it cannot tell (not Linux, or a connection that is not a
+// socket). It must not be called while a Read is under way. The library's
+// hold waits on it for a stream's first event, where it would otherwise
+// keep a goroutine blocked in a Read for each stream (llmretry's
+// lateReader): during a burst of streams that wait for their first output,
+// that goroutine's stack was the largest thing a stream held.
+func (b *body) NotifyReadable(f func()) (stop func() bool, ok bool) {
+	c := b.c
+	if c.br.Buffered() > 0 {
+		f()
+		return func() bool { return false }, true
+	}
+	once := sync.OnceFunc(f)
+	c.waitMu.Lock()
+	defer c.waitMu.Unlock()
+	if c.closed {
+		return nil, false // a read fails at once
+	}
+	st, ok := c.t.polls.Watch(c.nc, pollset.Readable, once)
+	if !ok {
+		return nil, false
+	}
+	c.waitStop, c.waitF = st, once
+	return func() bool {
+		c.waitMu.Lock()
+		c.waitStop, c.waitF = nil, nil
+		c.waitMu.Unlock()
+		return st()
+	}, true
 }
 
 // Close may come from another goroutine while Read is blocked: it closes

@@ -24,6 +24,8 @@ import (
 	"net/http"
 	"net/url"
 	"time"
+
+	"github.com/llmretry/llmretry/cmd/internal/pollset"
 )
 
 // Transport is an http.RoundTripper for cleartext HTTP/1.1 upstreams. Its
@@ -54,6 +56,9 @@ type Transport struct {
 	ReadBufferSize int
 
 	idle idlePool
+	// polls tells a body that waits for its first bytes when they come
+	// (body.NotifyReadable).
+	polls pollset.Set
 }
 
 // NewTransport returns a Transport that takes its dialer, proxy choice,

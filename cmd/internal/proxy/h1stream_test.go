@@ -11,6 +11,8 @@ import (
 	"net/http/httptest"
 	"net/http/httptrace"
 	"net/url"
+	"runtime"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"sync"
@@ -599,5 +601,42 @@ func TestClientLeavingBeforeTheFirstOutputEndsTheUpstreamRequest(t *testing.T) {
 	case <-ended:
 	case <-time.After(10 * time.Second):
 		t.Fatal("the client left, and its request went on upstream")
+	}
+}
+
+// goroutineStacks is every goroutine's stack, as text.
+func goroutineStacks() string {
+	var b strings.Builder
+	_ = pprof.Lookup("goroutine").WriteTo(&b, 2)
+	return b.String()
+}
+
+// A stream waiting for its first event holds no goroutine blocked in a read
+// of its upstream body: the proxy's HTTP/1.1 client says when the bytes
+// come (pollset), and the read starts then. During a burst of streams that
+// wait for their first output, that goroutine's stack was the largest
+// thing a stream held (BENCHMARKS.md, ninth session).
+func TestAStreamWaitingForItsFirstEventHoldsNoReadingGoroutine(t *testing.T) {
+	release := make(chan struct{})
+	defer close(release)
+	up := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		w.Header().Set("Content-Type", "text/event-stream")
+		w.WriteHeader(http.StatusOK)
+		w.(http.Flusher).Flush()
+		<-release
+	})
+	base, _, _ := start(t, up, takeEvery)
+	c, _ := rawRequest(t, base, "HTTP/1.1")
+	defer c.Close()
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(goroutineStacks(), "llmretry.(*Transport).holdStream") {
+		if time.Now().After(deadline) {
+			t.Fatal("the stream's hold never began")
+		}
+		runtime.Gosched()
+	}
+	if s := goroutineStacks(); strings.Contains(s, "lateReader).readBefore.func1") {
+		t.Fatalf("a goroutine is blocked reading the upstream body while the stream waits:\n%s", s)
 	}
 }
