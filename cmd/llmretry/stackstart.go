@@ -4,7 +4,6 @@ package main
 
 import (
 	"os"
-	"runtime"
 	"syscall"
 )
 
@@ -32,12 +31,11 @@ func smallStacks(args []string) {
 	if !again {
 		return
 	}
-	exe := "/proc/self/exe" // this binary, even if its file was replaced since
-	if runtime.GOOS != "linux" {
-		var err error
-		if exe, err = os.Executable(); err != nil {
-			return
-		}
+	// By its path, not /proc/self/exe: the process is named after the
+	// file it executes, and pgrep, killall and top look for "llmretry".
+	exe, err := os.Executable()
+	if err != nil {
+		return
 	}
-	_ = syscall.Exec(exe, args, env) // returns only if it failed
+	_ = syscall.Exec(exe, args, env) // returns only if it failed (the file gone, say)
 }

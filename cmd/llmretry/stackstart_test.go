@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"slices"
 	"strings"
@@ -16,7 +17,8 @@ import (
 func TestMain(m *testing.M) {
 	if os.Getenv("LLMRETRY_TEST_SMALLSTACKS") != "" {
 		smallStacks(os.Args)
-		fmt.Print(os.Getenv("GODEBUG"))
+		comm, _ := os.ReadFile("/proc/self/comm")
+		fmt.Printf("%s %s", strings.TrimSpace(string(comm)), os.Getenv("GODEBUG"))
 		os.Exit(0)
 	}
 	os.Exit(m.Run())
@@ -54,7 +56,8 @@ func TestGODEBUGGetsSmallStacksUnlessItSetsThem(t *testing.T) {
 // The proxy runs with the adaptive stack start off (stackstart.go): the
 // process executes itself again with it in GODEBUG, keeping the other
 // settings there, and an operator's own choice stands. Other commands
-// are left as they are.
+// are left as they are. The process keeps its name (pgrep and killall
+// find it by it), which executing /proc/self/exe once lost ("exe").
 func TestProxyRunsWithSmallStacks(t *testing.T) {
 	if runtime.GOOS != "linux" {
 		t.Skip("smallStacks executes the binary again only where it can in place; the test follows /proc/self/exe")
@@ -71,8 +74,11 @@ func TestProxyRunsWithSmallStacks(t *testing.T) {
 		cmd := exec.Command(os.Args[0], c.command)
 		cmd.Env = append(os.Environ(), "LLMRETRY_TEST_SMALLSTACKS=1", "GODEBUG="+c.godebug)
 		out, err := cmd.CombinedOutput()
-		if err != nil || strings.TrimSpace(string(out)) != c.want {
-			t.Errorf("%s with GODEBUG=%q: ran with GODEBUG=%q (%v), want %q", c.command, c.godebug, out, err, c.want)
+		name := filepath.Base(os.Args[0])
+		name = name[:min(len(name), 15)] // the kernel keeps 15 bytes of it
+		comm, godebug, _ := strings.Cut(string(out), " ")
+		if err != nil || godebug != c.want || comm != name {
+			t.Errorf("%s with GODEBUG=%q: ran as %q with GODEBUG=%q (%v), want %q with %q", c.command, c.godebug, comm, godebug, err, name, c.want)
 		}
 	}
 }
