@@ -312,9 +312,11 @@ func (b *body) NotifyReadable(f func()) (stop func() bool, ok bool) {
 	}
 	c.waitStop, c.waitF = st, once
 	return func() bool {
+		// Under waitMu, so that close cannot close the descriptor between
+		// (a new connection could reuse its number, and lose its watch).
 		c.waitMu.Lock()
+		defer c.waitMu.Unlock()
 		c.waitStop, c.waitF = nil, nil
-		c.waitMu.Unlock()
 		return st()
 	}, true
 }
