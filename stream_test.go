@@ -501,7 +501,9 @@ type notifyingBody struct {
 	mu      sync.Mutex
 	ready   func() // the notification asked for, until it fires or stops
 	already bool   // bytes are there already: notify at once
-	reads   atomic.Int32
+	// fireOnStop: the bytes come as stop is called, too late to stop.
+	fireOnStop bool
+	reads      atomic.Int32
 }
 
 func (b *notifyingBody) Read(p []byte) (int, error) {
@@ -522,6 +524,11 @@ func (b *notifyingBody) NotifyReadable(f func()) (stop func() bool, ok bool) {
 	return func() bool {
 		b.mu.Lock()
 		defer b.mu.Unlock()
+		if b.fireOnStop && b.ready != nil {
+			go b.ready()
+			b.ready = nil
+			return false
+		}
 		stopped := b.ready != nil
 		b.ready = nil
 		return stopped
@@ -548,10 +555,24 @@ func TestLateReaderWaitsForANotifyingBodyWithoutReading(t *testing.T) {
 		t.Fatalf("after the limit: %q %v", got, err)
 	}
 
+	// The bytes came as the limit passed (stop lost the race): they are
+	// read, now or late, and none is lost.
+	body = &notifyingBody{Reader: strings.NewReader("data: late\n\n"), fireOnStop: true}
+	r = &lateReader{rc: body}
+	first := make([]byte, 64)
+	n, err, late := r.readBefore(first, expired)
+	if late {
+		n = 0 // the pending read's bytes come from Read
+	}
+	rest, rerr := io.ReadAll(r)
+	if err != nil || rerr != nil || string(first[:n])+string(rest) != "data: late\n\n" {
+		t.Fatalf("the bytes that came as the limit passed: %q then %q (%v, %v, late %v)", first[:n], rest, err, rerr, late)
+	}
+
 	body = &notifyingBody{Reader: strings.NewReader("data: two\n\n"), already: true}
 	r = &lateReader{rc: body}
 	buf := make([]byte, 64)
-	n, err, late := r.readBefore(buf, make(chan struct{}))
+	n, err, late = r.readBefore(buf, make(chan struct{}))
 	if late || err != nil || string(buf[:n]) != "data: two\n\n" {
 		t.Fatalf("readBefore = %q, %v, late %v", buf[:n], err, late)
 	}

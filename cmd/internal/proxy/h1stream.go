@@ -117,13 +117,12 @@ func takeStreams(w http.ResponseWriter, r *http.Request, info *requestInfo, kept
 func (s *streamConn) mayTakeEarly() bool { return s.taken.requests.Load() > s.kept }
 
 // takeEarly takes the connection of a request that asks for a stream,
-// before it goes upstream, when more than the kept streams are open. It
-// is counted as an open stream from here, taken or kept.
+// before it goes upstream; the caller asks only while more HTTP/1.x
+// requests are open than streams are kept (mayTakeEarly). It is counted as
+// an open stream from here, taken or not.
 func (s *streamConn) takeEarly() {
 	s.counted = true
-	if s.taken.streams.Add(1) <= s.kept {
-		return
-	}
+	s.taken.streams.Add(1)
 	if s.hijack() {
 		s.early = true
 		s.watch()
@@ -212,17 +211,22 @@ func (s *streamConn) writeEarly(code int) {
 	}
 	if code >= 100 && code < 200 {
 		if code != http.StatusSwitchingProtocols && !s.http10 && s.err == nil {
-			_, s.err = s.conn.Write(s.status(code, s.Header(), nil))
+			_, s.err = s.conn.Write(s.status(code, s.Header(), nil, noBodyHeaders))
 		}
 		return
 	}
 	s.unwatch()
-	if _, typed := s.Header()["Content-Type"]; !typed && bodyAllowed(code) {
-		s.pending = code // sniffed from the first bytes written
+	h := s.Header()
+	if _, typed := h["Content-Type"]; !typed && bodyAllowed(code) && h.Get("Content-Encoding") == "" {
+		s.pending = code // sniffed from the first bytes written, as net/http does
 		return
 	}
 	s.writeHead(code)
 }
+
+// noBodyHeaders are left out of a header that has no body after it, as
+// net/http leaves them out.
+var noBodyHeaders = map[string]bool{"Content-Length": true, "Transfer-Encoding": true}
 
 func bodyAllowed(code int) bool {
 	return code >= 200 && code != http.StatusNoContent && code != http.StatusNotModified
@@ -243,6 +247,10 @@ func (s *streamConn) writeHead(code int) {
 	switch n, err := strconv.ParseInt(h.Get("Content-Length"), 10, 64); {
 	case !bodyAllowed(code):
 		s.noBody = true
+		h.Del("Content-Length")
+		if code == http.StatusNotModified {
+			h.Del("Content-Type")
+		}
 	case err == nil && n >= 0:
 		s.sized, s.remain = true, n
 	case s.http10:
@@ -253,12 +261,12 @@ func (s *streamConn) writeHead(code int) {
 		h.Set("Transfer-Encoding", "chunked")
 	}
 	if s.err == nil {
-		_, s.err = s.conn.Write(s.status(code, h, make([]byte, 0, 512)))
+		_, s.err = s.conn.Write(s.status(code, h, make([]byte, 0, 512), nil))
 	}
 }
 
 // status renders a status line and header.
-func (s *streamConn) status(code int, h http.Header, head []byte) []byte {
+func (s *streamConn) status(code int, h http.Header, head []byte, leaveOut map[string]bool) []byte {
 	head = append(head, "HTTP/1."...)
 	head = strconv.AppendInt(head, int64(s.r.ProtoMinor), 10)
 	head = append(head, ' ')
@@ -267,7 +275,7 @@ func (s *streamConn) status(code int, h http.Header, head []byte) []byte {
 	head = append(head, http.StatusText(code)...)
 	head = append(head, "\r\n"...)
 	var b strings.Builder
-	_ = h.Write(&b)
+	_ = h.WriteSubset(&b, leaveOut)
 	head = append(head, b.String()...)
 	head = append(head, "\r\n"...)
 	return head
@@ -351,8 +359,12 @@ func (s *streamConn) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// Flush: a taken connection is written unbuffered.
+// Flush: a taken connection is written unbuffered; a head that waits to
+// sniff its type goes without one, as net/http's does.
 func (s *streamConn) Flush() {
+	if s.early && !s.head && s.pending != 0 {
+		s.writeHead(s.pending)
+	}
 	if s.conn == nil {
 		if f, ok := s.ResponseWriter.(http.Flusher); ok {
 			f.Flush()
@@ -495,7 +507,10 @@ func (t *takenStreams) wait(ctx context.Context) error {
 }
 
 // closeAll cuts every open stream: their handlers then end at their next
-// write.
+// write. A connection still watched for its client leaving (hangups) is
+// closed under its watch, whose removal then names a descriptor number
+// that could be reused; harmless here, as the drain accepts no new
+// connection to reuse it.
 func (t *takenStreams) closeAll() {
 	t.mu.Lock()
 	defer t.mu.Unlock()

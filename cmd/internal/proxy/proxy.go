@@ -409,12 +409,12 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, info *requestInf
 	rp.BufferPool = &info.buffers
 	out := takeStreams(w, r, info, p.keptStreams())
 	if sc, ok := out.(*streamConn); ok {
+		whole := false
+		defer func() { sc.finish(whole) }() // a panic (a stream cut upstream) leaves it cut
 		if sc.mayTakeEarly() && asksForStream(r, body) {
 			sc.takeEarly()
 		}
-		whole := false
-		defer func() { sc.finish(whole) }() // a panic (a stream cut upstream) leaves it cut
-		rp.ServeHTTP(out, r)                // the held body is not used after this returns
+		rp.ServeHTTP(out, r) // the held body is not used after this returns
 		whole = true
 		return
 	}
