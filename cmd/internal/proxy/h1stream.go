@@ -33,8 +33,9 @@ import (
 // memory per stream counts where many are.
 //
 // A request that asks for a stream (its body's "stream": true, or a
-// Gemini streamGenerateContent path) is taken as soon as its body is
-// held, before it goes upstream (takeEarly): its buffers are then garbage
+// Gemini streamGenerateContent path), while more HTTP/1.x requests are
+// open than streams are kept, is taken as soon as its body is held,
+// before it goes upstream (takeEarly): its buffers are then garbage
 // while it waits for its first output, which is when a burst of streams
 // holds the most memory at once. Whatever then answers it, a stream, an
 // upstream error or the proxy's own, is written here too (writeHead), in
@@ -42,9 +43,10 @@ import (
 // connection is watched, as net/http's read-ahead watches it, so that a
 // client that leaves still cancels its request at once (watch, hangup.go).
 //
-// What changes for the client: a client that leaves is noticed at the next
-// event written (a write fails), not at once; the upstream request then
-// ends. The trailers a reply announced are written after the last chunk.
+// What changes for the client: once a reply's head is written, a client
+// that leaves is noticed at the next event written (a write fails), not at
+// once; the upstream request then ends. The trailers a reply announced are
+// written after the last chunk.
 //
 // net/http's Shutdown forgets a connection once it is taken, so the
 // streams on taken connections are counted apart (takenStreams), and the
