@@ -154,6 +154,7 @@ func (c *conn) roundTrip(req *http.Request) (*http.Response, error) {
 		c.done(stop() && err == nil && !resp.Close && !req.Close)
 		return resp, nil
 	}
+	c.t.open.Add(1)
 	resp.Body = &body{c: c, rc: resp.Body, ctx: ctx, stop: stop, keep: err == nil && !resp.Close && !req.Close}
 	return resp, nil
 }
@@ -289,13 +290,17 @@ func (b *body) Read(p []byte) (int, error) {
 // connection ended), from another goroutine, unless stop is called first
 // (stop then reports true); at once when bytes are already buffered. ok is
 // false when it cannot tell (not Linux, or a connection that is not a
-// socket). It must not be called while a Read is under way. The library's
+// socket), or would rather not (no more bodies open than WatchAbove: a
+// watch costs two system calls). It must not be called while a Read is under way. The library's
 // hold waits on it for a stream's first event, where it would otherwise
 // keep a goroutine blocked in a Read for each stream (llmretry's
 // lateReader): during a burst of streams that wait for their first output,
 // that goroutine's stack was the largest thing a stream held.
 func (b *body) NotifyReadable(f func()) (stop func() bool, ok bool) {
 	c := b.c
+	if !c.t.watching() {
+		return nil, false
+	}
 	if c.br.Buffered() > 0 {
 		f()
 		return func() bool { return false }, true
@@ -332,5 +337,6 @@ func (b *body) finish(eof bool) {
 	if !b.done.CompareAndSwap(false, true) {
 		return
 	}
+	b.c.t.open.Add(-1)
 	b.c.done(b.stop() && eof && b.keep)
 }

@@ -23,6 +23,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"sync/atomic"
 	"time"
 
 	"github.com/llmretry/llmretry/cmd/internal/pollset"
@@ -54,11 +55,17 @@ type Transport struct {
 	// through; 0 is 1 KiB. Bodies are read around it when the reader's
 	// own buffer is larger, so it bounds memory, not throughput.
 	ReadBufferSize int
+	// WatchAbove: a body waits for its first bytes through the transport's
+	// poll set (body.NotifyReadable) only while more than WatchAbove
+	// bodies are open; below, its reader waits in a goroutine, as net/http
+	// does, which costs no system call. 0 is 128; negative, always.
+	WatchAbove int
 
 	idle idlePool
 	// polls tells a body that waits for its first bytes when they come
-	// (body.NotifyReadable).
+	// (body.NotifyReadable); open counts the bodies not yet finished.
 	polls pollset.Set
+	open  atomic.Int64
 }
 
 // NewTransport returns a Transport that takes its dialer, proxy choice,
@@ -183,6 +190,19 @@ func (t *Transport) maxIdle() int {
 		return t.MaxIdleConnsPerHost
 	}
 	return 2
+}
+
+// watching reports whether bodies now wait for bytes through the poll
+// set: memory per waiting stream counts where many are open.
+func (t *Transport) watching() bool {
+	switch {
+	case t.WatchAbove < 0:
+		return true
+	case t.WatchAbove == 0:
+		return t.open.Load() > 128
+	default:
+		return t.open.Load() > int64(t.WatchAbove)
+	}
 }
 
 func (t *Transport) readBufferSize() int {

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -244,5 +245,46 @@ func TestConnectionWithBytesAfterTheReplyIsNotReused(t *testing.T) {
 	}
 	if n := srv.conns.Load(); n != 2 {
 		t.Fatalf("%d connections, want 2: the first was reused with bytes left in it", n)
+	}
+}
+
+// A body waits for its first bytes through the poll set only while more
+// bodies are open than WatchAbove: with few streams at once a watch's two
+// system calls buy nothing, with many they save a goroutine's stack each.
+func TestBodiesWaitThroughThePollSetOnlyBeyondWatchAbove(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("the poll set watches on Linux only")
+	}
+	release := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		w.WriteHeader(http.StatusOK)
+		w.(http.Flusher).Flush()
+		<-release
+	}))
+	defer srv.Close()
+	defer close(release)
+	tr := NewTransport(&http.Transport{})
+	tr.WatchAbove = 1
+	defer tr.CloseIdleConnections()
+	var bodies []*body
+	for range 2 {
+		req, _ := http.NewRequest("GET", srv.URL, nil)
+		resp, err := tr.RoundTrip(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		bodies = append(bodies, resp.Body.(*body))
+	}
+	// Two open, one allowed without: the watch is taken now, for either.
+	stop, ok := bodies[1].NotifyReadable(func() {})
+	if !ok {
+		t.Fatal("two bodies open, WatchAbove 1: want the poll set")
+	}
+	stop()
+	bodies[1].Close()
+	if _, ok := bodies[0].NotifyReadable(func() {}); ok {
+		t.Fatal("one body open, WatchAbove 1: want a goroutine's wait (ok false)")
 	}
 }

@@ -38,6 +38,7 @@ func start(t *testing.T, upstream http.Handler, mutate ...func(*Config)) (string
 	// The client the proxy makes for itself over plain HTTP, so that every
 	// test here runs through it.
 	base := h1.NewTransport(&http.Transport{})
+	base.WatchAbove = -1 // every stream waits for its first bytes through the poll set
 	t.Cleanup(base.CloseIdleConnections)
 	cfg := Config{Upstream: u, Base: base, Logger: slog.New(slog.NewTextHandler(logs, nil)),
 		Options: []llmretry.Option{llmretry.WithClock(llmretrytest.NewClock(time.Now()))}}
