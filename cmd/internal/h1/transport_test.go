@@ -288,3 +288,16 @@ func TestBodiesWaitThroughThePollSetOnlyBeyondWatchAbove(t *testing.T) {
 		t.Fatal("one body open, WatchAbove 1: want a goroutine's wait (ok false)")
 	}
 }
+
+// The README's figure: bodies wait through the poll set beyond 128 open.
+func TestBodiesWaitThroughThePollSetBeyond128ByDefault(t *testing.T) {
+	var tr Transport
+	tr.open.Store(128)
+	if tr.watching() {
+		t.Fatal("128 bodies open: want no watch")
+	}
+	tr.open.Store(129)
+	if !tr.watching() {
+		t.Fatal("129 bodies open: want the poll set")
+	}
+}
