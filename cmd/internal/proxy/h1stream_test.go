@@ -604,11 +604,7 @@ func TestClientLeavingBeforeTheFirstOutputEndsTheUpstreamRequest(t *testing.T) {
 	up := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		_, _ = io.Copy(io.Discard, r.Body)
 		close(arrived)
-		select {
-		case <-r.Context().Done():
-			close(ended)
-		case <-time.After(15 * time.Second): // the test has failed by then
-		}
+		closeWhenCancelled(r, ended)
 	})
 	base, _, _ := start(t, up, takeEvery)
 	c, _ := rawRequest(t, base, "HTTP/1.1")
@@ -622,6 +618,29 @@ func TestClientLeavingBeforeTheFirstOutputEndsTheUpstreamRequest(t *testing.T) {
 	case <-ended:
 	case <-time.After(10 * time.Second):
 		t.Fatal("the client left, and its request went on upstream")
+	}
+}
+
+// waitForHold waits until a stream's hold has begun (held) or ended, or
+// fails with why after 10 s.
+func waitForHold(t *testing.T, held bool, why string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for strings.Contains(goroutineStacks(), "llmretry.(*Transport).holdStream") != held {
+		if time.Now().After(deadline) {
+			t.Fatal(why)
+		}
+		runtime.Gosched()
+	}
+}
+
+// closeWhenCancelled closes ended when the upstream request r is
+// cancelled; after 15 s (the test has failed by then) it gives up.
+func closeWhenCancelled(r *http.Request, ended chan struct{}) {
+	select {
+	case <-r.Context().Done():
+		close(ended)
+	case <-time.After(15 * time.Second):
 	}
 }
 
@@ -653,13 +672,7 @@ func TestAStreamWaitingForItsFirstEventHoldsNoReadingGoroutine(t *testing.T) {
 	base, _, _ := start(t, up, takeEvery)
 	c, _ := rawRequest(t, base, "HTTP/1.1")
 	defer c.Close()
-	deadline := time.Now().Add(10 * time.Second)
-	for !strings.Contains(goroutineStacks(), "llmretry.(*Transport).holdStream") {
-		if time.Now().After(deadline) {
-			t.Fatal("the stream's hold never began")
-		}
-		runtime.Gosched()
-	}
+	waitForHold(t, true, "the stream's hold never began")
 	if s := goroutineStacks(); strings.Contains(s, "lateReader).readBefore.func1") {
 		t.Fatalf("a goroutine is blocked reading the upstream body while the stream waits:\n%s", s)
 	}
@@ -677,33 +690,18 @@ func TestClientLeavingDuringTheHoldEndsTheHandler(t *testing.T) {
 		w.Header().Set("Content-Type", "text/event-stream")
 		w.WriteHeader(http.StatusOK)
 		w.(http.Flusher).Flush()
-		select {
-		case <-r.Context().Done():
-			close(ended)
-		case <-time.After(15 * time.Second): // the test has failed by then
-		}
+		closeWhenCancelled(r, ended)
 	})
 	base, _, _ := start(t, up, takeEvery)
 	c, _ := rawRequest(t, base, "HTTP/1.1")
-	deadline := time.Now().Add(10 * time.Second)
-	for !strings.Contains(goroutineStacks(), "llmretry.(*Transport).holdStream") {
-		if time.Now().After(deadline) {
-			t.Fatal("the stream's hold never began")
-		}
-		runtime.Gosched()
-	}
+	waitForHold(t, true, "the stream's hold never began")
 	c.Close()
 	select {
 	case <-ended:
 	case <-time.After(10 * time.Second):
 		t.Fatal("the client left, and its request went on upstream")
 	}
-	for strings.Contains(goroutineStacks(), "llmretry.(*Transport).holdStream") {
-		if time.Now().After(deadline.Add(5 * time.Second)) {
-			t.Fatal("the client left, and the proxy still waits for the stream's first event")
-		}
-		runtime.Gosched()
-	}
+	waitForHold(t, false, "the client left, and the proxy still waits for the stream's first event")
 }
 
 // In a burst, a stream request is taken before it goes upstream as soon
