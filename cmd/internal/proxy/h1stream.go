@@ -82,11 +82,9 @@ type streamConn struct {
 	early   bool
 	head    bool
 	pending int
-	// How the body is framed once the head is written: chunks, a length
-	// (remain is what is left of it), or neither (HTTP/1.0: until close).
-	chunked bool
-	noBody  bool
-	sized   bool
+	// How the body is framed once the head is written (remain: what is
+	// left of a length).
+	framing framing
 	remain  int64
 	// unwatchHangup ends the watch for the client leaving, kept until
 	// the head is written (watch, unwatch); nil when none.
@@ -98,6 +96,16 @@ type streamConn struct {
 }
 
 var crlf = []byte("\r\n")
+
+// framing is how a reply's body is delimited on a taken connection.
+type framing int
+
+const (
+	untilClose framing = iota // HTTP/1.0, or no length: the connection's close ends it
+	noBody                    // 1xx, 204, 304
+	byLength                  // Content-Length
+	inChunks                  // HTTP/1.1 without a length
+)
 
 // takeStreams serves w's streams on the connection itself when the client
 // speaks HTTP/1.x; any other writer is returned as it is.
@@ -248,18 +256,18 @@ func (s *streamConn) writeHead(code int) {
 	}
 	switch n, err := strconv.ParseInt(h.Get("Content-Length"), 10, 64); {
 	case !bodyAllowed(code):
-		s.noBody = true
+		s.framing = noBody
 		h.Del("Content-Length")
 		if code == http.StatusNotModified {
 			h.Del("Content-Type")
 		}
 	case err == nil && n >= 0:
-		s.sized, s.remain = true, n
+		s.framing, s.remain = byLength, n
 	case s.http10:
 		h.Del("Content-Length")
 	default:
 		h.Del("Content-Length")
-		s.chunked = true
+		s.framing = inChunks
 		h.Set("Transfer-Encoding", "chunked")
 	}
 	if s.err == nil {
@@ -325,10 +333,10 @@ func (s *streamConn) Write(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
-	switch {
-	case s.noBody:
+	switch s.framing {
+	case noBody:
 		return 0, http.ErrBodyNotAllowed
-	case s.sized:
+	case byLength:
 		short := int64(len(p)) > s.remain
 		if short {
 			p = p[:s.remain]
@@ -343,7 +351,7 @@ func (s *streamConn) Write(p []byte) (int, error) {
 			return n, http.ErrContentLength
 		}
 		return n, nil
-	case !s.chunked:
+	case untilClose:
 		n, err := s.conn.Write(p)
 		s.err = err
 		return n, err
@@ -404,7 +412,7 @@ func (s *streamConn) finish(whole bool) {
 			s.writeHead(s.pending)
 		}
 	}
-	if whole && s.err == nil && s.chunked {
+	if whole && s.err == nil && s.framing == inChunks {
 		end := []byte("0\r\n")
 		h := s.Header()
 		for _, announced := range h.Values("Trailer") {
