@@ -164,19 +164,8 @@ func (r *lateReader) readBefore(p []byte, expired <-chan struct{}) (n int, err e
 		return n, err, false
 	}
 	if r.pending == nil {
-		if ready, ok := r.rc.(readableNotifier); ok {
-			// Wait for the body's first bytes without a goroutine blocked
-			// in a read: one is started below only once they have come.
-			if came, stop, ok := notifyReadable(ready); ok {
-				select {
-				case <-came:
-				case <-expired:
-					if stop() {
-						return 0, nil, true // nothing read, nothing pending
-					}
-					<-came // it came as the limit passed: read it
-				}
-			}
+		if r.expiresUnread(expired) {
+			return 0, nil, true // nothing read, nothing pending
 		}
 		ch := make(chan readResult, 1) // buffered: the goroutine never waits on it
 		go func() {
@@ -205,11 +194,30 @@ type readableNotifier interface {
 	NotifyReadable(f func()) (stop func() bool, ok bool)
 }
 
-// notifyReadable returns a channel closed when b has bytes to read.
-func notifyReadable(b readableNotifier) (came chan struct{}, stop func() bool, ok bool) {
-	came = make(chan struct{})
-	stop, ok = b.NotifyReadable(func() { close(came) })
-	return came, stop, ok
+// expiresUnread waits, when the body can say when it has bytes, for them
+// or for expired, without a goroutine blocked in a read; true when expired
+// came first. A body that cannot say returns false at once: its read
+// waits in a goroutine (readBefore).
+func (r *lateReader) expiresUnread(expired <-chan struct{}) bool {
+	b, ok := r.rc.(readableNotifier)
+	if !ok {
+		return false
+	}
+	came := make(chan struct{})
+	stop, ok := b.NotifyReadable(func() { close(came) })
+	if !ok {
+		return false
+	}
+	select {
+	case <-came:
+		return false
+	case <-expired:
+		if stop() {
+			return true
+		}
+		<-came // they came as the limit passed: read them
+		return false
+	}
 }
 
 // Read returns the bytes of an interrupted read first, then reads on.
