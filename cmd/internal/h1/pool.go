@@ -73,12 +73,18 @@ func (p *idlePool) prune() {
 			list[i].close()
 			list[i] = nil
 		}
-		list = append(list[:0], list[i:]...)
 		p.n -= i
-		if len(list) == 0 {
+		if i == len(list) {
 			delete(p.conns, addr)
 			continue
 		}
+		// The survivors move to the front, and the shorter list is the
+		// one kept: left at its old length, it would list the last ones
+		// twice, and give one connection to two requests.
+		kept := copy(list, list[i:])
+		clear(list[kept:])
+		list = list[:kept]
+		p.conns[addr] = list
 		if wait := p.after - now.Sub(list[0].idleAt); next == 0 || wait < next {
 			next = wait
 		}

@@ -121,3 +121,53 @@ func TestConnectionsKeepNoGoroutineOfTheirOwn(t *testing.T) {
 		tr.CloseIdleConnections()
 	})
 }
+
+// The timer's prune closes the connections idle too long and keeps the
+// rest, each once. It once compacted the survivors in place without
+// storing the shorter list, so the last of them stayed listed twice: two
+// requests were then given one connection, or a later prune closed it
+// under a stream ("use of closed network connection" mid-stream, seen in
+// bench/proxy/cpu.sh with 200 streams at a time).
+func TestPruneKeepsEachSurvivingConnectionOnce(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		d := &pipeDialer{serve: serveOK}
+		tr := &Transport{Fallback: noFallback{t}, DialContext: d.dial, IdleConnTimeout: 90 * time.Second, MaxIdleConnsPerHost: 10}
+		open := func(n int) []*http.Response {
+			var held []*http.Response
+			for range n { // held at once: n connections
+				req, _ := http.NewRequest(http.MethodGet, "http://model/", nil)
+				resp, err := tr.RoundTrip(req)
+				if err != nil {
+					t.Fatal(err)
+				}
+				held = append(held, resp)
+			}
+			return held
+		}
+		finish := func(resp *http.Response) {
+			b, err := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if err != nil || string(b) != "ok" {
+				t.Fatalf("body %q, %v", b, err)
+			}
+		}
+		held := open(3)
+		finish(held[0]) // idle from 0 s
+		time.Sleep(50 * time.Second)
+		finish(held[1]) // idle from 50 s
+		finish(held[2])
+		time.Sleep(41 * time.Second) // the prune at 90 s closes the first only
+		synctest.Wait()
+		if d.closed.Load() != 1 {
+			t.Fatalf("closed %d, want the one idle for 90 s", d.closed.Load())
+		}
+		for _, resp := range open(3) { // the two kept, and one new
+			finish(resp)
+		}
+		if d.dialed.Load() != 4 {
+			t.Fatalf("dialled %d, want 4: the two kept connections reused once each", d.dialed.Load())
+		}
+		tr.CloseIdleConnections()
+		synctest.Wait()
+	})
+}
