@@ -37,6 +37,13 @@ func newContinuer(t *testing.T, family streamFamily, text string, cut, overlap i
 	return c
 }
 
+// reset makes c serve as a new continuer with cut and overlap would.
+func (c *continuer) reset(cut, overlap int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.cut, c.overlap, c.cutsLeft, c.bodies = cut, overlap, 1, nil
+}
+
 // deltas splits s into pieces of up to 3 runes.
 func deltas(s string) []string {
 	var out []string
@@ -62,6 +69,7 @@ func (c *continuer) serve(w http.ResponseWriter, r *http.Request) {
 	if cutNow {
 		c.cutsLeft--
 	}
+	cut, overlap, n := c.cut, c.overlap, len(c.bodies) // reset may change them for the next request
 	c.mu.Unlock()
 	msgs, _ := body["messages"].([]any)
 	delivered, isCont := "", false
@@ -81,7 +89,7 @@ func (c *continuer) serve(w http.ResponseWriter, r *http.Request) {
 			http.Error(w, "the delivered text is not the reply's start", 400)
 			return
 		}
-		from := len(delivered) - min(c.overlap, len(delivered))
+		from := len(delivered) - min(overlap, len(delivered))
 		for from > 0 && from < len(c.text) && !utf8.RuneStart(c.text[from]) {
 			from--
 		}
@@ -93,7 +101,7 @@ func (c *continuer) serve(w http.ResponseWriter, r *http.Request) {
 			b, _ := json.Marshal(v)
 			fmt.Fprintf(&stream, "event: %s\ndata: %s\n\n", name, b)
 		}
-		ev("message_start", map[string]any{"type": "message_start", "message": map[string]any{"id": "msg_" + fmt.Sprint(len(c.bodies)), "type": "message", "role": "assistant", "content": []any{}, "model": "claude-x", "usage": map[string]any{"input_tokens": 5, "output_tokens": 1}}})
+		ev("message_start", map[string]any{"type": "message_start", "message": map[string]any{"id": "msg_" + fmt.Sprint(n), "type": "message", "role": "assistant", "content": []any{}, "model": "claude-x", "usage": map[string]any{"input_tokens": 5, "output_tokens": 1}}})
 		if c.tool && !isCont {
 			ev("content_block_start", map[string]any{"type": "content_block_start", "index": 0, "content_block": map[string]any{"type": "tool_use", "id": "t1", "name": "f", "input": map[string]any{}}})
 			for _, d := range deltas(`{"q":"` + rest + `"}`) {
@@ -111,8 +119,8 @@ func (c *continuer) serve(w http.ResponseWriter, r *http.Request) {
 		ev("message_stop", map[string]any{"type": "message_stop"})
 	} else {
 		chunk := func(delta map[string]any, finish any) {
-			b, _ := json.Marshal(map[string]any{"id": "chatcmpl-" + fmt.Sprint(len(c.bodies)), "object": "chat.completion.chunk",
-				"created": 1700000000 + len(c.bodies), "model": "gpt-x", "choices": []any{map[string]any{"index": 0, "delta": delta, "finish_reason": finish}}})
+			b, _ := json.Marshal(map[string]any{"id": "chatcmpl-" + fmt.Sprint(n), "object": "chat.completion.chunk",
+				"created": 1700000000 + n, "model": "gpt-x", "choices": []any{map[string]any{"index": 0, "delta": delta, "finish_reason": finish}}})
 			fmt.Fprintf(&stream, "data: %s\n\n", b)
 		}
 		chunk(map[string]any{"role": "assistant", "content": ""}, nil)
@@ -134,8 +142,8 @@ func (c *continuer) serve(w http.ResponseWriter, r *http.Request) {
 	}
 	w.Header().Set("Content-Type", "text/event-stream")
 	b := stream.Bytes()
-	if cutNow && c.cut < len(b) {
-		_, _ = w.Write(b[:c.cut])
+	if cutNow && cut < len(b) {
+		_, _ = w.Write(b[:cut])
 		w.(http.Flusher).Flush()
 		panic(http.ErrAbortHandler) // cut the connection
 	}
@@ -229,8 +237,11 @@ func TestStreamContinuationFinishesACutStreamAtEveryByte(t *testing.T) {
 			// package, 43 s under the race detector).
 			t.Run(fmt.Sprintf("%v/overlap %d", family, overlap), func(t *testing.T) {
 				t.Parallel()
-				probe := newContinuer(t, family, continuedText, 1<<30, 0)
-				full := fetch(t, probe.URL, family, nil).body
+				// One server for the sweep, set anew for each cut: a server
+				// and a client's connections for each of some 300 cuts, kept
+				// until the test ends, were most of its time.
+				c := newContinuer(t, family, continuedText, 1<<30, 0)
+				full := fetch(t, c.URL, family, nil).body
 				// Every byte over the middle of the reply's deltas, every
 				// seventh elsewhere.
 				mid := bytes.Index(full, []byte("lazy"))
@@ -240,7 +251,7 @@ func TestStreamContinuationFinishesACutStreamAtEveryByte(t *testing.T) {
 						continue
 					}
 					name := fmt.Sprintf("%v/overlap %d/cut %d", family, overlap, cut)
-					c := newContinuer(t, family, continuedText, cut, overlap)
+					c.reset(cut, overlap)
 					var events []ContinuationEvent
 					got := fetch(t, c.URL, family, &events)
 					r := readStream(t, family, got.body)
