@@ -21,12 +21,16 @@
 # (apt-get install linux-perf) for system calls by kind (without it, only
 # /proc's read and write counts).
 #   bench/proxy/cpu.sh [N] [ROUNDS]        (defaults 20000, 10)
+# C=K sends K requests at a time instead of 4: beyond 128 streams open at
+# once llmretry's proxy takes HTTP/1.x streams from net/http early and they
+# wait for their first bytes through its poll set (README, memory), a path
+# that 4 at a time never takes. KINDS=stream measures streams only.
 # FAULTS=SPEC hands the mock a fault script (`llmretry mock --faults`), to
 # see the checks work: e.g. FAULTS="reset@1%" makes the baselines fail
 # requests that llmretry retries, FAULTS="500@60%" makes llmretry fail too.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-n=${1:-20000} rounds=${2:-10}
+n=${1:-20000} rounds=${2:-10} c=${C:-4}
 [ "$(nproc)" -ge 2 ] || { echo "cpu.sh needs two CPUs" >&2; exit 1; }
 tmp=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null; rm -rf "$tmp"' EXIT
@@ -38,7 +42,7 @@ wait_for() { for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$1/"
 cpu_ns() { cat /proc/"$1"/task/*/schedstat | awk '{s += $1} END {printf "%.0f\n", s}'; }
 GOMAXPROCS=1 taskset -c 0 "$tmp/llmretry" mock --listen 127.0.0.1:$mock --faults "${FAULTS:-}" >/dev/null 2>&1 &
 wait_for $mock
-GOMAXPROCS=1 taskset -c 1 "$tmp/llmretry" proxy --listen 127.0.0.1:$llm --admin-listen "" --upstream http://127.0.0.1:$mock --quiet >/dev/null 2>&1 &
+GOMAXPROCS=1 taskset -c 1 "$tmp/llmretry" proxy --listen 127.0.0.1:$llm --admin-listen "" --upstream http://127.0.0.1:$mock --log-level warn >/dev/null 2>"$tmp/llmretry.log" &
 pid_llmretry=$!
 GOMAXPROCS=1 taskset -c 1 "$tmp/plainproxy" 127.0.0.1:$plain http://127.0.0.1:$mock 2>"$tmp/plainproxy.log" &
 pid_reverseproxy=$!
@@ -46,18 +50,19 @@ sed "s#PREFIX#$tmp#; s#MOCKPORT#$mock#; s#NGINXPORT#$ngx#" bench/proxy/nginx-cpu
 taskset -c 1 nginx -c "$tmp/nginx.conf" -p "$tmp" 2>"$tmp/nginx.log" &
 pid_nginx=$!
 wait_for $llm; wait_for $plain; wait_for $ngx
-echo "# cpu.sh $n $rounds, $(date -u +%FT%TZ), $(nproc) CPUs ($(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)), load average $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "# cpu.sh $n $rounds, $c at a time, $(date -u +%FT%TZ), $(nproc) CPUs ($(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)), load average $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "# mock faults: ${FAULTS:-none}; llmretry at $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- cmd go.mod ./*.go || echo ' plus uncommitted changes'); system calls counted by $([ "$sys_perf" = 1 ] && echo "perf's raw_syscalls tracepoints and /proc/PID/io" || echo "/proc/PID/io only (no perf)")"
 # load NAME PORT REQUESTS STREAM: sets failed; a failure through llmretry ends the run.
 load() {
 	local out
-	out=$(taskset -c 0 "$tmp/load" -url "http://127.0.0.1:$2/v1/chat/completions" -n "$3" -c 4 $4 2>"$tmp/load.err") || true
+	out=$(taskset -c 0 "$tmp/load" -url "http://127.0.0.1:$2/v1/chat/completions" -n "$3" -c "$c" $4 2>"$tmp/load.err") || true
 	case $out in
 	"ok $3/$3 "*) failed=0 ;;
 	"ok "*)
 		failed=$(($3 - $(sed 's#^ok \([0-9]*\)/.*#\1#' <<<"$out")))
 		if [ "$1" = llmretry ]; then
 			echo "cpu.sh: llmretry failed $failed of $3 requests${4:+ ($4)}: $(head -3 "$tmp/load.err" | tr '\n' ' ')" >&2
+			echo "cpu.sh: llmretry's warnings: $(grep -v '^llmretry proxy ' "$tmp/llmretry.log" | tail -5)" >&2
 			exit 1
 		fi
 		echo "# $1${4:+ $4}: $failed of $3 failed: $(head -3 "$tmp/load.err" | tr '\n' ' ')"
@@ -66,7 +71,9 @@ load() {
 	esac
 }
 ns=$((n / 4 > 1000 ? n / 4 : n)) # requests in a round's block for perf
-for stream in "" -stream; do
+for kind in ${KINDS:-plain stream}; do
+	stream=""
+	[ "$kind" = stream ] && stream=-stream
 	for who in llmretry:$llm reverseproxy:$plain nginx:$ngx; do
 		load "${who%%:*}" "${who#*:}" 2000 "$stream" # warm-up
 	done

@@ -7,21 +7,24 @@
 #    write, writev, ...; not recvfrom, epoll_pwait or futex, so it
 #    undercounts a process that reads its sockets with recvfrom, as nginx
 #    does). sys_io PID prints the sum.
-#  - the kernel's raw_syscalls:sys_enter tracepoint, and the per-call
-#    syscalls:sys_enter_* ones for the kinds a proxy makes, counted in the
-#    kernel by `perf stat -p PID` (Debian's linux-perf; tracepoints work on
+#  - the kernel's raw_syscalls:sys_enter tracepoint, and every per-call
+#    syscalls:sys_enter_* one, counted in the kernel by `perf stat -p PID` (Debian's linux-perf; tracepoints work on
 #    virtual machines whose CPU counters perf cannot read): every call of
 #    every thread, by kind. Not free: measured here, it added about 1 us of
 #    CPU time per system call of the counted process (10-12% of a plain
 #    request through llmretry's proxy), so CPU time must not be taken while
 #    it counts. sys_perf_begin PID TMPDIR starts it; sys_perf_end N stops
 #    it and sets sys_kinds to, per unit of N (requests), "syscalls T (read
-#    R write W recvfrom F epoll E futex X other O)" (reads and writes
-#    include readv and writev).
+#    R write W recvfrom F epoll E futex X other O [KIND K ...])" (reads
+#    and writes include readv and writev, epoll is its waits; the brackets
+#    name every other kind of call made at least 0.01 times per unit, so
+#    that nothing is left unaccounted for: the runtime's nanosleep and
+#    sched_yield, and the calls of a new connection, accept4, setsockopt,
+#    getsockname, epoll_ctl, close).
 #
 # sys_perf is 1 where perf can count the tracepoints, else 0.
 
-sys_events=raw_syscalls:sys_enter,syscalls:sys_enter_read,syscalls:sys_enter_readv,syscalls:sys_enter_write,syscalls:sys_enter_writev,syscalls:sys_enter_recvfrom,syscalls:sys_enter_epoll_pwait,syscalls:sys_enter_epoll_wait,syscalls:sys_enter_futex
+sys_events='raw_syscalls:sys_enter,syscalls:sys_enter_*'
 
 if [ -z "${sys_perf:-}" ]; then
 	sys_perf=0
@@ -57,8 +60,11 @@ sys_perf_end() { # n
 		$3 ~ /sys_enter_(read|readv)$/ { r += $1 }
 		$3 ~ /sys_enter_(write|writev)$/ { w += $1 }
 		$3 ~ /sys_enter_recvfrom$/ { f += $1 }
-		$3 ~ /sys_enter_epoll/ { e += $1 }
+		$3 ~ /sys_enter_epoll_p?wait$/ { e += $1 }
 		$3 ~ /sys_enter_futex$/ { x += $1 }
-		END { printf "syscalls %.2f (read %.2f write %.2f recvfrom %.2f epoll %.2f futex %.2f other %.2f)",
-			t / n, r / n, w / n, f / n, e / n, x / n, (t - r - w - f - e - x) / n }' "$sys_tmp/perf.csv")
+		$3 ~ /^syscalls:sys_enter_/ && $3 !~ /sys_enter_(readv?|writev?|recvfrom|epoll_p?wait|futex)$/ && $1 + 0 >= 0.01 * n {
+			k = $3; sub(/^syscalls:sys_enter_/, "", k); others = others sprintf(" %s %.2f", k, $1 / n)
+		}
+		END { printf "syscalls %.2f (read %.2f write %.2f recvfrom %.2f epoll %.2f futex %.2f other %.2f [%s])",
+			t / n, r / n, w / n, f / n, e / n, x / n, (t - r - w - f - e - x) / n, substr(others, 2) }' "$sys_tmp/perf.csv")
 }
