@@ -71,14 +71,18 @@ func TestProxyRunsWithSmallStacks(t *testing.T) {
 		{"mock", "", ""},
 		{"demo", "gctrace=0", "gctrace=0"},
 	} {
-		cmd := exec.Command(os.Args[0], c.command)
-		cmd.Env = append(os.Environ(), "LLMRETRY_TEST_SMALLSTACKS=1", "GODEBUG="+c.godebug)
-		out, err := cmd.CombinedOutput()
-		name := filepath.Base(os.Args[0])
-		name = name[:min(len(name), 15)] // the kernel keeps 15 bytes of it
-		comm, godebug, _ := strings.Cut(string(out), " ")
-		if err != nil || godebug != c.want || comm != name {
-			t.Errorf("%s with GODEBUG=%q: ran as %q with GODEBUG=%q (%v), want %q with %q", c.command, c.godebug, comm, godebug, err, name, c.want)
-		}
+		// In parallel: each starts the race-instrumented test binary anew.
+		t.Run(c.command+" "+c.godebug, func(t *testing.T) {
+			t.Parallel()
+			cmd := exec.Command(os.Args[0], c.command)
+			cmd.Env = append(os.Environ(), "LLMRETRY_TEST_SMALLSTACKS=1", "GODEBUG="+c.godebug)
+			out, err := cmd.CombinedOutput()
+			name := filepath.Base(os.Args[0])
+			name = name[:min(len(name), 15)] // the kernel keeps 15 bytes of it
+			comm, godebug, _ := strings.Cut(string(out), " ")
+			if err != nil || godebug != c.want || comm != name {
+				t.Errorf("%s with GODEBUG=%q: ran as %q with GODEBUG=%q (%v), want %q with %q", c.command, c.godebug, comm, godebug, err, name, c.want)
+			}
+		})
 	}
 }

@@ -149,6 +149,7 @@ func TestSameSeedSameStory(t *testing.T) {
 			Model: "m", Policy: llmretry.Policy{MaxRetryAfter: 50 * time.Millisecond}, Continue: true}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
+			t.Parallel() // each run has its own servers and ports
 			var first []string
 			var firstSummary *Summary
 			for run := range 4 {
