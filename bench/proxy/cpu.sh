@@ -51,7 +51,7 @@ taskset -c 1 nginx -c "$tmp/nginx.conf" -p "$tmp" 2>"$tmp/nginx.log" &
 pid_nginx=$!
 wait_for $llm; wait_for $plain; wait_for $ngx
 echo "# cpu.sh $n $rounds, $c at a time, $(date -u +%FT%TZ), $(nproc) CPUs ($(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)), load average $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "# mock faults: ${FAULTS:-none}; llmretry at $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- cmd go.mod ./*.go || echo ' plus uncommitted changes'); system calls counted by $([ "$sys_perf" = 1 ] && echo "perf's raw_syscalls tracepoints and /proc/PID/io" || echo "/proc/PID/io only (no perf)")"
+echo "# mock faults: ${FAULTS:-none}; llmretry at $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- cmd bench go.mod ./*.go || echo ' plus uncommitted changes'); system calls counted by $([ "$sys_perf" = 1 ] && echo "perf's raw_syscalls tracepoints and /proc/PID/io" || echo "/proc/PID/io only (no perf)")"
 # load NAME PORT REQUESTS STREAM: sets failed; a failure through llmretry ends the run.
 load() {
 	local out

@@ -46,7 +46,7 @@ mock=18391 port=18392
 "$tmp/llmretry" mock --listen 127.0.0.1:$mock >/dev/null 2>&1 &
 for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$mock/" && break; sleep 0.1; done
 sed "s#PREFIX#$tmp#; s#MOCKPORT#$mock#; s#NGINXPORT#$port#" bench/proxy/nginx-cpu.conf >"$tmp/nginx.conf"
-echo "# instructions.sh $n $kind, $(date -u +%FT%TZ), $(nproc) CPUs ($(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)), llmretry at $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- cmd go.mod ./*.go || echo ' plus uncommitted changes')${LLMRETRY_BIN:+ (proxy measured: $LLMRETRY_BIN)}, $(valgrind --version), $(nginx -v 2>&1)"
+echo "# instructions.sh $n $kind, $(date -u +%FT%TZ), $(nproc) CPUs ($(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)), llmretry at $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- cmd bench go.mod ./*.go || echo ' plus uncommitted changes')${LLMRETRY_BIN:+ (proxy measured: $LLMRETRY_BIN)}, $(valgrind --version), $(nginx -v 2>&1)"
 # load NAME REQUESTS: sets failed; a failure through llmretry ends the run.
 load() {
 	local out

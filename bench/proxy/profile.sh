@@ -42,7 +42,7 @@ sed "s#PREFIX#$tmp#; s#MOCKPORT#$mock#; s#NGINXPORT#$ngx#" bench/proxy/nginx-cpu
 taskset -c 1 nginx -c "$tmp/nginx.conf" -p "$tmp" 2>"$tmp/nginx.log" &
 pid_nginx=$!
 wait_for $llm; wait_for $plain; wait_for $ngx
-echo "# profile.sh $n, $(date -u +%FT%TZ), $(nproc) CPUs ($(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)), load average $(cut -d' ' -f1-3 /proc/loadavg), llmretry at $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- cmd go.mod ./*.go || echo ' plus uncommitted changes'), $(nginx -v 2>&1)"
+echo "# profile.sh $n, $(date -u +%FT%TZ), $(nproc) CPUs ($(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)), load average $(cut -d' ' -f1-3 /proc/loadavg), llmretry at $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- cmd bench go.mod ./*.go || echo ' plus uncommitted changes'), $(nginx -v 2>&1)"
 load() { # name port requests stream
 	local out
 	out=$(taskset -c 0 "$tmp/load" -url "http://127.0.0.1:$2/v1/chat/completions" -n "$3" -c 4 $4 2>"$tmp/load.err") || true
