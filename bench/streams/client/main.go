@@ -265,7 +265,11 @@ func report(out, errOut io.Writer, streams []stream, samples []sample, idle int6
 // (from /proc/net/tcp and tcp6: remote port, state 01).
 func established(port int) int {
 	want := fmt.Sprintf(":%04X", port)
-	n := 0
+	// The kernel writes these files a piece per read, walking tables that
+	// change meanwhile: with thousands of connections opening, a line can
+	// come twice (a count of 12,359 where the proxy could hold at most
+	// 11,000). Each connection is counted once, by its local address.
+	seen := make(map[string]bool)
 	for _, f := range []string{"/proc/net/tcp", "/proc/net/tcp6"} {
 		b, err := os.ReadFile(f)
 		if err != nil {
@@ -274,11 +278,11 @@ func established(port int) int {
 		for line := range bytes.Lines(b) {
 			fields := strings.Fields(string(line))
 			if len(fields) > 3 && strings.HasSuffix(fields[2], want) && fields[3] == "01" {
-				n++
+				seen[f+" "+fields[1]] = true
 			}
 		}
 	}
-	return n
+	return len(seen)
 }
 
 // rss is pid's resident memory in KiB.
