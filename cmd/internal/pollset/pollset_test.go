@@ -5,26 +5,9 @@ import (
 	"runtime"
 	"testing"
 	"time"
-)
 
-func tcpPair(t *testing.T) (server, client net.Conn) {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	client, err = net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	server, err = ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { server.Close(); client.Close() })
-	return server, client
-}
+	"github.com/llmretry/llmretry/cmd/internal/tcptest"
+)
 
 func fired(t *testing.T, ch chan struct{}, want bool, what string) {
 	t.Helper()
@@ -52,9 +35,9 @@ func TestSetReportsReadableAndHangup(t *testing.T) {
 		t.Skip("a Set watches on Linux only; elsewhere Watch says it cannot (ok false), which callers handle")
 	}
 	var s Set
-	a, aPeer := tcpPair(t)
-	b, bPeer := tcpPair(t)
-	c, cPeer := tcpPair(t)
+	a, aPeer := tcptest.Pair(t)
+	b, bPeer := tcptest.Pair(t)
+	c, cPeer := tcptest.Pair(t)
 	readable, hangup, stopped := make(chan struct{}), make(chan struct{}), make(chan struct{})
 	watch := func(conn net.Conn, ev Event, ch chan struct{}) func() bool {
 		stop, ok := s.Watch(conn, ev, func() { close(ch) })

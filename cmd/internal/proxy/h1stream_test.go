@@ -29,14 +29,19 @@ func takeEvery(c *Config) { c.KeptStreams = -1 }
 // connection and a reader on it.
 func rawRequest(t *testing.T, base, proto string) (net.Conn, *bufio.Reader) {
 	t.Helper()
+	return rawSend(t, base, "/v1/chat/completions", proto, `{"stream":true}`)
+}
+
+// rawSend sends a POST of the JSON body to path, as proto, as rawRequest does.
+func rawSend(t *testing.T, base, path, proto, body string) (net.Conn, *bufio.Reader) {
+	t.Helper()
 	u, _ := url.Parse(base)
 	c, err := net.Dial("tcp", u.Host)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Close() })
-	body := `{"stream":true}`
-	req := "POST /v1/chat/completions " + proto + "\r\nHost: " + u.Host +
+	req := "POST " + path + " " + proto + "\r\nHost: " + u.Host +
 		"\r\nContent-Type: application/json\r\nContent-Length: " + strconv.Itoa(len(body)) + "\r\n\r\n" + body
 	if _, err := io.WriteString(c, req); err != nil {
 		t.Fatal(err)
@@ -471,16 +476,9 @@ func TestStreamRequestIsTakenBeforeItGoesUpstream(t *testing.T) {
 	})
 	base := startWatched(t, up, hijacked, takeEvery)
 	for _, body := range []string{`{"model":"m","stream":true}`, `{"model":"m","stream":false}`} {
-		u, _ := url.Parse(base)
-		c, err := net.Dial("tcp", u.Host)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
+		c, br := rawSend(t, base, "/v1/chat/completions", "HTTP/1.1", body)
 		_ = c.SetDeadline(time.Now().Add(20 * time.Second))
-		_, _ = io.WriteString(c, "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: "+
-			strconv.Itoa(len(body))+"\r\n\r\n"+body)
-		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		resp, err := http.ReadResponse(br, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -551,16 +549,8 @@ func TestEveryReplyToARequestTakenEarlyArrivesWhole(t *testing.T) {
 		{"/v1/gzip", "HTTP/1.1", 400, "", "\x1f\x8b", false},
 		{"/v1/early-hints", "HTTP/1.1", 404, "application/json", `{}`, false},
 	} {
-		u, _ := url.Parse(base)
-		conn, err := net.Dial("tcp", u.Host)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer conn.Close()
+		conn, br := rawSend(t, base, c.path, c.proto, `{"stream":true}`)
 		_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
-		body := `{"stream":true}`
-		_, _ = io.WriteString(conn, "POST "+c.path+" "+c.proto+"\r\nHost: x\r\nContent-Length: "+strconv.Itoa(len(body))+"\r\n\r\n"+body)
-		br := bufio.NewReader(conn)
 		resp, err := http.ReadResponse(br, nil)
 		if err != nil {
 			t.Fatalf("%s %s: %v", c.path, c.proto, err)

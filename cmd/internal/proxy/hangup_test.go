@@ -5,27 +5,9 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
-)
 
-// tcpPair returns the two ends of a TCP connection on the loopback.
-func tcpPair(t *testing.T) (server, client net.Conn) {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	client, err = net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	server, err = ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { server.Close(); client.Close() })
-	return server, client
-}
+	"github.com/llmretry/llmretry/cmd/internal/tcptest"
+)
 
 // Among many watched connections, a client leaving (closing, or reset)
 // cancels its own request only, at once; one that sends bytes is not taken
@@ -48,7 +30,7 @@ func TestHangupsCancelTheRequestWhoseClientLeft(t *testing.T) {
 			var stops [n]func()
 			var calls atomic.Int32
 			for i := range n {
-				servers[i], clients[i] = tcpPair(t)
+				servers[i], clients[i] = tcptest.Pair(t)
 				cancelled[i] = make(chan struct{})
 				ch := cancelled[i]
 				stops[i] = w.watch(&h, servers[i], func() { calls.Add(1); close(ch) })
