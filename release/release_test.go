@@ -1,10 +1,12 @@
 package release
 
 import (
+	archivezip "archive/zip"
 	"bufio"
 	"bytes"
 	"encoding/json"
 	"flag"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -73,17 +75,61 @@ func publish(t *testing.T, proxy, version string) {
 				t.Fatal(err)
 			}
 		}
-		z, err := os.Create(filepath.Join(dir, version+".zip"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := zip.CreateFromDir(z, module.Version{Path: m.path, Version: version}, m.dir); err != nil {
+		if err := writeModuleZip(filepath.Join(dir, version+".zip"), module.Version{Path: m.path, Version: version}, m.dir); err != nil {
 			t.Fatalf("%s: %v", m.path, err)
 		}
-		if err := z.Close(); err != nil {
-			t.Fatal(err)
+	}
+}
+
+// writeModuleZip writes the zip of the module in dir as a module proxy
+// serves it: the files x/mod/zip picks, under its checks (those of
+// CreateFromDir), stored rather than compressed. Compressing them, under
+// the race detector the test command builds with, took half the release
+// tests' time (12.8 s; 0.4 s without the race detector). The zip is checked
+// again as the go command will check it.
+func writeModuleZip(name string, m module.Version, dir string) error {
+	checked, err := zip.CheckDir(dir)
+	if err != nil {
+		return err
+	}
+	f, err := os.Create(name)
+	if err != nil {
+		return err
+	}
+	zw := archivezip.NewWriter(f)
+	for _, path := range checked.Valid { // file system paths, dir joined to each
+		rel, err := filepath.Rel(dir, path)
+		if err == nil {
+			err = addStored(zw, m.Path+"@"+m.Version+"/"+filepath.ToSlash(rel), path)
+		}
+		if err != nil {
+			f.Close()
+			return err
 		}
 	}
+	if err := zw.Close(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	_, err = zip.CheckZip(m, name)
+	return err
+}
+
+func addStored(zw *archivezip.Writer, name, path string) error {
+	src, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer src.Close()
+	w, err := zw.CreateHeader(&archivezip.FileHeader{Name: name, Method: archivezip.Store})
+	if err != nil {
+		return err
+	}
+	_, err = io.Copy(w, src)
+	return err
 }
 
 // goCmd runs go with the workspace off, modules from proxy first, then
@@ -126,6 +172,9 @@ func setup(t *testing.T) (version, proxy, cache string) {
 		shared.version = releaseVersion(t)
 		shared.proxy, _ = os.MkdirTemp("", "llmretry-proxy-")
 		shared.cache, _ = os.MkdirTemp("", "llmretry-modcache-")
+		if shared.cache != "" {
+			shareExtractedModules(t, shared.cache)
+		}
 		publish(t, shared.proxy, shared.version)
 	})
 	if shared.proxy == "" || shared.cache == "" {
