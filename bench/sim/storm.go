@@ -255,6 +255,7 @@ type result struct {
 	attempts float64 // attempts per request
 	p50, p99 time.Duration
 	limits   int64 // 429s sent
+	ran      bool  // the run took place (the table leaves out the columns that did not)
 }
 
 // baseFunc adapts an upstream to an http.RoundTripper.
@@ -338,6 +339,7 @@ func runStorm(sc scenario, p stormPolicy) result {
 	if rl, ok := up.(*rateLimited); ok {
 		r.limits = rl.limits.Load()
 	}
+	r.ran = true
 	return r
 }
 
@@ -390,6 +392,9 @@ func stormTable(ss []scenario, results [][]result) string {
 	for i, sc := range ss {
 		for j, p := range stormPolicies {
 			r := results[i][j]
+			if !r.ran {
+				continue
+			}
 			limits := "-"
 			if sc.limited {
 				limits = strconv.FormatInt(r.limits, 10)

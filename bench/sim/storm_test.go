@@ -24,14 +24,22 @@ func TestStormTable(t *testing.T) {
 	if scale == 0 {
 		t.Skip("the storm simulation is not run with -short")
 	}
+	const none, old, neu = 0, 1, 6
 	ss := stormScenarios(scale)
 	results := make([][]result, len(ss))
 	// Each run is its own bubble of virtual time, independent of the
 	// others: in parallel, the table takes half the wall time on two CPUs.
+	// The peers' columns (gRPC, AWS, Finagle, SRE) are for the table in
+	// BENCHMARKS.md and no check reads them: they run only when the table
+	// is written (-storm-out), which keeps four sevenths of the
+	// simulation out of the test command.
 	t.Run("runs", func(t *testing.T) {
 		for i, sc := range ss {
 			results[i] = make([]result, len(stormPolicies))
 			for j, p := range stormPolicies {
+				if *stormOut == "" && j != none && j != old && j != neu {
+					continue
+				}
 				t.Run(fmt.Sprintf("%d-%d", i, j), func(t *testing.T) {
 					t.Parallel()
 					synctest.Test(t, func(t *testing.T) { results[i][j] = runStorm(sc, p) })
@@ -47,7 +55,6 @@ func TestStormTable(t *testing.T) {
 		}
 	}
 
-	const none, old, neu = 0, 1, 6
 	row := func(name string) []result {
 		for i, sc := range ss {
 			if sc.name == name {
