@@ -242,18 +242,25 @@ func TestStreamContinuationFinishesACutStreamAtEveryByte(t *testing.T) {
 				// until the test ends, were most of its time.
 				c := newContinuer(t, family, continuedText, 1<<30, 0)
 				full := fetch(t, c.URL, family, nil).body
-				// Every byte over the middle of the reply's deltas, every
-				// seventh elsewhere.
-				mid := bytes.Index(full, []byte("lazy"))
+				// Every byte of the opening (a cut there is retried) and of
+				// two whole events in the middle of the deltas (a cut there
+				// is continued), every eleventh elsewhere.
+				from, to := middleEvents(t, full, 2)
+				// One client for the sweep, as a caller would keep one: a
+				// Transport for each cut kept its connections until the
+				// test ended.
+				var events []ContinuationEvent
+				_, client := testTransport(t, newFakeClock(), WithStreamContinuation(Continuation{}),
+					WithOnContinuation(func(e ContinuationEvent) { events = append(events, e) }))
 				continued := 0
 				for cut := 1; cut < len(full); cut++ {
-					if (cut < mid-150 || cut > mid+150) && cut%7 != 0 {
+					if cut >= 150 && (cut < from || cut > to) && cut%11 != 0 {
 						continue
 					}
 					name := fmt.Sprintf("%v/overlap %d/cut %d", family, overlap, cut)
 					c.reset(cut, overlap)
-					var events []ContinuationEvent
-					got := fetch(t, c.URL, family, &events)
+					events = nil
+					got := fetchOn(t, client, c.URL, family)
 					r := readStream(t, family, got.body)
 					if got.err != nil || r.text != continuedText {
 						t.Fatalf("%s: err %v, text %q, events %+v", name, got.err, r.text, events)
@@ -287,6 +294,45 @@ func TestStreamContinuationFinishesACutStreamAtEveryByte(t *testing.T) {
 	}
 }
 
+// middleEvents returns where the n whole events around the middle of the
+// stream full start and end. The sweep above once looked for the word
+// "lazy", which the stream never holds whole (its deltas are three runes
+// long), and so swept every byte of the opening instead of the middle.
+func middleEvents(t *testing.T, full []byte, n int) (from, to int) {
+	t.Helper()
+	sep := []byte("\n\n")
+	from = bytes.LastIndex(full[:len(full)/2], sep) + len(sep)
+	to = from
+	for range n {
+		i := bytes.Index(full[to:], sep)
+		if i < 0 {
+			t.Fatalf("fewer than %d events after the middle of %q", n, full)
+		}
+		to += i + len(sep)
+	}
+	if from < 150 || !bytes.Contains(full[from:to], []byte("delta")) {
+		t.Fatalf("the middle events are not deltas: %q", full[from:to])
+	}
+	return from, to
+}
+
+// fetchOn sends a streamed request of family through client and reads the
+// reply.
+func fetchOn(t *testing.T, client *http.Client, url string, family streamFamily) fetched {
+	t.Helper()
+	path, body := "/v1/chat/completions", `{"model":"gpt-x","stream":true,"messages":[{"role":"user","content":"hi"}]}`
+	if family == streamAnthropic {
+		path, body = "/v1/messages", `{"model":"claude-x","max_tokens":100,"stream":true,"messages":[{"role":"user","content":"hi"}]}`
+	}
+	resp, err := client.Do(post(t, url+path, body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return fetched{b, err}
+}
+
 type fetched struct {
 	body []byte
 	err  error
@@ -294,22 +340,12 @@ type fetched struct {
 
 func fetch(t *testing.T, url string, family streamFamily, events *[]ContinuationEvent) fetched {
 	t.Helper()
-	path, body := "/v1/chat/completions", `{"model":"gpt-x","stream":true,"messages":[{"role":"user","content":"hi"}]}`
-	if family == streamAnthropic {
-		path, body = "/v1/messages", `{"model":"claude-x","max_tokens":100,"stream":true,"messages":[{"role":"user","content":"hi"}]}`
-	}
 	opts := []Option{WithStreamContinuation(Continuation{})}
 	if events != nil {
 		opts = append(opts, WithOnContinuation(func(e ContinuationEvent) { *events = append(*events, e) }))
 	}
 	_, c := testTransport(t, newFakeClock(), opts...)
-	resp, err := c.Do(post(t, url+path, body))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	return fetched{b, err}
+	return fetchOn(t, c, url, family)
 }
 
 func fetchWith(t *testing.T, url string, family streamFamily, body string, opts ...Option) (fetched, []ContinuationEvent) {
