@@ -20,6 +20,11 @@ import (
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
+// shortWaits keeps the demo's waits (backoff, and Retry-After, capped)
+// short: the tests read what the demo did, never how long it waited, and
+// the default half-second backoff made each run last about 1.5 s.
+var shortWaits = llmretry.Policy{BaseDelay: 2 * time.Millisecond, MaxDelay: 20 * time.Millisecond, MaxRetryAfter: 50 * time.Millisecond}
+
 var fast = llmretry.Policy{BaseDelay: time.Millisecond, MaxDelay: time.Millisecond}
 
 func TestScriptedRun(t *testing.T) {
@@ -48,7 +53,7 @@ func TestScriptedRun(t *testing.T) {
 func TestDefaultMixNeverDuplicates(t *testing.T) {
 	var out bytes.Buffer
 	s, err := Run(context.Background(), Config{Requests: 60, Concurrency: 8, Faults: DefaultFaults, Seed: 7,
-		Model: "m", Terminal: true, Policy: llmretry.Policy{BaseDelay: time.Millisecond, MaxDelay: time.Millisecond, MaxRetryAfter: 2 * time.Second}}, &out)
+		Model: "m", Terminal: true, Policy: shortWaits}, &out)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -142,11 +147,11 @@ func TestSameSeedSameStory(t *testing.T) {
 		cfg  Config
 	}{
 		{"plain", Config{Requests: 40, Concurrency: 8, Faults: DefaultFaults, Seed: DefaultSeed,
-			Model: "m", Policy: llmretry.Policy{MaxRetryAfter: 50 * time.Millisecond}}},
+			Model: "m", Policy: shortWaits}},
 		{"failover", Config{Requests: 40, Concurrency: 1, Faults: DefaultFailoverFaults, Seed: DefaultSeed,
 			Model: "gpt-4o-mini", Failover: true}},
 		{"continue", Config{Requests: 40, Concurrency: 8, Faults: DefaultFaults, Seed: DefaultSeed,
-			Model: "m", Policy: llmretry.Policy{MaxRetryAfter: 50 * time.Millisecond}, Continue: true}},
+			Model: "m", Policy: shortWaits, Continue: true}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			t.Parallel() // each run has its own servers and ports
@@ -247,7 +252,7 @@ func TestFailoverDemoSaysWhichTargetServedWhat(t *testing.T) {
 // and none arrives twice.
 func TestContinueDemoFinishesTheStreamsItCuts(t *testing.T) {
 	base := Config{Requests: 40, Concurrency: 8, Faults: DefaultFaults, Seed: DefaultSeed,
-		Model: "m", Policy: llmretry.Policy{MaxRetryAfter: 50 * time.Millisecond}}
+		Model: "m", Policy: shortWaits}
 	var off bytes.Buffer
 	without, err := Run(context.Background(), base, &off)
 	if err != nil {
