@@ -244,7 +244,7 @@ func TestStreamContinuationFinishesACutStreamAtEveryByte(t *testing.T) {
 				full := fetch(t, c.URL, family, nil).body
 				// Every byte of the opening (a cut there is retried) and of
 				// two whole events in the middle of the deltas (a cut there
-				// is continued), every eleventh elsewhere.
+				// is continued), every seventeenth elsewhere.
 				from, to := middleEvents(t, full, 2)
 				// One client for the sweep, as a caller would keep one: a
 				// Transport for each cut kept its connections until the
@@ -254,7 +254,7 @@ func TestStreamContinuationFinishesACutStreamAtEveryByte(t *testing.T) {
 					WithOnContinuation(func(e ContinuationEvent) { events = append(events, e) }))
 				continued := 0
 				for cut := 1; cut < len(full); cut++ {
-					if cut >= 150 && (cut < from || cut > to) && cut%11 != 0 {
+					if cut >= 150 && (cut < from || cut > to) && cut%17 != 0 {
 						continue
 					}
 					name := fmt.Sprintf("%v/overlap %d/cut %d", family, overlap, cut)
