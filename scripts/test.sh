@@ -68,7 +68,4 @@ echo "== staticcheck"
 go run -race=false honnef.co/go/tools/cmd/staticcheck@v0.8.2 "${pkgs[@]}"
 
 echo "== go test -race"
-# Four test binaries at a time rather than one per CPU: several packages
-# spend most of their time waiting (on real-time waits, servers, Redis,
-# child go commands), and on two CPUs they kept a slot idle.
-go test -race -count=1 -p 4 "${pkgs[@]}"
+go test -race -count=1 "${pkgs[@]}"
