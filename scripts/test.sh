@@ -6,8 +6,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Every module of the workspace, the core first.
-modules=(. ./integration ./redisstate ./cmd ./bench ./release)
+# Every module of the workspace. The release module comes first: its tests
+# wait on go commands of their own for about 20 s, and go test starts test
+# binaries in the order it is given them, so that last they ran alone at
+# the end (the warm test step: 71 s, 66 s with it first).
+modules=(./release . ./integration ./redisstate ./cmd ./bench)
 pkgs=()
 for m in "${modules[@]}"; do
 	[ -f "$m/go.mod" ] && pkgs+=("$m/...")
