@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"crypto/tls"
 	"net/http"
 	"net/http/httptrace"
 	"sync"
@@ -35,7 +36,9 @@ import (
 // finds it at once.)
 //
 // Plain-HTTP requests pass straight on: over HTTP/1.1 every open stream
-// needs a connection of its own anyway.
+// needs a connection of its own anyway. Once a host is up over HTTP/2, its
+// later bursts are kept from dialling a connection each by getConn
+// (h2getconn.go).
 type firstConn struct {
 	next http.RoundTripper
 	// idle is the Transport's IdleConnTimeout; 0: a host once opened stays
@@ -55,6 +58,8 @@ type hostConn struct {
 	up      bool      // a connection was made: no more waiting
 	last    time.Time // the last request sent
 	opening *opening  // non-nil while requests open the first
+	h2      bool      // its TLS handshakes chose HTTP/2: see getting
+	getting getting   // once up, over HTTP/2: the requests getting a connection
 }
 
 // opening is the attempt at a host's first connection, by one request or,
@@ -88,9 +93,12 @@ func (f *firstConn) RoundTrip(req *http.Request) (*http.Response, error) {
 		}
 		now := time.Now()
 		if h.up && f.idle > 0 && now.Sub(h.last) > f.idle {
-			h.up = false // unused for long enough that its connections were closed
+			h.up, h.h2 = false, false // unused for long enough that its connections were closed
 		}
 		h.last = now
+		if h.up && h.h2 {
+			return f.getConn(req, h) // unlocks f.mu
+		}
 		if h.up {
 			f.mu.Unlock()
 			return f.next.RoundTrip(req)
@@ -158,7 +166,8 @@ func (f *firstConn) open(req *http.Request, h *hostConn, o *opening) (*http.Resp
 			close(o.done)
 		})
 	}
-	trace := &httptrace.ClientTrace{GotConn: func(httptrace.GotConnInfo) { end(true, false) }}
+	trace := &httptrace.ClientTrace{GotConn: func(httptrace.GotConnInfo) { end(true, false) },
+		TLSHandshakeDone: func(s tls.ConnectionState, err error) { f.learnProtocol(h, s, err) }}
 	resp, err := f.next.RoundTrip(req.WithContext(httptrace.WithClientTrace(req.Context(), trace)))
 	// Without a connection: if only this request was cancelled, another
 	// opens; if the upstream failed, the rest try on their own, as they

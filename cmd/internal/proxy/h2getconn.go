@@ -1,0 +1,157 @@
+package proxy
+
+import (
+	"crypto/tls"
+	"net/http"
+	"net/http/httptrace"
+	"sync"
+	"time"
+)
+
+// Once an HTTPS host is up over HTTP/2, its connections can still fill:
+// each carries at most the streams its server allows (often 100 to 250),
+// and long LLM streams keep them full. A request that finds every
+// connection full makes net/http dial one of its own, and so does every
+// other request that arrives before that dial ends: a burst of 2,000
+// streams past the first connection's limit dialled 1,668 TLS connections
+// where about ten would have carried them (net/http closes each surplus
+// connection after its handshake, once another has room). So, per HTTP/2
+// host, at most maxGetting requests at a time may be getting a connection
+// (from httptrace's GetConn to GotConn, or their end); the rest wait in
+// turn, each only until one of those has its connection. A request that
+// finds room is through in microseconds, so where no connection is being
+// dialled nobody waits long; where one is, those behind it wait for it and
+// then go on it. Two rather than one: while one request dials, another
+// can still take a place that a finished stream freed; each round of dials
+// opens at most one connection too many.
+//
+// As for the first connection, a dial that hangs holds no one for long:
+// one more request may go each openBound that requests are waiting.
+//
+// Hosts whose TLS handshakes chose HTTP/1.1 are never held: there every
+// open stream needs a connection of its own.
+//
+// Not covered: a server that allows fewer than 100 streams a connection.
+// Go's client assumes 100 of a new connection until the server's settings
+// arrive, so a new connection is given too many; the streams it refuses are
+// retried inside net/http after their request had its connection (and its
+// place here), and those retries dial as before.
+const maxGetting = 2
+
+// getting counts a host's requests that are getting a connection, and
+// queues those waiting for their turn. Guarded by firstConn.mu.
+type getting struct {
+	n       int             // requests between their send and their connection
+	waiting []chan struct{} // in turn; closed when handed a place
+	next    time.Time       // while requests wait: when one more may go regardless
+	waited  int             // requests that have waited their turn, ever
+}
+
+// getConn sends req to h, an HTTP/2 host, once there is room among the
+// requests getting a connection. f.mu is held on entry and released.
+func (f *firstConn) getConn(req *http.Request, h *hostConn) (*http.Response, error) {
+	g := &h.getting
+	if g.n < maxGetting {
+		g.n++
+		f.mu.Unlock()
+		return f.sendGetting(req, h)
+	}
+	turn := make(chan struct{})
+	g.waiting = append(g.waiting, turn)
+	g.waited++
+	if len(g.waiting) == 1 {
+		g.next = time.Now().Add(openBound)
+	}
+	f.mu.Unlock()
+	timer := time.NewTimer(openBound)
+	defer timer.Stop()
+	for {
+		select {
+		case <-turn:
+			return f.sendGetting(req, h) // a place was handed on to this one
+		case <-timer.C:
+			f.mu.Lock()
+			now := time.Now()
+			if now.Before(g.next) { // another went beyond the bound, or the line moved
+				timer.Reset(g.next.Sub(now))
+				f.mu.Unlock()
+				continue
+			}
+			if !f.leave(g, turn) {
+				f.mu.Unlock()
+				<-turn // handed a place meanwhile
+				return f.sendGetting(req, h)
+			}
+			// Those getting a connection are slow (a handshake hanging):
+			// one more goes now, beyond the bound.
+			g.n++
+			g.next = now.Add(openBound)
+			f.mu.Unlock()
+			return f.sendGetting(req, h)
+		case <-req.Context().Done():
+			f.mu.Lock()
+			if !f.leave(g, turn) {
+				f.handOn(g) // handed a place meanwhile: pass it on
+			}
+			f.mu.Unlock()
+			if req.Body != nil {
+				_ = req.Body.Close()
+			}
+			return nil, req.Context().Err()
+		}
+	}
+}
+
+// leave takes turn out of the line; false: it had already been handed a
+// place. f.mu is held.
+func (f *firstConn) leave(g *getting, turn chan struct{}) bool {
+	for i, w := range g.waiting {
+		if w == turn {
+			g.waiting = append(g.waiting[:i], g.waiting[i+1:]...)
+			return true
+		}
+	}
+	return false
+}
+
+// handOn gives a place among those getting a connection to the next
+// request in line, or frees it. f.mu is held.
+func (f *firstConn) handOn(g *getting) {
+	if len(g.waiting) == 0 {
+		g.n--
+		return
+	}
+	close(g.waiting[0])
+	g.waiting = g.waiting[1:]
+	if len(g.waiting) > 0 {
+		g.next = time.Now().Add(openBound)
+	}
+}
+
+// sendGetting sends req, holding a place among h's requests getting a
+// connection until it has one, or has ended.
+func (f *firstConn) sendGetting(req *http.Request, h *hostConn) (*http.Response, error) {
+	var once sync.Once
+	got := func() {
+		once.Do(func() {
+			f.mu.Lock()
+			f.handOn(&h.getting)
+			f.mu.Unlock()
+		})
+	}
+	trace := &httptrace.ClientTrace{GotConn: func(httptrace.GotConnInfo) { got() },
+		TLSHandshakeDone: func(s tls.ConnectionState, err error) { f.learnProtocol(h, s, err) }}
+	resp, err := f.next.RoundTrip(req.WithContext(httptrace.WithClientTrace(req.Context(), trace)))
+	got()
+	return resp, err
+}
+
+// learnProtocol records whether a handshake with h chose HTTP/2.
+func (f *firstConn) learnProtocol(h *hostConn, s tls.ConnectionState, err error) {
+	if err != nil {
+		return
+	}
+	f.mu.Lock()
+	h.h2 = s.NegotiatedProtocol == "h2"
+	f.mu.Unlock()
+}
