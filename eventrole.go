@@ -151,20 +151,20 @@ func chatRole(ev sseEvent) eventRole {
 	var role eventRole
 	chunk := false
 	for {
-		k, v, ok := it.next()
+		k, ok := it.member()
 		if !ok {
 			break
 		}
 		switch string(k) {
 		case "error":
-			if !jsonEmpty(v) {
+			if v, ok := it.value(); ok && !jsonEmpty(v) {
 				return roleError
 			}
 		case "choices":
 			chunk = true
-			role |= choicesRole(v)
+			role |= choicesRole(&it)
 		case "usage":
-			if !jsonEmpty(v) {
+			if v, ok := it.value(); ok && !jsonEmpty(v) {
 				chunk = true
 				role |= roleEnd
 			}
@@ -176,53 +176,62 @@ func chatRole(ev sseEvent) eventRole {
 	return role
 }
 
-// choicesRole reads a chunk's choices.
-func choicesRole(choices []byte) eventRole {
-	it, ok := jsonIterate(choices)
+// choicesRole reads a chunk's choices, the value parent is at, walking
+// into it rather than reading it whole first (as each role function
+// below does: an event's bytes are read once).
+func choicesRole(parent *jsonIter) eventRole {
+	it, ok := parent.enter()
 	if !ok || it.object {
+		if ok {
+			parent.leave(&it)
+		}
 		return roleOutput
 	}
 	var role eventRole
 	for {
-		_, choice, ok := it.next()
-		if !ok {
+		if _, ok := it.member(); !ok {
 			break
 		}
-		role |= choiceRole(choice)
+		role |= choiceRole(&it)
 	}
+	parent.leave(&it)
 	if it.malformed() {
 		return roleOutput
 	}
 	return role
 }
 
-func choiceRole(choice []byte) eventRole {
-	it, ok := jsonIterate(choice)
+func choiceRole(parent *jsonIter) eventRole {
+	it, ok := parent.enter()
 	if !ok || !it.object {
+		if ok {
+			parent.leave(&it)
+		}
 		return roleOutput
 	}
 	var role eventRole
 	for {
-		k, v, ok := it.next()
+		k, ok := it.member()
 		if !ok {
 			break
 		}
 		switch string(k) {
 		case "delta":
-			role |= deltaRole(v)
+			role |= deltaRole(&it)
 		case "finish_reason":
-			if !jsonEmpty(v) {
+			if v, ok := it.value(); ok && !jsonEmpty(v) {
 				role |= roleEnd
 			}
 		case "index", "logprobs", "native_finish_reason", "content_filter_results":
 			// They carry no output of their own.
 		default:
 			// "text" (legacy completions), or a field not seen before.
-			if !jsonEmpty(v) {
+			if v, ok := it.value(); ok && !jsonEmpty(v) {
 				role |= roleOutput
 			}
 		}
 	}
+	parent.leave(&it)
 	if it.malformed() {
 		return roleOutput
 	}
@@ -231,27 +240,41 @@ func choiceRole(choice []byte) eventRole {
 
 // deltaRole: a delta carries output when any member but its role has a
 // value: {"role":"assistant","content":""} carries nothing.
-func deltaRole(delta []byte) eventRole {
-	it, ok := jsonIterate(delta)
-	if !ok || !it.object {
-		if jsonEmpty(delta) {
+func deltaRole(parent *jsonIter) eventRole {
+	it, ok := parent.enter()
+	if !ok {
+		if v, ok := parent.value(); ok && jsonEmpty(v) { // null, ""
 			return roleOpening
 		}
 		return roleOutput
 	}
+	if !it.object { // [] carries nothing; any other array, output
+		_, more := it.member()
+		parent.leave(&it)
+		if more || it.malformed() {
+			return roleOutput
+		}
+		return roleOpening
+	}
+	role := roleOpening
 	for {
-		k, v, ok := it.next()
+		k, ok := it.member()
 		if !ok {
 			break
 		}
-		if string(k) != "role" && !jsonEmpty(v) {
-			return roleOutput
+		if string(k) == "role" {
+			continue
+		}
+		if v, ok := it.value(); ok && !jsonEmpty(v) {
+			role = roleOutput
+			break
 		}
 	}
+	parent.leave(&it)
 	if it.malformed() {
 		return roleOutput
 	}
-	return roleOpening
+	return role
 }
 
 // responsesRole: the OpenAI Responses API. It opens with response.created

@@ -66,6 +66,20 @@ func TestEventRolesPerFamily(t *testing.T) {
 		{streamOpenAIChat, "not JSON", ev("", `hello`), output},
 		{streamOpenAIChat, "not a chunk", ev("", `{"delta":"hi"}`), output},
 		{streamOpenAIChat, "malformed chunk", ev("", `{"choices":[{"delta":{"role":"assistant"`), output},
+		// The shapes the walk into a chunk meets (it reads each value once,
+		// walking into choices, a choice and its delta).
+		{streamOpenAIChat, "empty delta array", ev("", `{"choices":[{"delta":[]}]}`), opening},
+		{streamOpenAIChat, "delta array with an element", ev("", `{"choices":[{"delta":[1]}]}`), output},
+		{streamOpenAIChat, "null delta", ev("", `{"choices":[{"delta":null,"index":0}]}`), opening},
+		{streamOpenAIChat, "string delta", ev("", `{"choices":[{"delta":"Hi"}]}`), output},
+		{streamOpenAIChat, "choices null", ev("", `{"choices":null}`), output},
+		{streamOpenAIChat, "choices an object", ev("", `{"choices":{"delta":{"role":"assistant"}}}`), output},
+		{streamOpenAIChat, "a choice not an object", ev("", `{"choices":[[],{"delta":{}}]}`), output},
+		{streamOpenAIChat, "output, then more members", ev("", `{"choices":[{"delta":{"content":"Hi","role":"assistant","tool_calls":[{"index":0}]},"finish_reason":"stop","index":0}],"usage":null,"id":"x"}`), output | end},
+		{streamOpenAIChat, "an error after the choices", ev("", `{"choices":[{"delta":{"role":"assistant","content":""}}],"id":"x","error":{"code":500}}`), failed},
+		{streamOpenAIChat, "nested braces in strings", ev("", `{"choices":[{"delta":{"role":"assistant","content":""},"logprobs":{"a":"}]\"{["}}],"usage":{"total_tokens":1}}`), end},
+		{streamOpenAIChat, "malformed after the output", ev("", `{"choices":[{"delta":{"content":"Hi"} "x"}]}`), output},
+		{streamOpenAIChat, "malformed delta member", ev("", `{"choices":[{"delta":{"role":"assistant",}}]}`), output},
 
 		// The Responses API.
 		{streamResponses, "created", ev("response.created", `{"type":"response.created","response":{"id":"r","status":"in_progress"}}`), opening},

@@ -12,31 +12,56 @@ import "bytes"
 // with encoding/json.
 
 // jsonIter walks the members of a JSON object or the elements of a JSON
-// array, one at a time.
+// array, one at a time. A member's value can be read whole (next, value)
+// or walked into (enter, leave) without being scanned first: a walk into
+// nested objects reads each byte once.
 type jsonIter struct {
-	b      []byte
-	i      int
-	object bool
-	first  bool
-	bad    bool // the input turned out malformed
+	b       []byte
+	i       int
+	object  bool
+	first   bool
+	pending bool // member has left its value unread at i
+	end     bool // the closing bracket was read; i is past it
+	bad     bool // the input turned out malformed
 }
 
 // jsonIterate starts a walk over v, which must be an object or an array
 // (whitespace around it allowed).
 func jsonIterate(v []byte) (jsonIter, bool) {
-	i := skipJSONSpace(v, 0)
-	if i >= len(v) || (v[i] != '{' && v[i] != '[') {
+	return jsonIterateAt(v, 0)
+}
+
+func jsonIterateAt(b []byte, i int) (jsonIter, bool) {
+	i = skipJSONSpace(b, i)
+	if i >= len(b) || (b[i] != '{' && b[i] != '[') {
 		return jsonIter{}, false
 	}
-	return jsonIter{b: v, i: i + 1, object: v[i] == '{', first: true}, true
+	return jsonIter{b: b, i: i + 1, object: b[i] == '{', first: true}, true
 }
 
 // next returns the next member (key without its quotes, raw value) of an
 // object, or the next element of an array (key nil). ok is false at the
 // end, or when the input is malformed (malformed then reports true).
 func (it *jsonIter) next() (key, val []byte, ok bool) {
-	if it.bad || it.b == nil {
+	if key, ok = it.member(); !ok {
 		return nil, nil, false
+	}
+	if val, ok = it.value(); !ok {
+		return nil, nil, false
+	}
+	return key, val, true
+}
+
+// member reads the next member's key (nil in an array) and leaves its
+// value unread, for value or enter; a value left unread is skipped.
+func (it *jsonIter) member() (key []byte, ok bool) {
+	if it.pending {
+		if _, ok := it.value(); !ok {
+			return nil, false
+		}
+	}
+	if it.bad || it.end || it.b == nil {
+		return nil, false
 	}
 	b := it.b
 	i := skipJSONSpace(b, it.i)
@@ -44,8 +69,8 @@ func (it *jsonIter) next() (key, val []byte, ok bool) {
 		return it.fail()
 	}
 	if (it.object && b[i] == '}') || (!it.object && b[i] == ']') {
-		it.b = nil // the end: later calls report the end again
-		return nil, nil, false
+		it.i, it.end = i+1, true // later calls report the end again
+		return nil, false
 	}
 	if !it.first {
 		if b[i] != ',' {
@@ -69,17 +94,58 @@ func (it *jsonIter) next() (key, val []byte, ok bool) {
 		}
 		i = skipJSONSpace(b, i+1)
 	}
-	end, ok := skipJSONValue(b, i)
-	if !ok {
-		return it.fail()
-	}
-	it.i = end
-	return key, b[i:end], true
+	it.i, it.pending = i, true
+	return key, true
 }
 
-func (it *jsonIter) fail() ([]byte, []byte, bool) {
+// value reads the value member left unread, whole.
+func (it *jsonIter) value() ([]byte, bool) {
+	if !it.pending || it.bad {
+		return nil, false
+	}
+	it.pending = false
+	end, ok := skipJSONValue(it.b, it.i)
+	if !ok {
+		it.bad = true
+		return nil, false
+	}
+	v := it.b[it.i:end]
+	it.i = end
+	return v, true
+}
+
+// enter walks into the value member left unread, when it is an object or
+// an array; the walk over it must end with leave. When the value is
+// neither, ok is false and the value stays unread.
+func (it *jsonIter) enter() (inner jsonIter, ok bool) {
+	if !it.pending || it.bad {
+		return jsonIter{}, false
+	}
+	inner, ok = jsonIterateAt(it.b, it.i)
+	if ok {
+		it.pending = false
+	}
+	return inner, ok
+}
+
+// leave goes on after the value inner walked, reading what inner left
+// unread; inner's malformed input is it's too.
+func (it *jsonIter) leave(inner *jsonIter) {
+	for {
+		if _, ok := inner.member(); !ok {
+			break
+		}
+	}
+	if inner.bad || !inner.end {
+		it.bad = true
+		return
+	}
+	it.i = inner.i
+}
+
+func (it *jsonIter) fail() ([]byte, bool) {
 	it.bad = true
-	return nil, nil, false
+	return nil, false
 }
 
 // malformed reports a walk that stopped on bad input rather than at the

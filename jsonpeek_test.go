@@ -98,10 +98,28 @@ func FuzzJSONPeek(f *testing.F) {
 				}
 			}
 		}
-		if !json.Valid(b) {
+		// Walking into every value ends where reading each whole does.
+		whole, _ := jsonIterate(b)
+		in, _ := jsonIterate(b)
+		valid := json.Valid(b)
+		for {
+			_, _, ok := whole.next()
+			_, inOK := in.member()
+			if valid && inOK != ok {
+				t.Fatalf("%q: a member read whole: %v, walked into: %v", b, ok, inOK)
+			}
+			if !ok || !inOK {
+				break
+			}
+			walkInto(&in)
+			if valid && (in.i != whole.i || in.malformed()) {
+				t.Fatalf("%q: walked into, at %d (malformed %v); read whole, at %d", b, in.i, in.malformed(), whole.i)
+			}
+		}
+		if !valid {
 			return
 		}
-		if it.malformed() {
+		if it.malformed() || in.malformed() {
 			t.Fatalf("valid JSON %q reported malformed", b)
 		}
 		var want int
@@ -134,4 +152,21 @@ func FuzzJSONPeek(f *testing.F) {
 			t.Fatalf("%q: walked %d members, encoding/json finds %d", b, members, want)
 		}
 	})
+}
+
+// walkInto walks into the value parent's member left unread, and into
+// every value inside it.
+func walkInto(parent *jsonIter) {
+	inner, ok := parent.enter()
+	if !ok {
+		_, _ = parent.value()
+		return
+	}
+	for {
+		if _, ok := inner.member(); !ok {
+			break
+		}
+		walkInto(&inner)
+	}
+	parent.leave(&inner)
 }

@@ -80,12 +80,13 @@ func familyOfEvent(ev sseEvent) (streamFamily, bool) {
 		return streamUnknown, false
 	}
 	for {
-		k, v, ok := it.next()
+		k, ok := it.member() // a value is read only when its key asks for it
 		if !ok {
 			return streamUnknown, false
 		}
 		switch string(k) {
 		case "type":
+			v, _ := it.value()
 			if f, ok := familyOfKind(jsonStringContents(v)); ok {
 				return f, true
 			}
