@@ -1,6 +1,7 @@
 package release
 
 import (
+	"io"
 	"io/fs"
 	"os"
 	"os/exec"
@@ -8,6 +9,16 @@ import (
 	"strings"
 	"testing"
 )
+
+// machineModCache is this machine's module cache (go env GOMODCACHE).
+func machineModCache(t *testing.T) string {
+	t.Helper()
+	out, err := exec.Command(goBin(), "env", "GOMODCACHE").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimSpace(string(out))
+}
 
 // shareExtractedModules links, into the test's own module cache, every
 // module this machine's module cache has already extracted, except the
@@ -19,13 +30,8 @@ import (
 // ziphash, copied beside it). A module the machine's cache lacks is
 // fetched and extracted as before; where links cannot be made, all are.
 // Removing the test's cache removes the links, never what they point to.
-func shareExtractedModules(t *testing.T, cache string) {
+func shareExtractedModules(t *testing.T, real, cache string) {
 	t.Helper()
-	out, err := exec.Command(goBin(), "env", "GOMODCACHE").Output()
-	if err != nil {
-		t.Fatal(err)
-	}
-	real := strings.TrimSpace(string(out))
 	download := filepath.Join(real, "cache", "download")
 	linked := 0
 	_ = filepath.WalkDir(download, func(path string, d fs.DirEntry, err error) error {
@@ -65,4 +71,134 @@ func shareExtractedModules(t *testing.T, cache string) {
 		return nil
 	})
 	t.Logf("%d extracted modules shared from %s", linked, real)
+}
+
+// keepDownloads puts what the tests' go commands downloaded of third-party
+// modules into the machine's module cache, where `go mod download` would
+// have put it, extracted modules included: the tidy check needs modules no
+// build fetches (the tests of dependencies), and a run downloaded them
+// again every time (99 MiB, measured from a fresh module cache). Only what
+// the go command fetched and checked against go.sum and the checksum
+// database is kept; the project's own modules, which come from the
+// release's proxy, never are. Each file and directory is written beside
+// its place and renamed into it, so a run stopped midway leaves nothing
+// half-written for the go command to trust.
+func keepDownloads(cache, real string) error {
+	download := filepath.Join(cache, "cache", "download")
+	return filepath.WalkDir(download, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, err := filepath.Rel(download, path)
+		if err != nil {
+			return err
+		}
+		if strings.HasPrefix(filepath.ToSlash(rel)+"/", "github.com/llmretry/") {
+			if d.IsDir() {
+				return fs.SkipDir
+			}
+			return nil
+		}
+		ext := filepath.Ext(path)
+		if !d.Type().IsRegular() || (ext != ".info" && ext != ".mod" && ext != ".zip" && ext != ".ziphash") {
+			return nil
+		}
+		dst := filepath.Join(real, "cache", "download", rel)
+		if _, err := os.Stat(dst); err == nil {
+			return nil
+		}
+		if ext == ".ziphash" {
+			// The extracted module first: the go command takes a module
+			// directory as whole only once its ziphash is there.
+			mod, file, _ := strings.Cut(filepath.ToSlash(rel), "/@v/")
+			dir := filepath.FromSlash(mod) + "@" + strings.TrimSuffix(file, ".ziphash")
+			if st, err := os.Lstat(filepath.Join(cache, dir)); err == nil && st.IsDir() {
+				if err := copyTreeReadOnly(filepath.Join(cache, dir), filepath.Join(real, dir)); err != nil {
+					return err
+				}
+			}
+		}
+		return copyInto(path, dst, 0o644)
+	})
+}
+
+// copyInto copies the file src to dst, through a temporary file renamed
+// into place.
+func copyInto(src, dst string, mode fs.FileMode) error {
+	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+		return err
+	}
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	tmp, err := os.CreateTemp(filepath.Dir(dst), ".llmretry-release-*")
+	if err != nil {
+		return err
+	}
+	_, err = io.Copy(tmp, in)
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Chmod(tmp.Name(), mode)
+	}
+	if err == nil {
+		err = os.Rename(tmp.Name(), dst)
+	}
+	if err != nil {
+		_ = os.Remove(tmp.Name())
+	}
+	return err
+}
+
+// copyTreeReadOnly copies the directory src to dst, read-only as the go
+// command leaves an extracted module, unless dst exists.
+func copyTreeReadOnly(src, dst string) error {
+	if _, err := os.Lstat(dst); err == nil {
+		return nil
+	}
+	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+		return err
+	}
+	tmp, err := os.MkdirTemp(filepath.Dir(dst), ".llmretry-release-*")
+	if err != nil {
+		return err
+	}
+	err = filepath.WalkDir(src, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(src, path)
+		to := filepath.Join(tmp, rel)
+		switch {
+		case d.IsDir():
+			return os.MkdirAll(to, 0o755)
+		case d.Type().IsRegular():
+			return copyInto(path, to, 0o444)
+		}
+		return nil // a module zip holds only files and directories
+	})
+	if err == nil {
+		err = filepath.WalkDir(tmp, func(path string, d fs.DirEntry, err error) error {
+			if err == nil && d.IsDir() {
+				err = os.Chmod(path, 0o555) // still readable, for the walk into it
+			}
+			return err
+		})
+	}
+	if err == nil {
+		err = os.Rename(tmp, dst)
+	}
+	if err != nil {
+		_ = filepath.WalkDir(tmp, func(path string, d fs.DirEntry, err error) error {
+			if err == nil && d.IsDir() {
+				_ = os.Chmod(path, 0o755)
+			}
+			return nil
+		})
+		_ = os.RemoveAll(tmp)
+	}
+	return err
 }

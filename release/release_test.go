@@ -6,6 +6,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"flag"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
@@ -161,8 +162,8 @@ func goCmd(t *testing.T, dir, proxy, cache string, args ...string) (string, erro
 // shared is the proxy and module cache the tests share: filling a module
 // cache is most of their time.
 var shared struct {
-	once                  sync.Once
-	version, proxy, cache string
+	once                        sync.Once
+	version, proxy, cache, real string // real: this machine's module cache
 }
 
 // setup publishes the release once, into a proxy and a cache that live
@@ -172,8 +173,9 @@ func setup(t *testing.T) (version, proxy, cache string) {
 		shared.version = releaseVersion(t)
 		shared.proxy, _ = os.MkdirTemp("", "llmretry-proxy-")
 		shared.cache, _ = os.MkdirTemp("", "llmretry-modcache-")
+		shared.real = machineModCache(t)
 		if shared.cache != "" {
-			shareExtractedModules(t, shared.cache)
+			shareExtractedModules(t, shared.real, shared.cache)
 		}
 		publish(t, shared.proxy, shared.version)
 	})
@@ -186,6 +188,13 @@ func setup(t *testing.T) (version, proxy, cache string) {
 func TestMain(m *testing.M) {
 	flag.Parse()
 	code := m.Run()
+	if shared.cache != "" && shared.real != "" {
+		if err := keepDownloads(shared.cache, shared.real); err != nil {
+			// Only the next run's time depends on it (a module cache may be
+			// read-only): said, not failed.
+			fmt.Fprintf(os.Stderr, "release tests: could not keep the third-party modules they downloaded: %v\n", err)
+		}
+	}
 	for _, dir := range []string{shared.proxy, shared.cache} {
 		if dir != "" {
 			_ = os.RemoveAll(dir)
