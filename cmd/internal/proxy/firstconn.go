@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"crypto/tls"
 	"net/http"
 	"net/http/httptrace"
 	"sync"
@@ -96,7 +95,7 @@ func (f *firstConn) RoundTrip(req *http.Request) (*http.Response, error) {
 			h.up, h.h2 = false, false // unused for long enough that its connections were closed
 		}
 		h.last = now
-		if h.up && h.h2 {
+		if h.up && h.h2 && !isUpgrade(req) {
 			return f.getConn(req, h) // unlocks f.mu
 		}
 		if h.up {
@@ -166,8 +165,10 @@ func (f *firstConn) open(req *http.Request, h *hostConn, o *opening) (*http.Resp
 			close(o.done)
 		})
 	}
-	trace := &httptrace.ClientTrace{GotConn: func(httptrace.GotConnInfo) { end(true, false) },
-		TLSHandshakeDone: func(s tls.ConnectionState, err error) { f.learnProtocol(h, s, err) }}
+	trace := &httptrace.ClientTrace{GotConn: func(info httptrace.GotConnInfo) {
+		f.learnProtocol(h, req, info)
+		end(true, false)
+	}}
 	resp, err := f.next.RoundTrip(req.WithContext(httptrace.WithClientTrace(req.Context(), trace)))
 	// Without a connection: if only this request was cancelled, another
 	// opens; if the upstream failed, the rest try on their own, as they

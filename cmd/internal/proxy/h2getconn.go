@@ -31,11 +31,12 @@ import (
 // Hosts whose TLS handshakes chose HTTP/1.1 are never held: there every
 // open stream needs a connection of its own.
 //
-// Not covered: a server that allows fewer than 100 streams a connection.
-// Go's client assumes 100 of a new connection until the server's settings
-// arrive, so a new connection is given too many; the streams it refuses are
-// retried inside net/http after their request had its connection (and its
-// place here), and those retries dial as before.
+// Not covered: requests that net/http retries after they had their
+// connection (and gave up their place here), which dial as before: streams
+// a server refuses, as one that allows fewer than 100 streams a connection
+// does (Go's client assumes 100 of a new connection until the server's
+// settings arrive, and gives it too many), or requests on a connection
+// that was going away.
 const maxGetting = 2
 
 // getting counts a host's requests that are getting a connection, and
@@ -139,19 +140,33 @@ func (f *firstConn) sendGetting(req *http.Request, h *hostConn) (*http.Response,
 			f.mu.Unlock()
 		})
 	}
-	trace := &httptrace.ClientTrace{GotConn: func(httptrace.GotConnInfo) { got() },
-		TLSHandshakeDone: func(s tls.ConnectionState, err error) { f.learnProtocol(h, s, err) }}
+	trace := &httptrace.ClientTrace{GotConn: func(info httptrace.GotConnInfo) {
+		f.learnProtocol(h, req, info)
+		got()
+	}}
 	resp, err := f.next.RoundTrip(req.WithContext(httptrace.WithClientTrace(req.Context(), trace)))
 	got()
 	return resp, err
 }
 
-// learnProtocol records whether a handshake with h chose HTTP/2.
-func (f *firstConn) learnProtocol(h *hostConn, s tls.ConnectionState, err error) {
-	if err != nil {
+// learnProtocol records whether the connection a request to h got speaks
+// HTTP/2: read from the connection itself, reused or new, since a request
+// that finds one open sees no handshake. An upgrade's connection (HTTP/1.1
+// whatever the host speaks) says nothing of the host.
+func (f *firstConn) learnProtocol(h *hostConn, req *http.Request, info httptrace.GotConnInfo) {
+	tc, ok := info.Conn.(*tls.Conn)
+	if !ok || isUpgrade(req) {
 		return
 	}
+	h2 := tc.ConnectionState().NegotiatedProtocol == "h2"
 	f.mu.Lock()
-	h.h2 = s.NegotiatedProtocol == "h2"
+	h.h2 = h2
 	f.mu.Unlock()
+}
+
+// isUpgrade reports a request to switch protocols (a WebSocket): net/http
+// sends it over HTTP/1.1 on a connection of its own, whatever the host
+// speaks, so it is never held behind the host's HTTP/2 requests.
+func isUpgrade(req *http.Request) bool {
+	return len(req.Header["Upgrade"]) > 0 // as h1.Transport tells them
 }

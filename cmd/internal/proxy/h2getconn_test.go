@@ -137,6 +137,7 @@ func TestBurstPastHTTP2StreamLimitDialsAFewConnections(t *testing.T) {
 func TestBurstToAnHTTP1HostOverTLSIsNeverHeld(t *testing.T) {
 	const n = 20
 	var handshakes atomic.Int64
+	var heldBack atomic.Bool
 	armed := make(chan struct{})
 	all := make(chan struct{})
 	var u *heldStreams
@@ -151,7 +152,8 @@ func TestBurstToAnHTTP1HostOverTLSIsNeverHeld(t *testing.T) {
 		}
 		select {
 		case <-all:
-		case <-time.After(10 * time.Second): // only if some are held back: the test then fails below
+		case <-time.After(10 * time.Second): // only if some are held back
+			heldBack.Store(true)
 		}
 	})
 	tr := u.Client().Transport.(*http.Transport)
@@ -179,6 +181,9 @@ func TestBurstToAnHTTP1HostOverTLSIsNeverHeld(t *testing.T) {
 	case <-all:
 	default:
 		t.Fatalf("only %d of %d handshakes were under way at once (after %v): the burst was held", handshakes.Load(), n-1, took)
+	}
+	if heldBack.Load() {
+		t.Fatalf("a handshake waited 10 s for the others to begin (the burst took %v): the burst was held", took)
 	}
 	gate.mu.Lock()
 	defer gate.mu.Unlock()
@@ -250,6 +255,52 @@ func TestWaitingForAConnectionTurn(t *testing.T) {
 		h := gate.hosts["api.example.com"]
 		if g := h.getting; g.n != 0 || len(g.waiting) != 0 {
 			t.Fatalf("after every request ended: %d getting, %d waiting, want none", g.n, len(g.waiting))
+		}
+	})
+}
+
+// A host left idle longer than net/http keeps a connection is opened again
+// as new, but a long stream can keep its HTTP/2 connection open: the
+// request that opens it again then reuses that connection and sees no
+// handshake. The host must still be known to speak HTTP/2 (once it was
+// learned from handshakes only, and the gate was off for good), and an
+// upgrade's HTTP/1.1 connection says nothing of it.
+func TestHostReopenedOnItsLiveConnectionStaysHTTP2(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		n := newPipeNet(0)
+		tr, stop := tlsUpstream(t, n)
+		defer stop()
+		gate := &firstConn{next: tr, idle: 90 * time.Second}
+		send := func(upgrade bool) {
+			req, _ := http.NewRequest(http.MethodGet, "https://upstream.test/", nil)
+			if upgrade {
+				req.Header.Set("Connection", "Upgrade")
+				req.Header.Set("Upgrade", "websocket")
+			}
+			resp, err := gate.RoundTrip(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+		}
+		h2 := func() bool {
+			gate.mu.Lock()
+			defer gate.mu.Unlock()
+			return gate.hosts["upstream.test"].h2
+		}
+		send(false)
+		if !h2() {
+			t.Fatal("the first connection's HTTP/2 was not learned")
+		}
+		time.Sleep(91 * time.Second) // net/http keeps the connection (no IdleConnTimeout here)
+		send(false)
+		if d := n.dialed(); d != 1 || !h2() {
+			t.Fatalf("reopened on the live connection (%d dialled): HTTP/2 known: %v, want true", d, h2())
+		}
+		send(true)
+		if !h2() {
+			t.Fatal("an upgrade's HTTP/1.1 connection turned the host's HTTP/2 off")
 		}
 	})
 }
