@@ -20,9 +20,12 @@ import (
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-// shortWaits keeps the demo's waits (backoff, and Retry-After, capped)
-// short: the tests read what the demo did, never how long it waited, and
-// the default half-second backoff made each run last about 1.5 s.
+// shortWaits keeps the demo's backoff short: the tests that use it read
+// what the demo did, never how long it waited, and the default half-second
+// backoff made each run last about 1.5 s. A Retry-After over 50 ms is not
+// waited for (the request stops, as it did in these tests before); the
+// duplicate check keeps its own policy, which waits out the mix's one-second
+// Retry-After, so that retries after a wait and the cooldowns stay in it.
 var shortWaits = llmretry.Policy{BaseDelay: 2 * time.Millisecond, MaxDelay: 20 * time.Millisecond, MaxRetryAfter: 50 * time.Millisecond}
 
 var fast = llmretry.Policy{BaseDelay: time.Millisecond, MaxDelay: time.Millisecond}
@@ -53,7 +56,7 @@ func TestScriptedRun(t *testing.T) {
 func TestDefaultMixNeverDuplicates(t *testing.T) {
 	var out bytes.Buffer
 	s, err := Run(context.Background(), Config{Requests: 60, Concurrency: 8, Faults: DefaultFaults, Seed: 7,
-		Model: "m", Terminal: true, Policy: shortWaits}, &out)
+		Model: "m", Terminal: true, Policy: llmretry.Policy{BaseDelay: time.Millisecond, MaxDelay: time.Millisecond, MaxRetryAfter: 2 * time.Second}}, &out)
 	if err != nil {
 		t.Fatal(err)
 	}
