@@ -1,6 +1,7 @@
 package release
 
 import (
+	"fmt"
 	"io"
 	"io/fs"
 	"os"
@@ -8,6 +9,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"golang.org/x/mod/module"
 )
 
 // machineModCache is this machine's module cache (go env GOMODCACHE).
@@ -74,18 +77,21 @@ func shareExtractedModules(t *testing.T, real, cache string) {
 }
 
 // keepDownloads puts what the tests' go commands downloaded of third-party
-// modules into the machine's module cache, where `go mod download` would
-// have put it, extracted modules included: the tidy check needs modules no
+// modules into the machine's module cache: the tidy check needs modules no
 // build fetches (the tests of dependencies), and a run downloaded them
-// again every time (99 MiB, measured from a fresh module cache). Only what
-// the go command fetched and checked against go.sum and the checksum
-// database is kept; the project's own modules, which come from the
-// release's proxy, never are. Each file and directory is written beside
-// its place and renamed into it, so a run stopped midway leaves nothing
-// half-written for the go command to trust.
+// again every time (99 MiB a warm run, measured from a fresh module cache).
+// The go command itself does it, with its own locks (other test binaries
+// use that cache meanwhile) and its own extraction: `go mod download` of
+// each module the tests' cache holds whole (not one whose extraction did
+// not finish), from that cache as a proxy. The checksum database is not
+// asked again: each zip was checked against go.sum or the database when the
+// tests fetched it. The project's own modules are never kept; the
+// go.mod-only entries tidy needs are copied, through a temporary name
+// renamed into place.
 func keepDownloads(cache, real string) error {
 	download := filepath.Join(cache, "cache", "download")
-	return filepath.WalkDir(download, func(path string, d fs.DirEntry, err error) error {
+	var whole []string
+	err := filepath.WalkDir(download, func(path string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
 		}
@@ -99,32 +105,46 @@ func keepDownloads(cache, real string) error {
 			}
 			return nil
 		}
-		ext := filepath.Ext(path)
-		if !d.Type().IsRegular() || (ext != ".info" && ext != ".mod" && ext != ".zip" && ext != ".ziphash") {
+		escMod, file, ok := strings.Cut(filepath.ToSlash(rel), "/@v/")
+		ext := filepath.Ext(file)
+		if !ok || !d.Type().IsRegular() {
 			return nil
 		}
-		dst := filepath.Join(real, "cache", "download", rel)
-		if _, err := os.Stat(dst); err == nil {
-			return nil
+		if _, err := os.Stat(filepath.Join(real, "cache", "download", rel)); err == nil {
+			return nil // the machine has it
 		}
-		if ext == ".ziphash" {
-			// The extracted module first: the go command takes a module
-			// directory as whole only once its ziphash is there.
-			mod, file, _ := strings.Cut(filepath.ToSlash(rel), "/@v/")
-			dir := filepath.FromSlash(mod) + "@" + strings.TrimSuffix(file, ".ziphash")
-			if st, err := os.Lstat(filepath.Join(cache, dir)); err == nil && st.IsDir() {
-				if err := copyTreeReadOnly(filepath.Join(cache, dir), filepath.Join(real, dir)); err != nil {
-					return err
-				}
+		escVer := strings.TrimSuffix(file, ext)
+		switch ext {
+		case ".info", ".mod":
+			return copyInto(path, filepath.Join(real, "cache", "download", rel))
+		case ".ziphash":
+			if _, err := os.Stat(strings.TrimSuffix(path, ext) + ".partial"); err == nil {
+				return nil
+			}
+			mod, err1 := module.UnescapePath(escMod)
+			ver, err2 := module.UnescapeVersion(escVer)
+			if err1 == nil && err2 == nil {
+				whole = append(whole, mod+"@"+ver)
 			}
 		}
-		return copyInto(path, dst, 0o644)
+		return nil
 	})
+	if err != nil || len(whole) == 0 {
+		return err
+	}
+	cmd := exec.Command(goBin(), append([]string{"mod", "download"}, whole...)...)
+	cmd.Dir = os.TempDir() // outside any module
+	cmd.Env = append(os.Environ(), "GOWORK=off", "GOFLAGS=", "GOTOOLCHAIN=local", "GOMODCACHE="+real,
+		"GOPROXY=file://"+filepath.ToSlash(download), "GOSUMDB=off")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("go mod download: %v\n%s", err, out)
+	}
+	return nil
 }
 
 // copyInto copies the file src to dst, through a temporary file renamed
 // into place.
-func copyInto(src, dst string, mode fs.FileMode) error {
+func copyInto(src, dst string) error {
 	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
 		return err
 	}
@@ -142,63 +162,13 @@ func copyInto(src, dst string, mode fs.FileMode) error {
 		err = cerr
 	}
 	if err == nil {
-		err = os.Chmod(tmp.Name(), mode)
+		err = os.Chmod(tmp.Name(), 0o644)
 	}
 	if err == nil {
 		err = os.Rename(tmp.Name(), dst)
 	}
 	if err != nil {
 		_ = os.Remove(tmp.Name())
-	}
-	return err
-}
-
-// copyTreeReadOnly copies the directory src to dst, read-only as the go
-// command leaves an extracted module, unless dst exists.
-func copyTreeReadOnly(src, dst string) error {
-	if _, err := os.Lstat(dst); err == nil {
-		return nil
-	}
-	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
-		return err
-	}
-	tmp, err := os.MkdirTemp(filepath.Dir(dst), ".llmretry-release-*")
-	if err != nil {
-		return err
-	}
-	err = filepath.WalkDir(src, func(path string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		rel, _ := filepath.Rel(src, path)
-		to := filepath.Join(tmp, rel)
-		switch {
-		case d.IsDir():
-			return os.MkdirAll(to, 0o755)
-		case d.Type().IsRegular():
-			return copyInto(path, to, 0o444)
-		}
-		return nil // a module zip holds only files and directories
-	})
-	if err == nil {
-		err = filepath.WalkDir(tmp, func(path string, d fs.DirEntry, err error) error {
-			if err == nil && d.IsDir() {
-				err = os.Chmod(path, 0o555) // still readable, for the walk into it
-			}
-			return err
-		})
-	}
-	if err == nil {
-		err = os.Rename(tmp, dst)
-	}
-	if err != nil {
-		_ = filepath.WalkDir(tmp, func(path string, d fs.DirEntry, err error) error {
-			if err == nil && d.IsDir() {
-				_ = os.Chmod(path, 0o755)
-			}
-			return nil
-		})
-		_ = os.RemoveAll(tmp)
 	}
 	return err
 }

@@ -171,9 +171,9 @@ var shared struct {
 func setup(t *testing.T) (version, proxy, cache string) {
 	shared.once.Do(func() {
 		shared.version = releaseVersion(t)
+		shared.real = machineModCache(t) // before the directories: a failure here leaves none
 		shared.proxy, _ = os.MkdirTemp("", "llmretry-proxy-")
 		shared.cache, _ = os.MkdirTemp("", "llmretry-modcache-")
-		shared.real = machineModCache(t)
 		if shared.cache != "" {
 			shareExtractedModules(t, shared.real, shared.cache)
 		}
