@@ -242,10 +242,11 @@ func TestStreamContinuationFinishesACutStreamAtEveryByte(t *testing.T) {
 				// until the test ends, were most of its time.
 				c := newContinuer(t, family, continuedText, 1<<30, 0)
 				full := fetch(t, c.URL, family, nil).body
-				// Every byte of the opening (a cut there is retried) and of
-				// two whole events in the middle of the deltas (a cut there
-				// is continued), every seventeenth elsewhere.
-				from, to := middleEvents(t, full, 2)
+				// Every byte up to the end of the first output (a cut there
+				// is retried; after it, continued) and of two whole events
+				// in the middle of the deltas, every seventeenth elsewhere.
+				first := firstOutputEnd(t, family, full)
+				from, to := middleEvents(t, family, full, 2)
 				// One client for the sweep, as a caller would keep one: a
 				// Transport for each cut kept its connections until the
 				// test ended.
@@ -254,7 +255,7 @@ func TestStreamContinuationFinishesACutStreamAtEveryByte(t *testing.T) {
 					WithOnContinuation(func(e ContinuationEvent) { events = append(events, e) }))
 				continued := 0
 				for cut := 1; cut < len(full); cut++ {
-					if cut >= 150 && (cut < from || cut > to) && cut%17 != 0 {
+					if cut > first && (cut < from || cut > to) && cut%17 != 0 {
 						continue
 					}
 					name := fmt.Sprintf("%v/overlap %d/cut %d", family, overlap, cut)
@@ -294,11 +295,32 @@ func TestStreamContinuationFinishesACutStreamAtEveryByte(t *testing.T) {
 	}
 }
 
+// textMember is how a delta of family writes its text.
+func textMember(family streamFamily) string {
+	if family == streamAnthropic {
+		return `"text":"`
+	}
+	return `"content":"`
+}
+
+// firstOutputEnd returns where the event that carries the reply's first
+// text ends in the stream full.
+func firstOutputEnd(t *testing.T, family streamFamily, full []byte) int {
+	t.Helper()
+	at := bytes.Index(full, []byte(textMember(family)+deltas(continuedText)[0]+`"`))
+	end := bytes.Index(full[max(at, 0):], []byte("\n\n"))
+	if at < 0 || end < 0 {
+		t.Fatalf("no first output in %q", full)
+	}
+	return at + end + 2
+}
+
 // middleEvents returns where the n whole events around the middle of the
-// stream full start and end. The sweep above once looked for the word
-// "lazy", which the stream never holds whole (its deltas are three runes
-// long), and so swept every byte of the opening instead of the middle.
-func middleEvents(t *testing.T, full []byte, n int) (from, to int) {
+// stream full start and end, and fails unless each carries text. The sweep
+// above once looked for the word "lazy", which the stream never holds
+// whole (its deltas are three runes long), and so swept every byte of the
+// opening instead of the middle.
+func middleEvents(t *testing.T, family streamFamily, full []byte, n int) (from, to int) {
 	t.Helper()
 	sep := []byte("\n\n")
 	from = bytes.LastIndex(full[:len(full)/2], sep) + len(sep)
@@ -310,8 +332,9 @@ func middleEvents(t *testing.T, full []byte, n int) (from, to int) {
 		}
 		to += i + len(sep)
 	}
-	if from < 150 || !bytes.Contains(full[from:to], []byte("delta")) {
-		t.Fatalf("the middle events are not deltas: %q", full[from:to])
+	text := []byte(textMember(family))
+	if bytes.Count(full[from:to], text) != n || bytes.Contains(full[from:to], append(text, '"')) {
+		t.Fatalf("the middle events do not each carry text: %q", full[from:to])
 	}
 	return from, to
 }

@@ -79,8 +79,8 @@ func TestSDKContinuation_ACutStreamIsFinishedAtAnyByte(t *testing.T) {
 				// Cut points spread over the whole stream: inside events, inside
 				// JSON strings, and (in the UTF-8 reply, whose characters are
 				// 2 to 4 bytes) inside characters. The core's own test cuts at
-				// every byte of the opening and of two middle events, and at
-				// every seventeenth elsewhere.
+				// every byte up to the end of the first output and of two
+				// middle events, and at every seventeenth elsewhere.
 				total, step := streamLen(api, reply), 41
 				if reply == mockllm.ReplyUTF8 {
 					step = 23
