@@ -45,7 +45,7 @@ step() { # step NAME COMMAND...
 	before=$(received)
 	(cd "$tmp/repo" && /usr/bin/time -v "$@") >"$tmp/step.out" 2>"$tmp/step.err" || {
 		echo "$name failed:" >&2
-		tail -50 "$tmp/step.out" "$tmp/step.err" >&2
+		tail -n 50 "$tmp/step.out" "$tmp/step.err" >&2
 		exit 1
 	}
 	after=$(received)
