@@ -140,8 +140,7 @@ func TestBurstToAnHTTP1HostOverTLSIsNeverHeld(t *testing.T) {
 	var heldBack atomic.Bool
 	armed := make(chan struct{})
 	all := make(chan struct{})
-	var u *heldStreams
-	u = newHeldStreams(t, false, 0, func() {
+	u := newHeldStreams(t, false, 0, func() {
 		select {
 		case <-armed:
 		default:
