@@ -29,7 +29,7 @@ git clone -q "$src" "$tmp/repo"
 export GOCACHE=$tmp/gocache GOMODCACHE=$tmp/gomodcache npm_config_cache=$tmp/npmcache XDG_CACHE_HOME=$tmp/usercache
 mkdir -p "$GOCACHE" "$GOMODCACHE" "$npm_config_cache" "$XDG_CACHE_HOME"
 
-received() { awk -F'[: ]+' 'NR > 2 && $2 != "lo" {n += $3} END {print n + 0}' /proc/net/dev; }
+received() { awk -F'[: ]+' 'NR > 2 && $2 != "lo" {n += $3} END {printf "%.0f\n", n}' /proc/net/dev; }
 caches() {
 	local nm=$tmp/repo/cmd/internal/proxy/testdata/node/node_modules
 	printf 'caches after: Go build %s, Go modules %s, npm cache %s, node_modules %s, user cache (staticcheck) %s, all %s\n' \
