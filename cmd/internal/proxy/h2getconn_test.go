@@ -58,6 +58,24 @@ func newHeldStreams(t *testing.T, h2 bool, streamsPerConn uint32, handshake func
 	return u
 }
 
+// warmGate returns a gate in front of u's client, the host up: one request
+// sent through it and read, answered in HTTP/protoMajor.
+func warmGate(t *testing.T, u *heldStreams) (gate *firstConn, protoMajor int) {
+	t.Helper()
+	tr := u.Client().Transport.(*http.Transport)
+	tr.ForceAttemptHTTP2 = true // as the proxy's Transport does
+	t.Cleanup(tr.CloseIdleConnections)
+	gate = &firstConn{next: tr}
+	req, _ := http.NewRequest(http.MethodGet, u.URL+"/warm", nil)
+	resp, err := gate.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return gate, resp.ProtoMajor
+}
+
 // burst sends n requests for held streams through gate at once, and
 // returns once each has its reply's headers (every stream open), with a
 // function that releases them and reads them to their end.
@@ -110,17 +128,7 @@ func burst(t *testing.T, gate http.RoundTripper, url string, n int) (finish func
 func TestBurstPastHTTP2StreamLimitDialsAFewConnections(t *testing.T) {
 	const perConn, n = 100, 400
 	u := newHeldStreams(t, true, perConn, nil)
-	tr := u.Client().Transport.(*http.Transport)
-	defer tr.CloseIdleConnections()
-	gate := &firstConn{next: tr}
-	// The host is up, its connection's limit known.
-	req, _ := http.NewRequest(http.MethodGet, u.URL+"/warm", nil)
-	resp, err := gate.RoundTrip(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, _ = io.Copy(io.Discard, resp.Body)
-	resp.Body.Close()
+	gate, _ := warmGate(t, u) // the host up, its connection's limit known
 
 	finish := burst(t, gate, u.URL, n) // all n open at once, over about n/perConn connections
 	got, limit := u.conns.Load(), int64(n/perConn*maxGetting)
@@ -155,19 +163,9 @@ func TestBurstToAnHTTP1HostOverTLSIsNeverHeld(t *testing.T) {
 			heldBack.Store(true)
 		}
 	})
-	tr := u.Client().Transport.(*http.Transport)
-	tr.ForceAttemptHTTP2 = true
-	defer tr.CloseIdleConnections()
-	gate := &firstConn{next: tr}
-	req, _ := http.NewRequest(http.MethodGet, u.URL+"/warm", nil)
-	resp, err := gate.RoundTrip(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, _ = io.Copy(io.Discard, resp.Body)
-	resp.Body.Close()
-	if resp.ProtoMajor != 1 {
-		t.Fatalf("the upstream spoke %s, want HTTP/1.1", resp.Proto)
+	gate, proto := warmGate(t, u)
+	if proto != 1 {
+		t.Fatalf("the upstream spoke HTTP/%d, want HTTP/1.1", proto)
 	}
 
 	close(armed)
@@ -300,6 +298,46 @@ func TestHostReopenedOnItsLiveConnectionStaysHTTP2(t *testing.T) {
 		send(true)
 		if !h2() {
 			t.Fatal("an upgrade's HTTP/1.1 connection turned the host's HTTP/2 off")
+		}
+	})
+}
+
+// A WebSocket upgrade goes over HTTP/1.1 on a connection of its own
+// whatever the host speaks: it never waits behind the host's HTTP/2
+// requests getting theirs.
+func TestUpgradeIsNeverHeldBehindHTTP2Requests(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		next := &scripted{end: make(chan error, maxGetting+1)}
+		gate := &firstConn{next: next, hosts: map[string]*hostConn{"api.example.com": {up: true, h2: true}}}
+		results := make(chan error, maxGetting+1)
+		send := func(upgrade bool) {
+			req, _ := http.NewRequest(http.MethodGet, "https://api.example.com/v1/realtime", nil)
+			if upgrade {
+				req.Header.Set("Connection", "Upgrade")
+				req.Header.Set("Upgrade", "websocket")
+			}
+			resp, err := gate.RoundTrip(req)
+			if err == nil {
+				resp.Body.Close()
+			}
+			results <- err
+		}
+		for range maxGetting {
+			go send(false)
+		}
+		synctest.Wait()
+		go send(true)
+		synctest.Wait()
+		if c := next.calls.Load(); c != maxGetting+1 {
+			t.Fatalf("%d requests went on, want %d: the upgrade was held", c, maxGetting+1)
+		}
+		for range maxGetting + 1 {
+			next.end <- nil
+		}
+		for range maxGetting + 1 {
+			if err := <-results; err != nil {
+				t.Fatal(err)
+			}
 		}
 	})
 }
