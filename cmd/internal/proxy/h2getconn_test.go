@@ -197,17 +197,8 @@ func TestBurstToAnHTTP1HostOverTLSIsNeverHeld(t *testing.T) {
 // request has its connection, the next in line goes.
 func TestWaitingForAConnectionTurn(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		next := &scripted{end: make(chan error, 8)}
-		gate := &firstConn{next: next, hosts: map[string]*hostConn{"api.example.com": {up: true, h2: true}}}
-		results := make(chan error, 8)
-		send := func(ctx context.Context) {
-			req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "https://api.example.com/v1/models", nil)
-			resp, err := gate.RoundTrip(req)
-			if err == nil {
-				resp.Body.Close()
-			}
-			results <- err
-		}
+		next, gate, results := upHTTP2Host()
+		send := func(ctx context.Context) { sendThrough(ctx, gate, false, results) }
 		for range maxGetting {
 			go send(context.Background()) // getting a connection, held there
 		}
@@ -307,21 +298,8 @@ func TestHostReopenedOnItsLiveConnectionStaysHTTP2(t *testing.T) {
 // requests getting theirs.
 func TestUpgradeIsNeverHeldBehindHTTP2Requests(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		next := &scripted{end: make(chan error, maxGetting+1)}
-		gate := &firstConn{next: next, hosts: map[string]*hostConn{"api.example.com": {up: true, h2: true}}}
-		results := make(chan error, maxGetting+1)
-		send := func(upgrade bool) {
-			req, _ := http.NewRequest(http.MethodGet, "https://api.example.com/v1/realtime", nil)
-			if upgrade {
-				req.Header.Set("Connection", "Upgrade")
-				req.Header.Set("Upgrade", "websocket")
-			}
-			resp, err := gate.RoundTrip(req)
-			if err == nil {
-				resp.Body.Close()
-			}
-			results <- err
-		}
+		next, gate, results := upHTTP2Host()
+		send := func(upgrade bool) { sendThrough(context.Background(), gate, upgrade, results) }
 		for range maxGetting {
 			go send(false)
 		}
@@ -340,4 +318,27 @@ func TestUpgradeIsNeverHeldBehindHTTP2Requests(t *testing.T) {
 			}
 		}
 	})
+}
+
+// upHTTP2Host is a gate whose host api.example.com is up over HTTP/2, in
+// front of a transport the test ends each request on, and where the
+// requests' errors go.
+func upHTTP2Host() (*scripted, *firstConn, chan error) {
+	next := &scripted{end: make(chan error, 8)}
+	return next, &firstConn{next: next, hosts: map[string]*hostConn{"api.example.com": {up: true, h2: true}}}, make(chan error, 8)
+}
+
+// sendThrough sends a request (a WebSocket upgrade, with upgrade) to
+// api.example.com through gate, and reports its error on results.
+func sendThrough(ctx context.Context, gate *firstConn, upgrade bool, results chan<- error) {
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "https://api.example.com/v1/realtime", nil)
+	if upgrade {
+		req.Header.Set("Connection", "Upgrade")
+		req.Header.Set("Upgrade", "websocket")
+	}
+	resp, err := gate.RoundTrip(req)
+	if err == nil {
+		resp.Body.Close()
+	}
+	results <- err
 }
