@@ -71,7 +71,10 @@ type opening struct {
 }
 
 func (f *firstConn) RoundTrip(req *http.Request) (*http.Response, error) {
-	if req.URL.Scheme != "https" {
+	if req.URL.Scheme != "https" || isUpgrade(req) {
+		// An upgrade goes over HTTP/1.1 on a connection of its own: it
+		// can neither open a host's first connection for the others nor
+		// share one.
 		return f.next.RoundTrip(req)
 	}
 	var timer *time.Timer // while waiting: for the next turn to open
@@ -95,7 +98,7 @@ func (f *firstConn) RoundTrip(req *http.Request) (*http.Response, error) {
 			h.up, h.h2 = false, false // unused for long enough that its connections were closed
 		}
 		h.last = now
-		if h.up && h.h2 && !isUpgrade(req) {
+		if h.up && h.h2 {
 			return f.getConn(req, h) // unlocks f.mu
 		}
 		if h.up {
@@ -166,7 +169,7 @@ func (f *firstConn) open(req *http.Request, h *hostConn, o *opening) (*http.Resp
 		})
 	}
 	trace := &httptrace.ClientTrace{GotConn: func(info httptrace.GotConnInfo) {
-		f.learnProtocol(h, req, info)
+		f.learnProtocol(h, info)
 		end(true, false)
 	}}
 	resp, err := f.next.RoundTrip(req.WithContext(httptrace.WithClientTrace(req.Context(), trace)))

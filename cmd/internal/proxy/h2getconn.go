@@ -141,7 +141,7 @@ func (f *firstConn) sendGetting(req *http.Request, h *hostConn) (*http.Response,
 		})
 	}
 	trace := &httptrace.ClientTrace{GotConn: func(info httptrace.GotConnInfo) {
-		f.learnProtocol(h, req, info)
+		f.learnProtocol(h, info)
 		got()
 	}}
 	resp, err := f.next.RoundTrip(req.WithContext(httptrace.WithClientTrace(req.Context(), trace)))
@@ -151,11 +151,11 @@ func (f *firstConn) sendGetting(req *http.Request, h *hostConn) (*http.Response,
 
 // learnProtocol records whether the connection a request to h got speaks
 // HTTP/2: read from the connection itself, reused or new, since a request
-// that finds one open sees no handshake. An upgrade's connection (HTTP/1.1
-// whatever the host speaks) says nothing of the host.
-func (f *firstConn) learnProtocol(h *hostConn, req *http.Request, info httptrace.GotConnInfo) {
+// that finds one open sees no handshake. (Upgrades, whose connections speak
+// HTTP/1.1 whatever the host does, never come here.)
+func (f *firstConn) learnProtocol(h *hostConn, info httptrace.GotConnInfo) {
 	tc, ok := info.Conn.(*tls.Conn)
-	if !ok || isUpgrade(req) {
+	if !ok {
 		return
 	}
 	h2 := tc.ConnectionState().NegotiatedProtocol == "h2"

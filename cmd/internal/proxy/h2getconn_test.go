@@ -277,14 +277,21 @@ func TestHostReopenedOnItsLiveConnectionStaysHTTP2(t *testing.T) {
 			defer gate.mu.Unlock()
 			return gate.hosts["upstream.test"].h2
 		}
+		send(true) // an upgrade first: it opens nothing for the host
+		gate.mu.Lock()
+		opened := gate.hosts["upstream.test"] != nil
+		gate.mu.Unlock()
+		if opened {
+			t.Fatal("an upgrade opened the host: those waiting would be sent on after a connection they cannot share")
+		}
 		send(false)
 		if !h2() {
 			t.Fatal("the first connection's HTTP/2 was not learned")
 		}
 		time.Sleep(91 * time.Second) // net/http keeps the connection (no IdleConnTimeout here)
 		send(false)
-		if d := n.dialed(); d != 1 || !h2() {
-			t.Fatalf("reopened on the live connection (%d dialled): HTTP/2 known: %v, want true", d, h2())
+		if d := n.dialed(); d != 2 || !h2() {
+			t.Fatalf("reopened on the live connection (%d dialled, want 2: the upgrade's and one): HTTP/2 known: %v, want true", d, h2())
 		}
 		send(true)
 		if !h2() {
