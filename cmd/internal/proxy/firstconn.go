@@ -57,7 +57,7 @@ type hostConn struct {
 	up      bool      // a connection was made: no more waiting
 	last    time.Time // the last request sent
 	opening *opening  // non-nil while requests open the first
-	h2      bool      // its TLS handshakes chose HTTP/2: see getting
+	h2      bool      // its connections speak HTTP/2: see getting
 	getting getting   // once up, over HTTP/2: the requests getting a connection
 }
 

@@ -28,8 +28,8 @@ import (
 // As for the first connection, a dial that hangs holds no one for long:
 // one more request may go each openBound that requests are waiting.
 //
-// Hosts whose TLS handshakes chose HTTP/1.1 are never held: there every
-// open stream needs a connection of its own.
+// Hosts whose connections speak HTTP/1.1 are never held: there every open
+// stream needs a connection of its own.
 //
 // Not covered: requests that net/http retries after they had their
 // connection (and gave up their place here), which dial as before: streams
@@ -133,35 +133,47 @@ func (f *firstConn) handOn(g *getting) {
 // connection until it has one, or has ended.
 func (f *firstConn) sendGetting(req *http.Request, h *hostConn) (*http.Response, error) {
 	var once sync.Once
-	got := func() {
+	got := func(info *httptrace.GotConnInfo) {
 		once.Do(func() {
+			h2, known := speaksH2(info)
 			f.mu.Lock()
+			if known {
+				h.h2 = h2
+			}
 			f.handOn(&h.getting)
 			f.mu.Unlock()
 		})
 	}
-	trace := &httptrace.ClientTrace{GotConn: func(info httptrace.GotConnInfo) {
-		f.learnProtocol(h, info)
-		got()
-	}}
+	trace := &httptrace.ClientTrace{GotConn: func(info httptrace.GotConnInfo) { got(&info) }}
 	resp, err := f.next.RoundTrip(req.WithContext(httptrace.WithClientTrace(req.Context(), trace)))
-	got()
+	got(nil)
 	return resp, err
 }
 
 // learnProtocol records whether the connection a request to h got speaks
-// HTTP/2: read from the connection itself, reused or new, since a request
-// that finds one open sees no handshake. (Upgrades, whose connections speak
-// HTTP/1.1 whatever the host does, never come here.)
+// HTTP/2.
 func (f *firstConn) learnProtocol(h *hostConn, info httptrace.GotConnInfo) {
+	if h2, known := speaksH2(&info); known {
+		f.mu.Lock()
+		h.h2 = h2
+		f.mu.Unlock()
+	}
+}
+
+// speaksH2 reads whether a connection speaks HTTP/2 from the connection
+// itself, reused or new, since a request that finds one open sees no
+// handshake; known is false without a TLS connection to read. (Upgrades,
+// whose connections speak HTTP/1.1 whatever the host does, never come
+// here.)
+func speaksH2(info *httptrace.GotConnInfo) (h2, known bool) {
+	if info == nil {
+		return false, false
+	}
 	tc, ok := info.Conn.(*tls.Conn)
 	if !ok {
-		return
+		return false, false
 	}
-	h2 := tc.ConnectionState().NegotiatedProtocol == "h2"
-	f.mu.Lock()
-	h.h2 = h2
-	f.mu.Unlock()
+	return tc.ConnectionState().NegotiatedProtocol == "h2", true
 }
 
 // isUpgrade reports a request to switch protocols (a WebSocket): net/http
