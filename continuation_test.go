@@ -27,7 +27,8 @@ type continuer struct {
 	tool     bool // the first stream is a tool call's arguments
 	mu       sync.Mutex
 	bodies   []map[string]any
-	cutsLeft int // how many streams are cut (default 1)
+	cutsLeft int               // how many streams are cut (default 1)
+	rendered map[string][]byte // render's streams, by request
 }
 
 func newContinuer(t *testing.T, family streamFamily, text string, cut, overlap int) *continuer {
@@ -95,6 +96,30 @@ func (c *continuer) serve(w http.ResponseWriter, r *http.Request) {
 		}
 		rest = c.text[from:]
 	}
+	b := c.render(rest, n, c.tool && !isCont)
+	w.Header().Set("Content-Type", "text/event-stream")
+	if cutNow && cut < len(b) {
+		_, _ = w.Write(b[:cut])
+		w.(http.Flusher).Flush()
+		panic(http.ErrAbortHandler) // cut the connection
+	}
+	_, _ = w.Write(b)
+}
+
+// render writes the stream that answers request n with rest, a tool
+// call's arguments if tool. The same request is answered again and again
+// in a sweep (each cut's first request is the whole reply; cuts within
+// one event send the same continuation): rendered once each, it is not
+// most of the sweep's time, as marshalling every event for every request
+// was.
+func (c *continuer) render(rest string, n int, tool bool) []byte {
+	key := fmt.Sprintf("%d %v %s", n, tool, rest)
+	c.mu.Lock()
+	b, ok := c.rendered[key]
+	c.mu.Unlock()
+	if ok {
+		return b
+	}
 	var stream bytes.Buffer
 	if c.family == streamAnthropic {
 		ev := func(name string, v any) {
@@ -102,7 +127,7 @@ func (c *continuer) serve(w http.ResponseWriter, r *http.Request) {
 			fmt.Fprintf(&stream, "event: %s\ndata: %s\n\n", name, b)
 		}
 		ev("message_start", map[string]any{"type": "message_start", "message": map[string]any{"id": "msg_" + fmt.Sprint(n), "type": "message", "role": "assistant", "content": []any{}, "model": "claude-x", "usage": map[string]any{"input_tokens": 5, "output_tokens": 1}}})
-		if c.tool && !isCont {
+		if tool {
 			ev("content_block_start", map[string]any{"type": "content_block_start", "index": 0, "content_block": map[string]any{"type": "tool_use", "id": "t1", "name": "f", "input": map[string]any{}}})
 			for _, d := range deltas(`{"q":"` + rest + `"}`) {
 				ev("content_block_delta", map[string]any{"type": "content_block_delta", "index": 0, "delta": map[string]any{"type": "input_json_delta", "partial_json": d}})
@@ -124,7 +149,7 @@ func (c *continuer) serve(w http.ResponseWriter, r *http.Request) {
 			fmt.Fprintf(&stream, "data: %s\n\n", b)
 		}
 		chunk(map[string]any{"role": "assistant", "content": ""}, nil)
-		if c.tool && !isCont {
+		if tool {
 			for i, d := range deltas(`{"q":"` + rest + `"}`) {
 				tc := map[string]any{"index": 0, "function": map[string]any{"arguments": d}}
 				if i == 0 {
@@ -140,14 +165,13 @@ func (c *continuer) serve(w http.ResponseWriter, r *http.Request) {
 		chunk(map[string]any{}, "stop")
 		stream.WriteString("data: [DONE]\n\n")
 	}
-	w.Header().Set("Content-Type", "text/event-stream")
-	b := stream.Bytes()
-	if cutNow && cut < len(b) {
-		_, _ = w.Write(b[:cut])
-		w.(http.Flusher).Flush()
-		panic(http.ErrAbortHandler) // cut the connection
+	c.mu.Lock()
+	if c.rendered == nil {
+		c.rendered = map[string][]byte{}
 	}
-	_, _ = w.Write(b)
+	c.rendered[key] = stream.Bytes()
+	c.mu.Unlock()
+	return stream.Bytes()
 }
 
 // reading is what a client makes of a stream: its text joined from the
