@@ -25,17 +25,29 @@ command -v file >/dev/null 2>&1 || need+=(file)
 command -v node >/dev/null 2>&1 || need+=(nodejs)
 command -v npm >/dev/null 2>&1 || need+=(npm)
 if [ ${#need[@]} -gt 0 ]; then
-	echo "== installing ${need[*]} (Debian packages)"
+	echo "== installing ${need[*]} (Debian packages, at ${SECONDS} s)"
 	sudo=""
 	[ "$(id -u)" = 0 ] || sudo="sudo"
 	$sudo apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 
-echo "== npm ci (the Node openai client, at the version package-lock.json pins)"
-npm ci --prefix cmd/internal/proxy/testdata/node --no-audit --no-fund --loglevel=error
+# npm ci removes node_modules and installs it again, 4 s each run. A
+# stamp of package-lock.json, written after an install that succeeded,
+# lets the next run skip it while the lock is unchanged and npm ls finds
+# the installed tree whole (a fresh clone has neither, and installs).
+node=cmd/internal/proxy/testdata/node
+stamp=$node/node_modules/.llmretry-package-lock.sha256
+lock=$(sha256sum "$node/package-lock.json" | cut -d' ' -f1)
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$lock" ] && npm ls --prefix "$node" --all >/dev/null 2>&1; then
+	echo "== npm: node_modules is as package-lock.json pins it (at ${SECONDS} s)"
+else
+	echo "== npm ci (the Node openai client, at the version package-lock.json pins, at ${SECONDS} s)"
+	npm ci --prefix "$node" --no-audit --no-fund --loglevel=error
+	echo "$lock" >"$stamp"
+fi
 
-echo "== no binaries tracked"
+echo "== no binaries tracked (at ${SECONDS} s)"
 # A compiled test binary was once committed (11 MB); build outputs belong in
 # .gitignore, never in the repository.
 if git rev-parse --git-dir >/dev/null 2>&1; then
@@ -45,7 +57,7 @@ if git rev-parse --git-dir >/dev/null 2>&1; then
 	fi
 fi
 
-echo "== gofmt"
+echo "== gofmt (at ${SECONDS} s)"
 unformatted=$(gofmt -l .)
 if [ -n "$unformatted" ]; then
 	echo "not gofmt'ed:"; echo "$unformatted"; exit 1
@@ -61,14 +73,25 @@ fi
 # after the user's own (go env GOFLAGS reads the environment and go env -w).
 export GOFLAGS="$(go env GOFLAGS) -race -trimpath"
 
-echo "== go vet"
+# A program built with the race detector sleeps a second before it exits
+# (GORACE's atexit_sleep_ms, 1000 by default), for reports from goroutines
+# still running to be printed: every test binary, every command the tests
+# build and run, every test binary run again as a child. Each test's races
+# are reported when it ends, and the testing package fails it for them,
+# before any exit; the second at exit would only catch a race in the last
+# moment of a process, after its tests. The user's own GORACE options come
+# after, and win.
+export GORACE="atexit_sleep_ms=0${GORACE:+ $GORACE}"
+
+echo "== go vet (at ${SECONDS} s)"
 go vet "${pkgs[@]}"
 
-echo "== staticcheck"
+echo "== staticcheck (at ${SECONDS} s)"
 # staticcheck itself runs without the race detector (-race=false), which
 # would slow it several times; the packages it reads are loaded with
 # GOFLAGS, like everything else.
 go run -race=false honnef.co/go/tools/cmd/staticcheck@v0.8.2 "${pkgs[@]}"
 
-echo "== go test -race"
+echo "== go test -race (at ${SECONDS} s)"
 go test -race -count=1 "${pkgs[@]}"
+echo "== passed in ${SECONDS} s"
