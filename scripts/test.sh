@@ -71,7 +71,12 @@ fi
 # compiler's output in the build cache. Built each their own way, they
 # once cost 926 s of CPU cold and left 3.8 GB of build cache. The flags go
 # after the user's own (go env GOFLAGS reads the environment and go env -w).
-export GOFLAGS="$(go env GOFLAGS) -race -trimpath"
+# The programs are linked without DWARF (-ldflags=-w): nothing here runs
+# them under a debugger, stack traces and race reports read the symbol
+# table Go keeps apart from it, and each link takes a fifth less time (the
+# command's race binary: 5.4 s of CPU, 4.2 without), for every test
+# binary and every program the tests build.
+export GOFLAGS="$(go env GOFLAGS) -race -trimpath -ldflags=-w"
 
 # A program built with the race detector sleeps a second before it exits
 # (GORACE's atexit_sleep_ms, 1000 by default), for reports from goroutines
