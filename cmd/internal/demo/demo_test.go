@@ -54,6 +54,7 @@ func TestScriptedRun(t *testing.T) {
 }
 
 func TestDefaultMixNeverDuplicates(t *testing.T) {
+	t.Parallel() // its own servers and ports; it mostly waits out Retry-After
 	var out bytes.Buffer
 	s, err := Run(context.Background(), Config{Requests: 60, Concurrency: 8, Faults: DefaultFaults, Seed: 7,
 		Model: "m", Terminal: true, Policy: llmretry.Policy{BaseDelay: time.Millisecond, MaxDelay: time.Millisecond, MaxRetryAfter: 2 * time.Second}}, &out)
@@ -119,6 +120,7 @@ func requestLines(out string) []string {
 // The default run is the demo's headline: it must show every case the
 // README lists. With seed 1 no stream was ever cut mid-reply.
 func TestDefaultStoryShowsEveryCase(t *testing.T) {
+	t.Parallel() // its own servers and ports; it mostly waits out its backoff
 	var out bytes.Buffer
 	s, err := Run(context.Background(), Config{Requests: 40, Concurrency: 8, Faults: DefaultFaults, Seed: DefaultSeed, Model: "m"}, &out)
 	if err != nil {

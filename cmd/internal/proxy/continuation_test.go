@@ -123,6 +123,7 @@ func streamedText(t *testing.T, body []byte) string {
 // the upstream cuts mid-way accumulates into the whole reply, with one role
 // and one finish.
 func TestNodeOpenAIClientReadsAContinuedStreamWhole(t *testing.T) {
+	t.Parallel() // its time is Node starting; it shares nothing with other tests
 	node, err := exec.LookPath("node")
 	if err != nil {
 		t.Fatal("node is not installed: the test command installs it (scripts/test.sh)")

@@ -271,6 +271,7 @@ func TestSmallBodyIsHeldInOneAllocation(t *testing.T) {
 // arrives: a client that has sent 256 KiB and then stalls is cut a second
 // after one that sent nothing would be.
 func TestBodyTimeoutGrowsWithTheBytesReceived(t *testing.T) {
+	t.Parallel() // it waits out a second and more of body timeout
 	base, _, _ := start(t, http.NotFoundHandler(), func(c *Config) { c.BodyTimeout = 100 * time.Millisecond })
 	conn := rawPost(t, base, fmt.Sprintf("Content-Length: %d\r\n", 1<<20), strings.Repeat("x", bodyRate))
 	_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second)) // a guard

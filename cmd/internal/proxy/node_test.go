@@ -18,6 +18,7 @@ import (
 // under another name. The test command installs Node's openai package
 // (npm ci in testdata/node); without it this test fails, never skips.
 func TestNodeOpenAIClientThroughTheProxyFailsOver(t *testing.T) {
+	t.Parallel() // its time is Node starting; it shares nothing with other tests
 	node, err := exec.LookPath("node")
 	if err != nil {
 		t.Fatal("node is not installed: the test command installs it (scripts/test.sh)")
