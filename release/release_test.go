@@ -213,18 +213,24 @@ func TestReleaseInstallsAndImportsFromTheModuleProxy(t *testing.T) {
 	t.Parallel() // each runs go commands of its own; the module cache locks what they share
 	version, proxy, cache := setup(t)
 
-	if out, err := goCmd(t, t.TempDir(), proxy, cache, "install", "github.com/llmretry/llmretry/cmd/llmretry@"+version); err != nil {
-		t.Fatalf("go install: %v\n%s", err, out)
-	}
-	out, err := exec.Command(filepath.Join(cache, "bin", "llmretry"), "version").CombinedOutput()
-	if err != nil || !strings.Contains(string(out), version) {
-		t.Fatalf("llmretry version: %v %q, want %s", err, out, version)
-	}
-
-	importer := t.TempDir()
-	files := map[string]string{
-		"go.mod": "module example.com/importer\n\ngo 1.26.0\n",
-		"main.go": `package main
+	// The two share nothing but the module cache, whose locks order them:
+	// side by side, the import's build does not wait for the install's.
+	t.Run("install", func(t *testing.T) {
+		t.Parallel()
+		if out, err := goCmd(t, t.TempDir(), proxy, cache, "install", "github.com/llmretry/llmretry/cmd/llmretry@"+version); err != nil {
+			t.Fatalf("go install: %v\n%s", err, out)
+		}
+		out, err := exec.Command(filepath.Join(cache, "bin", "llmretry"), "version").CombinedOutput()
+		if err != nil || !strings.Contains(string(out), version) {
+			t.Fatalf("llmretry version: %v %q, want %s", err, out, version)
+		}
+	})
+	t.Run("import", func(t *testing.T) {
+		t.Parallel()
+		importer := t.TempDir()
+		files := map[string]string{
+			"go.mod": "module example.com/importer\n\ngo 1.26.0\n",
+			"main.go": `package main
 
 import (
 	"net/http"
@@ -240,20 +246,21 @@ func main() {
 	_ = &http.Client{Transport: llmretry.NewTransport(nil, llmretry.WithBudget(st), llmretry.WithHealthStore(st))}
 }
 `,
-	}
-	for name, body := range files {
-		if err := os.WriteFile(filepath.Join(importer, name), []byte(body), 0o644); err != nil {
-			t.Fatal(err)
 		}
-	}
-	for _, args := range [][]string{
-		{"get", "github.com/llmretry/llmretry@" + version, "github.com/llmretry/llmretry/redisstate@" + version},
-		{"build", "./..."},
-	} {
-		if out, err := goCmd(t, importer, proxy, cache, args...); err != nil {
-			t.Fatalf("go %s: %v\n%s", strings.Join(args, " "), err, out)
+		for name, body := range files {
+			if err := os.WriteFile(filepath.Join(importer, name), []byte(body), 0o644); err != nil {
+				t.Fatal(err)
+			}
 		}
-	}
+		for _, args := range [][]string{
+			{"get", "github.com/llmretry/llmretry@" + version, "github.com/llmretry/llmretry/redisstate@" + version},
+			{"build", "./..."},
+		} {
+			if out, err := goCmd(t, importer, proxy, cache, args...); err != nil {
+				t.Fatalf("go %s: %v\n%s", strings.Join(args, " "), err, out)
+			}
+		}
+	})
 }
 
 // Each module is tidy on its own, with the workspace off. The checksums of
