@@ -7,7 +7,8 @@
 #
 # demo: `go run ./cmd/llmretry demo`, cold (empty caches), then warm.
 # test: `./scripts/test.sh` (the README's test command, every step),
-#       cold, then warm (caches kept; the tests run again with -count=1).
+#       cold, then warm (caches kept; the tests run again with -count=1),
+#       WARM times (default 3).
 # For each: CPU (user + system, the process and every child it waited
 # for: compilers, linkers, test binaries), wall time, peak memory, the
 # bytes the machine received while it ran (from /proc/net/dev: run it on a
@@ -22,6 +23,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 what=${1:-all}
 out=${2:-/dev/stdout}
+warm=${WARM:-3} # warm runs of the test command: one run's wall time varies by some seconds
 src=$PWD
 tmp=$(mktemp -d)
 trap 'chmod -R u+w "$tmp" 2>/dev/null; rm -rf "$tmp"' EXIT
@@ -73,6 +75,8 @@ case $what in test | all)
 		mkdir -p "$GOCACHE" "$GOMODCACHE" "$npm_config_cache" "$XDG_CACHE_HOME"
 	fi
 	step "test command, cold" ./scripts/test.sh
-	step "test command, warm" ./scripts/test.sh
+	for i in $(seq "$warm"); do
+		step "test command, warm (run $i of $warm)" ./scripts/test.sh
+	done
 	;;
 esac
