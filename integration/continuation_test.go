@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -85,6 +86,13 @@ func TestSDKContinuation_ACutStreamIsFinishedAtAnyByte(t *testing.T) {
 				if reply == mockllm.ReplyUTF8 {
 					step = 23
 				}
+				// One server and one client for the cuts, as a caller keeps
+				// one: a mock for each cut, behind the same address. A
+				// server and a client's connections for each cut were most
+				// of the test's time.
+				var mock atomic.Pointer[mockllm.Server]
+				srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { mock.Load().ServeHTTP(w, r) }))
+				hc, events := continuingClient(t)
 				for cut := 1 + overlap; cut < total; cut += step {
 					name := fmt.Sprintf("%v/%s/overlap %d/cut %d", api, reply, overlap, cut)
 					script, err := mockllm.ParseFaults(fmt.Sprintf("cut=%d", cut))
@@ -94,8 +102,8 @@ func TestSDKContinuation_ACutStreamIsFinishedAtAnyByte(t *testing.T) {
 					m := mockllm.New(script, 1)
 					m.Overlap = overlap
 					m.RepeatTrimmed = overlap > 0 // as Claude does: the continuation repeats the trimmed space
-					srv := httptest.NewServer(m)
-					hc, events := continuingClient(t)
+					mock.Store(m)
+					*events = nil
 					var text string
 					switch api {
 					case mockllm.Anthropic:
@@ -117,7 +125,6 @@ func TestSDKContinuation_ACutStreamIsFinishedAtAnyByte(t *testing.T) {
 						}
 						text = chatText(cc)
 					}
-					srv.Close()
 					if text != want {
 						t.Fatalf("%s: the SDK accumulated\n%q\nwant\n%q\n(events %+v)", name, text, want, *events)
 					}
@@ -125,6 +132,7 @@ func TestSDKContinuation_ACutStreamIsFinishedAtAnyByte(t *testing.T) {
 						t.Fatalf("%s: events %+v", name, *events)
 					}
 				}
+				srv.Close()
 			}
 		}
 	}
