@@ -612,7 +612,10 @@ func TestClientLeavingBeforeTheFirstOutputEndsTheUpstreamRequest(t *testing.T) {
 }
 
 // waitForHold waits until a stream's hold has begun (held) or ended, or
-// fails with why after 10 s.
+// fails with why after 10 s. It reads the whole process's goroutines, so a
+// test that waits for its own hold to begin first waits for the holds of
+// earlier tests to end (noEarlierHold): under load one lingered, the wait
+// returned at once, and the client left before its request went upstream.
 func waitForHold(t *testing.T, held bool, why string) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
@@ -622,6 +625,12 @@ func waitForHold(t *testing.T, held bool, why string) {
 		}
 		runtime.Gosched()
 	}
+}
+
+// noEarlierHold waits until no stream hold of an earlier test is left.
+func noEarlierHold(t *testing.T) {
+	t.Helper()
+	waitForHold(t, false, "a stream hold of an earlier test never ended")
 }
 
 // closeWhenCancelled closes ended when the upstream request r is
@@ -650,6 +659,7 @@ func TestAStreamWaitingForItsFirstEventHoldsNoReadingGoroutine(t *testing.T) {
 	if runtime.GOOS != "linux" {
 		t.Skip("pollset watches on Linux only; elsewhere the hold reads through a goroutine, as it did")
 	}
+	noEarlierHold(t)
 	release := make(chan struct{})
 	defer close(release)
 	up := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -674,6 +684,7 @@ func TestAStreamWaitingForItsFirstEventHoldsNoReadingGoroutine(t *testing.T) {
 // upstream connection's close, so the proxy's handler ends too rather than
 // waiting out its hold (on the tests' clock, forever).
 func TestClientLeavingDuringTheHoldEndsTheHandler(t *testing.T) {
+	noEarlierHold(t)
 	ended := make(chan struct{})
 	up := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		_, _ = io.Copy(io.Discard, r.Body)
