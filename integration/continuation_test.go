@@ -92,6 +92,7 @@ func TestSDKContinuation_ACutStreamIsFinishedAtAnyByte(t *testing.T) {
 				// of the test's time.
 				var mock atomic.Pointer[mockllm.Server]
 				srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { mock.Load().ServeHTTP(w, r) }))
+				t.Cleanup(srv.Close)
 				hc, events := continuingClient(t)
 				for cut := 1 + overlap; cut < total; cut += step {
 					name := fmt.Sprintf("%v/%s/overlap %d/cut %d", api, reply, overlap, cut)
@@ -132,7 +133,6 @@ func TestSDKContinuation_ACutStreamIsFinishedAtAnyByte(t *testing.T) {
 						t.Fatalf("%s: events %+v", name, *events)
 					}
 				}
-				srv.Close()
 			}
 		}
 	}

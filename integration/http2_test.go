@@ -18,8 +18,8 @@ import (
 )
 
 // h2cServer is a raw HTTP/2 (prior knowledge, no TLS) server that plays a
-// script per request: it answers request n, on whatever connection it
-// comes, with script[n] (the last repeats). Per request, not per
+// script per request: it answers the nth request, on whatever connection
+// it comes, with script[n-1] (the last repeats). Per request, not per
 // connection: net/http may dial a connection it then never sends on (a
 // dial it started for a request that found another), and under load it
 // did, so counting connections once failed this file's tests.
