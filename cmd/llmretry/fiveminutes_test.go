@@ -215,11 +215,12 @@ func TestReadmeFiveMinutes(t *testing.T) {
 		for _, line := range b.lines {
 			words := shellWords(t, line)
 			ran++
-			if !(len(words) > 3 && words[3] == "demo") {
+			demo := len(words) > 3 && strings.Join(words[:3], " ") == "go run ./cmd/llmretry" && words[3] == "demo"
+			if !demo {
 				waitDemos()
 			}
 			switch {
-			case len(words) > 3 && strings.Join(words[:3], " ") == "go run ./cmd/llmretry" && words[3] == "demo":
+			case demo:
 				// The demos share nothing and mostly wait out their
 				// faults' backoff: they run side by side, and every one
 				// has finished before the next command that is not one.
