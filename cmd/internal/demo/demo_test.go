@@ -157,6 +157,13 @@ func TestSameSeedSameStory(t *testing.T) {
 			Model: "gpt-4o-mini", Failover: true}},
 		{"continue", Config{Requests: 40, Concurrency: 8, Faults: DefaultFaults, Seed: DefaultSeed,
 			Model: "m", Policy: shortWaits, Continue: true}},
+		// The promise is for any seed, not only the default one.
+		{"plain, seed 7", Config{Requests: 40, Concurrency: 8, Faults: DefaultFaults, Seed: 7,
+			Model: "m", Policy: shortWaits}},
+		{"failover, seed 7", Config{Requests: 40, Concurrency: 1, Faults: DefaultFailoverFaults, Seed: 7,
+			Model: "gpt-4o-mini", Failover: true}},
+		{"continue, seed 7", Config{Requests: 40, Concurrency: 8, Faults: DefaultFaults, Seed: 7,
+			Model: "m", Policy: shortWaits, Continue: true}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			t.Parallel() // each run has its own servers and ports
