@@ -17,6 +17,8 @@
 # Needs nginx (apt-get install nginx-light) and curl.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+. bench/need.sh
+need nginx nginx-light
 rounds=${1:-8} n=${2:-250}
 tmp=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; [ -f "$tmp/nginx.pid" ] && kill "$(cat "$tmp/nginx.pid")" 2>/dev/null; rm -rf "$tmp"' EXIT

@@ -30,6 +30,8 @@
 # requests that llmretry retries, FAULTS="500@60%" makes llmretry fail too.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+. bench/need.sh
+need nginx nginx-light
 n=${1:-20000} rounds=${2:-10} c=${C:-4}
 [ "$(nproc)" -ge 2 ] || { echo "cpu.sh needs two CPUs" >&2; exit 1; }
 tmp=$(mktemp -d)

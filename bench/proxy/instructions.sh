@@ -35,6 +35,8 @@
 #   bench/proxy/instructions.sh [N] [-stream]        (default 2000, plain)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+. bench/need.sh
+need nginx nginx-light
 n=${1:-2000} stream=${2:-}
 kind=${stream:--plain}
 tmp=$(mktemp -d)

@@ -22,6 +22,8 @@
 #   bench/proxy/profile.sh [N]        (default 20000)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+. bench/need.sh
+need nginx nginx-light
 n=${1:-20000}
 [ "$(nproc)" -ge 2 ] || { echo "profile.sh needs two CPUs" >&2; exit 1; }
 perf record -e cpu-clock -o /dev/null -- true >/dev/null 2>&1 || { echo "profile.sh: perf cannot sample cpu-clock here" >&2; exit 1; }

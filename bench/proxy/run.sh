@@ -22,6 +22,8 @@
 # the machine's drift, and it is what a proxy costs.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+. bench/need.sh
+need nginx nginx-light
 secs=${1:-10}
 faults=${2:-}
 pin=${PIN:-1}

@@ -57,6 +57,8 @@ n=${1:-10000}
 proto=${PROTO:-h2c}
 upstreams=${UPSTREAMS:-http https}
 targets=${TARGETS:-llmretry reverseproxy nginx}
+. bench/need.sh
+[[ " $targets " != *" nginx "* ]] || need nginx nginx-light
 gap=${GAP:-1s}
 case $proto in h2c | h1) ;; *) echo "run.sh: PROTO is h2c or h1" >&2; exit 2 ;; esac
 tmp=$(mktemp -d)
@@ -75,7 +77,7 @@ wait_for() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/nu
 wait_for $mock
 "$tmp/tlsmock" -listen 127.0.0.1:$tlsmock -cert "$tmp/mock.pem" -gap "$gap" 2>/dev/null &
 for _ in $(seq 100); do [ -s "$tmp/mock.pem" ] && break; sleep 0.1; done
-echo "# bench/streams/run.sh $n, PROTO=$proto GAP=$gap${RAMP:+ RAMP=$RAMP}${PROFILE:+ PROFILE}, $(date -u +%FT%TZ), $(nproc) CPUs ($(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)), load average $(cut -d' ' -f1-3 /proc/loadavg), descriptors $(ulimit -n), llmretry ${LLMRETRY_BIN:+$LLMRETRY_BIN, not }at $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- cmd bench go.mod ./*.go || echo ' plus uncommitted changes'), $(nginx -v 2>&1)"
+echo "# bench/streams/run.sh $n, PROTO=$proto GAP=$gap${RAMP:+ RAMP=$RAMP}${PROFILE:+ PROFILE}, $(date -u +%FT%TZ), $(nproc) CPUs ($(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)), load average $(cut -d' ' -f1-3 /proc/loadavg), descriptors $(ulimit -n), llmretry ${LLMRETRY_BIN:+$LLMRETRY_BIN, not }at $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- cmd bench go.mod ./*.go || echo ' plus uncommitted changes'), $(command -v nginx >/dev/null && nginx -v 2>&1 || echo "no nginx")"
 echo
 echo "| target | clients | upstream | streams | RSS idle | RSS peak, all open | per stream | all open from - until | samples then | failed | RSS peak of the run | upstream connections, most at once |"
 echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
