@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -147,24 +148,24 @@ func TestDefaultStoryShowsEveryCase(t *testing.T) {
 // first. Its chats go one at a time, and every line of it but the ports and
 // times is the same every run.
 func TestSameSeedSameStory(t *testing.T) {
-	for _, c := range []struct {
+	type demoCase struct {
 		name string
 		cfg  Config
-	}{
-		{"plain", Config{Requests: 40, Concurrency: 8, Faults: DefaultFaults, Seed: DefaultSeed,
-			Model: "m", Policy: shortWaits}},
-		{"failover", Config{Requests: 40, Concurrency: 1, Faults: DefaultFailoverFaults, Seed: DefaultSeed,
-			Model: "gpt-4o-mini", Failover: true}},
-		{"continue", Config{Requests: 40, Concurrency: 8, Faults: DefaultFaults, Seed: DefaultSeed,
-			Model: "m", Policy: shortWaits, Continue: true}},
-		// The promise is for any seed, not only the default one.
-		{"plain, seed 7", Config{Requests: 40, Concurrency: 8, Faults: DefaultFaults, Seed: 7,
-			Model: "m", Policy: shortWaits}},
-		{"failover, seed 7", Config{Requests: 40, Concurrency: 1, Faults: DefaultFailoverFaults, Seed: 7,
-			Model: "gpt-4o-mini", Failover: true}},
-		{"continue, seed 7", Config{Requests: 40, Concurrency: 8, Faults: DefaultFaults, Seed: 7,
-			Model: "m", Policy: shortWaits, Continue: true}},
-	} {
+	}
+	var cases []demoCase
+	// The promise is for any seed, not only the default one.
+	for _, seed := range []uint64{DefaultSeed, 7} {
+		for _, c := range []demoCase{
+			{"plain", Config{Requests: 40, Concurrency: 8, Faults: DefaultFaults, Model: "m", Policy: shortWaits}},
+			{"failover", Config{Requests: 40, Concurrency: 1, Faults: DefaultFailoverFaults, Model: "gpt-4o-mini", Failover: true}},
+			{"continue", Config{Requests: 40, Concurrency: 8, Faults: DefaultFaults, Model: "m", Policy: shortWaits, Continue: true}},
+		} {
+			c.cfg.Seed = seed
+			c.name = fmt.Sprintf("%s, seed %d", c.name, seed)
+			cases = append(cases, c)
+		}
+	}
+	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			t.Parallel() // each run has its own servers and ports
 			var first []string
