@@ -260,7 +260,10 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		fmt.Fprintf(stdout, "llmretry proxy on %s -> %s (clients use %s%s; their credentials pass through)\n", addr, target, addr, base.EscapedPath())
 	}
 	fmt.Fprintf(stdout, "llmretry proxy fleet state: %s\n", fleetState(ropts, fleetName))
-	return proxy.Serve(ctx, srv, func() error { return srv.Serve(ln) }, *grace, logger)
+	// Connections taken for streams go back to srv for their clients'
+	// next requests through this listener.
+	served := proxy.Listener(srv, ln)
+	return proxy.Serve(ctx, srv, func() error { return srv.Serve(served) }, *grace, logger)
 }
 
 // shareThroughRedis puts the routes of fc on fleet states that newState

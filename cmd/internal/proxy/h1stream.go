@@ -23,9 +23,10 @@ import (
 // already held, and its events are written as they come. So once a 2xx
 // text/event-stream reply's headers are ready, the connection is taken
 // from net/http (Hijack) and the reply is written on it in chunks, each
-// event with one write, and the connection is closed at the end (it is not
-// kept alive: a client opens a new one for its next request, as it does
-// for a stream that broke).
+// event with one write. At the end the connection goes back to net/http
+// for the client's next request, through the listener the server serves
+// (Listener, takenagain.go), or, where it cannot, is closed (the reply
+// says Connection: close).
 //
 // Only streams beyond the first few open at once are taken
 // (Config.KeptStreams, 128 by default): a client that sends its streams
@@ -82,6 +83,12 @@ type streamConn struct {
 	early   bool
 	head    bool
 	pending int
+	// readAhead: net/http had read bytes beyond this request when it was
+	// taken (a request pipelined behind it), which go with the connection;
+	// again: the header said the connection stays open, for it to go back
+	// to net/http at the end (takenagain.go).
+	readAhead bool
+	again     bool
 	// How the body is framed once the head is written (remain: what is
 	// left of a length).
 	framing framing
@@ -154,8 +161,10 @@ func (s *streamConn) hijack() bool {
 	// them again; but they stay reachable from its connection for as long
 	// as this handler runs, the whole stream. Emptied, they go with the
 	// next GC. (A client that sent another request behind this one, on the
-	// same connection, loses it with the connection's close: browsers and
-	// SDKs do not pipeline.)
+	// same connection, and whose bytes net/http had read, loses it with the
+	// connection's close, which the reply announces: browsers and SDKs do
+	// not pipeline.)
+	s.readAhead = brw.Reader.Buffered() > 0
 	*brw.Reader, *brw.Writer = bufio.Reader{}, bufio.Writer{}
 	s.conn = conn
 	s.taken.hold(conn)
@@ -245,12 +254,12 @@ func bodyAllowed(code int) bool {
 // writeHead writes a final reply's header on the taken connection and
 // chooses its body's framing: none where the status allows none, the
 // length a Content-Length gives, else chunks (HTTP/1.1) or the
-// connection's close (HTTP/1.0). The connection closes after the reply.
+// connection's close (HTTP/1.0). Whether the connection stays open after
+// the reply is chosen here too (keepOpen).
 func (s *streamConn) writeHead(code int) {
 	s.head = true
 	h := s.Header()
 	h.Del("Transfer-Encoding")
-	h.Set("Connection", "close")
 	if _, ok := h["Date"]; !ok {
 		h.Set("Date", time.Now().UTC().Format(http.TimeFormat))
 	}
@@ -270,9 +279,34 @@ func (s *streamConn) writeHead(code int) {
 		s.framing = inChunks
 		h.Set("Transfer-Encoding", "chunked")
 	}
+	s.again = s.keepOpen()
+	if !s.again {
+		h.Set("Connection", "close")
+	}
 	if s.err == nil {
 		_, s.err = s.conn.Write(s.status(code, h, make([]byte, 0, 512), nil))
 	}
+}
+
+// keepOpen reports whether the connection can serve the client's next
+// request once this reply has ended (takenagain.go): the client speaks
+// HTTP/1.1 and did not ask to close, sent nothing beyond this request, the
+// reply's end is marked by its framing and it asks for no close itself,
+// and the server's listener takes connections back and is open (not
+// draining).
+func (s *streamConn) keepOpen() bool {
+	if s.http10 || s.r.Close || s.readAhead || s.framing == untilClose {
+		return false
+	}
+	for _, v := range s.Header()["Connection"] {
+		for tok := range strings.SplitSeq(v, ",") {
+			if strings.EqualFold(strings.TrimSpace(tok), "close") {
+				return false
+			}
+		}
+	}
+	l := s.taken.back.Load()
+	return l != nil && l.open()
 }
 
 // status renders a status line and header.
@@ -387,8 +421,9 @@ func (s *streamConn) Flush() {
 func (s *streamConn) Unwrap() http.ResponseWriter { return s.ResponseWriter }
 
 // finish ends a taken stream: whole (the last chunk and the trailers the
-// reply announced), or cut (the handler panicked: the client sees the
-// connection close mid-stream, as net/http would show it).
+// reply announced; then the connection goes back to net/http where its
+// header said it stays open), or cut (the handler panicked: the client
+// sees the connection close mid-stream, as net/http would show it).
 func (s *streamConn) finish(whole bool) {
 	s.taken.requests.Add(-1)
 	if s.counted {
@@ -437,10 +472,24 @@ func (s *streamConn) finish(whole bool) {
 			}
 		}
 		end = append(end, "\r\n"...)
-		_, _ = s.conn.Write(end)
+		_, s.err = s.conn.Write(end)
 	}
-	_ = s.conn.Close()
 	s.taken.leave(s)
+	conn, again := s.conn, whole && s.endedWhole()
+	// Whatever this handler still writes must not reach the connection's
+	// next request.
+	s.err = net.ErrClosed
+	if again && s.taken.back.Load().giveBack(conn) {
+		return
+	}
+	_ = conn.Close()
+}
+
+// endedWhole reports whether the reply on the taken connection ended as
+// its header said it would, with the connection to stay open: then the
+// client's next request can follow on it.
+func (s *streamConn) endedWhole() bool {
+	return s.again && s.err == nil && (s.framing != byLength || s.remain == 0)
 }
 
 // takenStreams counts the streams being written on taken connections.
@@ -457,6 +506,10 @@ type takenStreams struct {
 	conns   map[net.Conn]struct{}
 	cut     bool          // the drain's grace passed: a connection taken now is closed at once
 	idle    chan struct{} // closed when the last stream ends, while a drain waits
+
+	// back: the listener taken connections go back through
+	// (takenagain.go); nil when the server serves another.
+	back atomic.Pointer[givingBack]
 }
 
 // takenKey is the request context key under which NewServer's server

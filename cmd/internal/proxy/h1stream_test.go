@@ -41,12 +41,19 @@ func rawSend(t *testing.T, base, path, proto, body string) (net.Conn, *bufio.Rea
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Close() })
-	req := "POST " + path + " " + proto + "\r\nHost: " + u.Host +
+	sendOn(t, c, path, proto, body)
+	return c, bufio.NewReader(c)
+}
+
+// sendOn sends a POST of the JSON body to path on the connection c, as
+// proto.
+func sendOn(t *testing.T, c net.Conn, path, proto, body string) {
+	t.Helper()
+	req := "POST " + path + " " + proto + "\r\nHost: " + c.RemoteAddr().String() +
 		"\r\nContent-Type: application/json\r\nContent-Length: " + strconv.Itoa(len(body)) + "\r\n\r\n" + body
 	if _, err := io.WriteString(c, req); err != nil {
 		t.Fatal(err)
 	}
-	return c, bufio.NewReader(c)
 }
 
 // sseUpstream answers with the events in order, each written and flushed
@@ -70,11 +77,13 @@ func sseUpstream(next <-chan struct{}, events ...string) http.HandlerFunc {
 }
 
 // A stream to an HTTP/1.1 client is written on the connection itself: one
-// chunk an event, the terminal chunk at the end, and the connection closed
-// after it (the reply says so), with the proxy's own headers as always.
+// chunk an event, the terminal chunk at the end, with the proxy's own
+// headers as always; and the connection then serves the client's next
+// request (TestATakenConnectionServesTheClientsNextRequest).
 func TestStreamToAnHTTP11ClientIsWrittenOnTheConnection(t *testing.T) {
 	next := make(chan struct{})
 	base, _, _ := start(t, sseUpstream(next, "data: one\n\n", "data: two\n\n", "data: [DONE]\n\n"), takeEvery)
+	t.Cleanup(func() { close(next) }) // before the servers close: a failure leaves no handler waiting
 	c, br := rawRequest(t, base, "HTTP/1.1")
 	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
 	resp, err := http.ReadResponse(br, nil)
@@ -82,7 +91,7 @@ func TestStreamToAnHTTP11ClientIsWrittenOnTheConnection(t *testing.T) {
 		t.Fatal(err)
 	}
 	// (ReadResponse takes "Connection: close" off the headers into Close.)
-	if resp.StatusCode != 200 || !resp.Close || len(resp.TransferEncoding) != 1 || resp.TransferEncoding[0] != "chunked" ||
+	if resp.StatusCode != 200 || resp.Close || len(resp.TransferEncoding) != 1 || resp.TransferEncoding[0] != "chunked" ||
 		resp.Header.Get(AttemptsHeader) != "1" || resp.Header.Get(RequestIDHeader) == "" {
 		t.Fatalf("status %d close %v headers %v transfer-encoding %v", resp.StatusCode, resp.Close, resp.Header, resp.TransferEncoding)
 	}
@@ -96,9 +105,6 @@ func TestStreamToAnHTTP11ClientIsWrittenOnTheConnection(t *testing.T) {
 		if _, err := io.ReadFull(br, got); err != nil || string(got) != want {
 			t.Fatalf("chunk %d: %q %v, want %q", i, got, err, want)
 		}
-	}
-	if n, err := br.Read(make([]byte, 1)); n != 0 || err != io.EOF {
-		t.Fatalf("after the terminal chunk: %d bytes, %v; want the connection closed", n, err)
 	}
 }
 
@@ -293,6 +299,7 @@ func serveProxy(t *testing.T, p http.Handler, grace time.Duration, logs io.Write
 		ln = w(ln)
 	}
 	srv := NewServer(p)
+	ln = Listener(srv, ln)
 	ctx, cancel := context.WithCancel(context.Background())
 	d := make(chan error, 1)
 	go func() {
@@ -333,6 +340,11 @@ func TestServeDrainWaitsForATakenStream(t *testing.T) {
 	rest, err := io.ReadAll(body)
 	if err != nil || string(rest) != "\ndata: two\n\n" {
 		t.Fatalf("rest %q %v", rest, err)
+	}
+	// Its header, written before the drain, said the connection stays
+	// open; the drain refuses it back, and it closes, as an idle one would.
+	if n, err := br.Read(make([]byte, 1)); resp.Close || n != 0 || err != io.EOF {
+		t.Fatalf("close %v; after the stream: %d bytes, %v; want the connection closed", resp.Close, n, err)
 	}
 	if err := <-done; err != nil {
 		t.Fatal(err)
@@ -404,14 +416,15 @@ func TestRepliesThatAreNotStreamsWriteTheirHeaderOnce(t *testing.T) {
 // one after another (the CPU benchmark's keep-alive clients) once opened a
 // new connection for each, which cost about 12 system calls and 70,000
 // instructions a stream more than before streams were taken. Beyond the
-// kept ones, a stream is taken and closes its connection.
+// kept ones, a stream is taken from net/http.
 func TestFewStreamsAtOnceKeepTheirConnections(t *testing.T) {
 	// The README's figure: the first 128 keep theirs, unless configured.
 	if k := (&Proxy{}).keptStreams(); k != 128 {
 		t.Fatalf("by default %d streams keep their connections, the README says 128", k)
 	}
 	next := make(chan struct{})
-	base, _, _ := start(t, sseUpstream(next, "data: one\n\n", "data: two\n\n"), func(c *Config) { c.KeptStreams = 1 })
+	hijacked := make(chan struct{}, 2)
+	base := startWatched(t, sseUpstream(next, "data: one\n\n", "data: two\n\n"), hijacked, func(c *Config) { c.KeptStreams = 1 })
 	t.Cleanup(func() { close(next) }) // before the servers close: no handler is left waiting
 	// One stream at a time, twice: each kept, one connection for both.
 	c := client(t)
@@ -432,8 +445,8 @@ func TestFewStreamsAtOnceKeepTheirConnections(t *testing.T) {
 			t.Fatalf("kept stream: close %v, body %q", resp.Close, b)
 		}
 	}
-	if len(reused) != 2 || !reused[1] {
-		t.Fatalf("connections reused %v: the second stream should have had the first's", reused)
+	if len(reused) != 2 || !reused[1] || len(hijacked) != 0 {
+		t.Fatalf("connections reused %v, %d taken: the second stream should have had the first's, and neither taken", reused, len(hijacked))
 	}
 	// Two at once: the first is kept, the second (beyond KeptStreams) taken.
 	c1, br1 := rawRequest(t, base, "HTTP/1.1")
@@ -446,9 +459,8 @@ func TestFewStreamsAtOnceKeepTheirConnections(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// (ReadResponse takes "Connection: close" off the headers into Close.)
-	if first.Close || !second.Close {
-		t.Fatalf("first close %v, second close %v: want the first kept and the second taken", first.Close, second.Close)
+	if first.Close || second.Close || len(hijacked) != 1 {
+		t.Fatalf("first close %v, second close %v, %d taken: want both open and one taken", first.Close, second.Close, len(hijacked))
 	}
 	next <- struct{}{}
 	next <- struct{}{}
@@ -467,6 +479,7 @@ func startWatched(t *testing.T, upstream http.Handler, hijacked chan<- struct{},
 			hijacked <- struct{}{}
 		}
 	}
+	srv.Listener = Listener(srv.Config, srv.Listener)
 	srv.Start()
 	t.Cleanup(srv.Close)
 	return srv.URL
@@ -515,7 +528,8 @@ func TestStreamRequestIsTakenBeforeItGoesUpstream(t *testing.T) {
 // as net/http would frame it: an upstream error with its length, one sent
 // in chunks, one with no type (sniffed), one with no body, and the proxy's
 // own error when the upstream cannot be reached; each with the proxy's
-// headers, and the connection closed after it.
+// headers; and the connection then serves the client's next request (an
+// HTTP/1.0 one closes).
 func TestEveryReplyToARequestTakenEarlyArrivesWhole(t *testing.T) {
 	up := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		_, _ = io.Copy(io.Discard, r.Body)
@@ -567,25 +581,33 @@ func TestEveryReplyToARequestTakenEarlyArrivesWhole(t *testing.T) {
 	} {
 		conn, br := rawSend(t, base, c.path, c.proto, `{"stream":true}`)
 		_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
-		resp, err := http.ReadResponse(br, nil)
-		if err != nil {
-			t.Fatalf("%s %s: %v", c.path, c.proto, err)
-		}
-		if resp.StatusCode == http.StatusEarlyHints { // its header as sent, no length: then the reply
-			if resp.Header.Get("Link") == "" || resp.Header.Get("Content-Length") != "" {
-				t.Fatalf("%s: the interim reply's header: %v", c.path, resp.Header)
+		for i := range 2 { // the reply, then the next on the same connection
+			if i == 1 {
+				if c.proto == "HTTP/1.0" {
+					if n, err := br.Read(make([]byte, 1)); n != 0 || err != io.EOF {
+						t.Fatalf("%s %s: after the reply: %d bytes, %v; want the connection closed", c.path, c.proto, n, err)
+					}
+					break
+				}
+				sendOn(t, conn, c.path, c.proto, `{"stream":true}`)
 			}
-			if resp, err = http.ReadResponse(br, nil); err != nil {
-				t.Fatalf("%s %s, after the interim reply: %v", c.path, c.proto, err)
+			resp, err := http.ReadResponse(br, nil)
+			if err != nil {
+				t.Fatalf("%s %s, reply %d: %v", c.path, c.proto, i+1, err)
 			}
-		}
-		b, err := io.ReadAll(resp.Body)
-		if err != nil || resp.StatusCode != c.code || resp.Header.Get("Content-Type") != c.ctype || string(b) != c.body ||
-			(len(resp.TransferEncoding) > 0) != c.chunked || resp.Header.Get(RequestIDHeader) == "" || (c.proto == "HTTP/1.1" && !resp.Close) {
-			t.Fatalf("%s %s: %d %v te %v close %v body %q %v", c.path, c.proto, resp.StatusCode, resp.Header, resp.TransferEncoding, resp.Close, b, err)
-		}
-		if n, err := br.Read(make([]byte, 1)); n != 0 || err != io.EOF {
-			t.Fatalf("%s %s: after the reply: %d bytes, %v; want the connection closed", c.path, c.proto, n, err)
+			if resp.StatusCode == http.StatusEarlyHints { // its header as sent, no length: then the reply
+				if resp.Header.Get("Link") == "" || resp.Header.Get("Content-Length") != "" {
+					t.Fatalf("%s: the interim reply's header: %v", c.path, resp.Header)
+				}
+				if resp, err = http.ReadResponse(br, nil); err != nil {
+					t.Fatalf("%s %s, after the interim reply: %v", c.path, c.proto, err)
+				}
+			}
+			b, err := io.ReadAll(resp.Body)
+			if err != nil || resp.StatusCode != c.code || resp.Header.Get("Content-Type") != c.ctype || string(b) != c.body ||
+				(len(resp.TransferEncoding) > 0) != c.chunked || resp.Header.Get(RequestIDHeader) == "" || resp.Close != (c.proto == "HTTP/1.0") {
+				t.Fatalf("%s %s, reply %d: %d %v te %v close %v body %q %v", c.path, c.proto, i+1, resp.StatusCode, resp.Header, resp.TransferEncoding, resp.Close, b, err)
+			}
 		}
 	}
 	// The upstream gone: the proxy's own error, whole.

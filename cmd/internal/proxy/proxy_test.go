@@ -54,6 +54,7 @@ func start(t *testing.T, upstream http.Handler, mutate ...func(*Config)) (string
 	// net/http's own complaints (a superfluous WriteHeader, a panic) are
 	// the proxy's log too, for the tests to read.
 	srv.Config.ErrorLog = log.New(logs, "http: server: ", 0)
+	srv.Listener = Listener(srv.Config, srv.Listener) // as the command serves it
 	srv.Start()
 	t.Cleanup(srv.Close)
 	return srv.URL, p, logs
