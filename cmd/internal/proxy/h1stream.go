@@ -83,8 +83,9 @@ type streamConn struct {
 	early   bool
 	head    bool
 	pending int
-	// readAhead: net/http had read bytes beyond this request when it was
-	// taken (a request pipelined behind it), which go with the connection;
+	// readAhead: bytes beyond this request were read from the connection
+	// (a request pipelined behind it: by net/http before it was taken, or
+	// by a watch for the client leaving), which go with the connection;
 	// again: the header said the connection stays open, for it to go back
 	// to net/http at the end (takenagain.go).
 	readAhead bool
@@ -95,7 +96,7 @@ type streamConn struct {
 	remain  int64
 	// unwatchHangup ends the watch for the client leaving, kept until
 	// the head is written (watch, unwatch); nil when none.
-	unwatchHangup func()
+	unwatchHangup func() (dropped bool)
 	// size and vec frame one chunk, written with one writev: no
 	// allocation, and no copy of the event.
 	size [20]byte
@@ -182,7 +183,9 @@ func (s *streamConn) watch() {
 // leaves after that is seen when a write fails.
 func (s *streamConn) unwatch() {
 	if s.unwatchHangup != nil {
-		s.unwatchHangup()
+		if s.unwatchHangup() {
+			s.readAhead = true // the client's bytes are gone: it cannot be served again
+		}
 		s.unwatchHangup = nil
 	}
 }

@@ -24,26 +24,33 @@ import (
 // hangups watches taken connections for their clients leaving.
 type hangups struct{ set pollset.Set }
 
-// watch calls cancel when c's client leaves, until stop is called.
-func (h *hangups) watch(c net.Conn, cancel func()) (stop func()) {
+// watch calls cancel when c's client leaves, until stop is called; stop
+// reports whether the watch read (and dropped) bytes the client sent, which
+// the poll set never does.
+func (h *hangups) watch(c net.Conn, cancel func()) (stop func() (dropped bool)) {
 	if unwatch, ok := h.set.Watch(c, pollset.Hangup, cancel); ok {
-		return func() { unwatch() }
+		return func() bool { unwatch(); return false }
 	}
 	return readWatch(c, cancel)
 }
 
 // readWatch watches c with a goroutine that reads it: the read ending in
 // an error (the client closed, or reset) calls cancel. Bytes the client
-// sends meanwhile (a request pipelined behind this one) are dropped with
-// the connection. stop ends the watch and returns once the goroutine has.
-func readWatch(c net.Conn, cancel func()) (stop func()) {
+// sends meanwhile (a request pipelined behind this one) are dropped: stop
+// says so, for the connection to close after the reply rather than serve
+// the client again (takenagain.go). stop ends the watch and returns once
+// the goroutine has.
+func readWatch(c net.Conn, cancel func()) (stop func() (dropped bool)) {
 	var stopped atomic.Bool
 	done := make(chan struct{})
+	read := false
 	go func() {
 		defer close(done)
 		var b [1]byte
 		for {
-			if _, err := c.Read(b[:]); err != nil {
+			n, err := c.Read(b[:])
+			read = read || n > 0
+			if err != nil {
 				if !stopped.Load() {
 					cancel()
 				}
@@ -51,10 +58,11 @@ func readWatch(c net.Conn, cancel func()) (stop func()) {
 			}
 		}
 	}()
-	return func() {
+	return func() bool {
 		stopped.Store(true)
 		_ = c.SetReadDeadline(time.Unix(1, 0))
 		<-done
 		_ = c.SetReadDeadline(time.Time{})
+		return read // written before done closed
 	}
 }
