@@ -482,7 +482,7 @@ func (s *streamConn) finish(whole bool) {
 	// Whatever this handler still writes must not reach the connection's
 	// next request.
 	s.err = net.ErrClosed
-	if again && s.taken.back.Load().giveBack(conn) {
+	if again && s.taken.giveBack(conn) {
 		return
 	}
 	_ = conn.Close()
@@ -511,8 +511,12 @@ type takenStreams struct {
 	idle    chan struct{} // closed when the last stream ends, while a drain waits
 
 	// back: the listener taken connections go back through
-	// (takenagain.go); nil when the server serves another.
-	back atomic.Pointer[givingBack]
+	// (takenagain.go); nil when the server serves another. unstarted: the
+	// connections given back whose next request net/http has not begun
+	// (under mu; nUnstarted counts them, for connState's fast path).
+	back       atomic.Pointer[givingBack]
+	unstarted  map[net.Conn]struct{}
+	nUnstarted atomic.Int64
 }
 
 // takenKey is the request context key under which NewServer's server

@@ -620,7 +620,12 @@ func Serve(ctx context.Context, srv *http.Server, serve func() error, grace time
 	sctx, cancel := context.WithTimeout(context.Background(), grace)
 	defer cancel()
 	taken := takenStreamsOf(srv)
-	err := srv.Shutdown(sctx)
+	shut := make(chan error, 1)
+	go func() { shut <- srv.Shutdown(sctx) }()
+	if taken != nil {
+		taken.closeUnstarted(sctx)
+	}
+	err := <-shut
 	if err == nil && taken != nil {
 		err = taken.wait(sctx)
 	}

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"context"
 	"errors"
 	"net"
 	"net/http"
@@ -30,17 +31,26 @@ import (
 // What differs from a connection net/http kept itself: it counts this one
 // as new, so it waits for the next request for ReadHeaderTimeout (30 s)
 // rather than IdleTimeout (2 min), and reports it to ConnState as
-// StateNew after its StateHijacked.
+// StateNew after its StateHijacked. And net/http's Shutdown closes an idle
+// connection at once but waits 5 s for a new one's first request: so the
+// drain (Serve) closes the connections given back whose next request has
+// not begun itself, as soon as the listener is closed (closeUnstarted).
 
 // Listener returns ln for srv to serve, where srv was made by NewServer:
 // once srv serves it, the connections srv's streams were taken on go back
 // to srv when their replies end whole, for their clients' next requests.
 // For any other server it returns ln as it is. Closing the returned
-// listener closes ln.
+// listener closes ln. It adds to srv.ConnState (what is there is still
+// called): set that before, not after.
 func Listener(srv *http.Server, ln net.Listener) net.Listener {
 	taken := takenStreamsOf(srv)
 	if taken == nil {
 		return ln
+	}
+	if prev := srv.ConnState; prev != nil {
+		srv.ConnState = func(c net.Conn, st http.ConnState) { taken.connState(c, st); prev(c, st) }
+	} else {
+		srv.ConnState = taken.connState
 	}
 	l := &givingBack{Listener: ln, taken: taken, accepted: make(chan acceptedConn), back: make(chan net.Conn), done: make(chan struct{})}
 	go l.acceptLoop()
@@ -129,5 +139,67 @@ func (l *givingBack) giveBack(c net.Conn) bool {
 		return true
 	case <-l.done:
 		return false
+	}
+}
+
+// giveBack gives c back to the server through its listener, noting it as
+// unstarted until net/http reports it anything but new; false, with c left
+// to the caller, when the listener is closed.
+func (t *takenStreams) giveBack(c net.Conn) bool {
+	t.mu.Lock()
+	if t.unstarted == nil {
+		t.unstarted = make(map[net.Conn]struct{})
+	}
+	if _, ok := t.unstarted[c]; !ok {
+		t.unstarted[c] = struct{}{}
+		t.nUnstarted.Add(1)
+	}
+	t.mu.Unlock()
+	if t.back.Load().giveBack(c) {
+		return true
+	}
+	t.started(c)
+	return false
+}
+
+// connState is the server's ConnState (Listener): a connection given back
+// that net/http reports active (its next request began), hijacked or
+// closed is no longer unstarted. Most calls find none given back, and
+// return at once.
+func (t *takenStreams) connState(c net.Conn, st http.ConnState) {
+	if st == http.StateNew || t.nUnstarted.Load() == 0 {
+		return
+	}
+	t.started(c)
+}
+
+func (t *takenStreams) started(c net.Conn) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if _, ok := t.unstarted[c]; ok {
+		delete(t.unstarted, c)
+		t.nUnstarted.Add(-1)
+	}
+}
+
+// closeUnstarted waits for the listener to close (Shutdown closes it
+// first), after which nothing more is given back, and closes the
+// connections given back whose next request has not begun, as Shutdown
+// closes idle ones. It returns at once if the server serves no Listener,
+// and when ctx is done.
+func (t *takenStreams) closeUnstarted(ctx context.Context) {
+	l := t.back.Load()
+	if l == nil {
+		return
+	}
+	select {
+	case <-l.done:
+	case <-ctx.Done():
+		return
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for c := range t.unstarted {
+		_ = c.Close()
 	}
 }

@@ -250,3 +250,75 @@ func dial(t *testing.T, base string) net.Conn {
 	t.Cleanup(func() { c.Close() })
 	return c
 }
+
+// A drain closes at once a connection given back whose client has sent
+// nothing since: net/http's Shutdown waits 5 s for a new connection's
+// first request (an idle one it closes at once), and a drain with a
+// shorter grace ended by cutting, though nothing was in flight.
+func TestServeDrainClosesAGivenBackConnectionAtOnce(t *testing.T) {
+	_, p, _ := start(t, sseUpstream(nil, "data: one\n\n"), takeEvery)
+	base, stop, wait := serveProxy(t, p, 2*time.Second, io.Discard)
+	c, br := rawRequest(t, base, "HTTP/1.1")
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b, err := io.ReadAll(resp.Body); err != nil || resp.Close || string(b) != "data: one\n\n" {
+		t.Fatalf("close %v, body %q %v: want the stream whole, its connection open", resp.Close, b, err)
+	}
+	stop()
+	if err := wait(); err != nil {
+		t.Fatalf("the drain, with nothing in flight: %v", err)
+	}
+	if n, err := br.Read(make([]byte, 1)); n != 0 || err != io.EOF {
+		t.Fatalf("after the drain: %d bytes, %v; want the connection closed", n, err)
+	}
+}
+
+// A request begun on a connection given back is in flight, not idle: the
+// drain lets it finish as any other (net/http reports it active, and the
+// drain closes only the connections given back that have not begun one).
+func TestServeDrainLetsARequestBegunOnAGivenBackConnectionFinish(t *testing.T) {
+	arrived, release := make(chan struct{}), make(chan struct{})
+	up := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		if r.URL.Path == "/v1/slow" {
+			close(arrived)
+			<-release
+			w.Header().Set("Content-Type", "application/json")
+			_, _ = io.WriteString(w, `{"ok":true}`)
+			return
+		}
+		sseUpstream(nil, "data: one\n\n")(w, r)
+	})
+	_, p, _ := start(t, up, takeEvery)
+	closed := make(chan struct{})
+	base, stop, wait := serveProxy(t, p, time.Minute, io.Discard, func(ln net.Listener) net.Listener {
+		return countingListener{Listener: ln, accepts: new(atomic.Int32), closed: closed}
+	})
+	c, br := rawRequest(t, base, "HTTP/1.1") // a stream: taken, then given back
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b, err := io.ReadAll(resp.Body); err != nil || resp.Close || string(b) != "data: one\n\n" {
+		t.Fatalf("close %v, body %q %v: want the stream whole, its connection open", resp.Close, b, err)
+	}
+	sendOn(t, c, "/v1/slow", "HTTP/1.1", `{}`) // not a stream: net/http serves it
+	<-arrived
+	stop()
+	<-closed // the drain closed the listener, and closed what it would
+	close(release)
+	resp, err = http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatalf("the request in flight on the connection given back: %v", err)
+	}
+	if b, err := io.ReadAll(resp.Body); err != nil || resp.StatusCode != 200 || string(b) != `{"ok":true}` {
+		t.Fatalf("%d %q %v", resp.StatusCode, b, err)
+	}
+	if err := wait(); err != nil {
+		t.Fatal(err)
+	}
+}
