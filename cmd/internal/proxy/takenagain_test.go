@@ -258,15 +258,7 @@ func dial(t *testing.T, base string) net.Conn {
 func TestServeDrainClosesAGivenBackConnectionAtOnce(t *testing.T) {
 	_, p, _ := start(t, sseUpstream(nil, "data: one\n\n"), takeEvery)
 	base, stop, wait := serveProxy(t, p, 2*time.Second, io.Discard)
-	c, br := rawRequest(t, base, "HTTP/1.1")
-	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
-	resp, err := http.ReadResponse(br, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if b, err := io.ReadAll(resp.Body); err != nil || resp.Close || string(b) != "data: one\n\n" {
-		t.Fatalf("close %v, body %q %v: want the stream whole, its connection open", resp.Close, b, err)
-	}
+	_, br := streamGivenBack(t, base)
 	stop()
 	if err := wait(); err != nil {
 		t.Fatalf("the drain, with nothing in flight: %v", err)
@@ -297,21 +289,13 @@ func TestServeDrainLetsARequestBegunOnAGivenBackConnectionFinish(t *testing.T) {
 	base, stop, wait := serveProxy(t, p, time.Minute, io.Discard, func(ln net.Listener) net.Listener {
 		return countingListener{Listener: ln, accepts: new(atomic.Int32), closed: closed}
 	})
-	c, br := rawRequest(t, base, "HTTP/1.1") // a stream: taken, then given back
-	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
-	resp, err := http.ReadResponse(br, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if b, err := io.ReadAll(resp.Body); err != nil || resp.Close || string(b) != "data: one\n\n" {
-		t.Fatalf("close %v, body %q %v: want the stream whole, its connection open", resp.Close, b, err)
-	}
+	c, br := streamGivenBack(t, base)
 	sendOn(t, c, "/v1/slow", "HTTP/1.1", `{}`) // not a stream: net/http serves it
 	<-arrived
 	stop()
 	<-closed // the drain closed the listener, and closed what it would
 	close(release)
-	resp, err = http.ReadResponse(br, nil)
+	resp, err := http.ReadResponse(br, nil)
 	if err != nil {
 		t.Fatalf("the request in flight on the connection given back: %v", err)
 	}
@@ -321,4 +305,21 @@ func TestServeDrainLetsARequestBegunOnAGivenBackConnectionFinish(t *testing.T) {
 	if err := wait(); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// streamGivenBack asks the proxy at base (its upstream answering
+// "data: one") for a stream, which takeEvery takes, reads it whole, and
+// returns its connection, which the reply said stays open.
+func streamGivenBack(t *testing.T, base string) (net.Conn, *bufio.Reader) {
+	t.Helper()
+	c, br := rawRequest(t, base, "HTTP/1.1")
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b, err := io.ReadAll(resp.Body); err != nil || resp.Close || string(b) != "data: one\n\n" {
+		t.Fatalf("close %v, body %q %v: want the stream whole, its connection open", resp.Close, b, err)
+	}
+	return c, br
 }
