@@ -482,7 +482,9 @@ func (s *streamConn) finish(whole bool) {
 	// Whatever this handler still writes must not reach the connection's
 	// next request.
 	s.err = net.ErrClosed
-	if again && s.taken.giveBack(conn) {
+	// net/http sets the deadlines it wants on a connection it serves, but
+	// clears none it did not set: none this stream set may outlive it.
+	if again && conn.SetDeadline(time.Time{}) == nil && s.taken.giveBack(conn) {
 		return
 	}
 	_ = conn.Close()

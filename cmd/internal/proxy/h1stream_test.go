@@ -342,7 +342,9 @@ func TestServeDrainWaitsForATakenStream(t *testing.T) {
 		t.Fatalf("rest %q %v", rest, err)
 	}
 	// Its header, written before the drain, said the connection stays
-	// open; the drain refuses it back, and it closes, as an idle one would.
+	// open; at its end it is closed, as an idle one would be: refused
+	// back, or, given back as the listener closed, closed by the drain
+	// or by Accept.
 	if n, err := br.Read(make([]byte, 1)); resp.Close || n != 0 || err != io.EOF {
 		t.Fatalf("close %v; after the stream: %d bytes, %v; want the connection closed", resp.Close, n, err)
 	}

@@ -42,6 +42,16 @@ import (
 // For any other server it returns ln as it is. Closing the returned
 // listener closes ln. It adds to srv.ConnState (what is there is still
 // called): set that before, not after.
+//
+// Serve it with srv.Serve, not ServeTLS: ServeTLS would start TLS again on
+// a connection given back, already past its handshake (the command serves
+// cleartext only, and only that is tested). It starts a goroutine that
+// accepts from ln until the returned listener is closed: close it if srv
+// never serves it (srv.Serve closes it when it returns). A server that
+// turns keep-alives off (SetKeepAlivesEnabled) must not be served through
+// it: net/http has no getter for that, and connections would still be
+// given back (Shutdown's turning them off is seen: it closes the listener
+// first).
 func Listener(srv *http.Server, ln net.Listener) net.Listener {
 	taken := takenStreamsOf(srv)
 	if taken == nil {
@@ -103,8 +113,21 @@ func (l *givingBack) Accept() (net.Conn, error) {
 	l.served.Do(func() { l.taken.back.Store(l) })
 	select {
 	case c := <-l.back:
+		if !l.open() {
+			// Given back as the listener closed (select picks at
+			// random among what is ready): the drain may have made its
+			// pass over the unstarted connections already, so this one
+			// is closed here rather than served.
+			l.taken.started(c)
+			_ = c.Close()
+			return nil, net.ErrClosed
+		}
 		return c, nil
 	case a := <-l.accepted:
+		if a.c != nil && !l.open() {
+			_ = a.c.Close()
+			return nil, net.ErrClosed
+		}
 		return a.c, a.err
 	case <-l.done:
 		return nil, net.ErrClosed

@@ -241,6 +241,39 @@ func TestListenerClosedTakesNothingBack(t *testing.T) {
 	}
 }
 
+// A connection given back just as the listener closes is closed, not
+// served: Accept's select picks at random between it and the close, and
+// the drain's pass over the unstarted connections may already be over.
+func TestAConnectionGivenBackAsTheListenerClosesIsClosedNotServed(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := NewServer(http.NotFoundHandler())
+	l := Listener(srv, ln).(*givingBack)
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	a, b := net.Pipe()
+	defer b.Close()
+	sent := make(chan struct{})
+	go func() { l.back <- a; close(sent) }() // as giveBack does when its select picks the send
+	for received := false; !received; {
+		c, err := l.Accept()
+		if c != nil || !errors.Is(err, net.ErrClosed) {
+			t.Fatalf("Accept after Close: %T, %v; want net.ErrClosed", c, err)
+		}
+		select {
+		case <-sent:
+			received = true
+		default:
+		}
+	}
+	if _, err := b.Read(make([]byte, 1)); err != io.EOF {
+		t.Fatalf("the connection given back: read %v; want it closed", err)
+	}
+}
+
 func dial(t *testing.T, base string) net.Conn {
 	t.Helper()
 	c, err := net.Dial("tcp", strings.TrimPrefix(base, "http://"))
