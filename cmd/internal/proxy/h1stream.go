@@ -23,7 +23,8 @@ import (
 // already held, and its events are written as they come. So once a 2xx
 // text/event-stream reply's headers are ready, the connection is taken
 // from net/http (Hijack) and the reply is written on it in chunks, each
-// event with one write. At the end the connection goes back to net/http
+// event with one write, by a goroutine of its own once the header is out:
+// the handler returns (alone.go). At the end the connection goes back to net/http
 // for the client's next request, through the listener the server serves
 // (Listener, takenagain.go), or, where it cannot, is closed (the reply
 // says Connection: close).
@@ -101,6 +102,18 @@ type streamConn struct {
 	// allocation, and no copy of the event.
 	size [20]byte
 	vec  [3][]byte
+	// hdr: the reply's header map, kept when the reply goes on without
+	// its handler and net/http's writer is let go (alone.go).
+	hdr http.Header
+}
+
+// Header is net/http's writer's, or, once the reply goes on alone, the
+// same map kept.
+func (s *streamConn) Header() http.Header {
+	if s.hdr != nil {
+		return s.hdr
+	}
+	return s.ResponseWriter.Header()
 }
 
 var crlf = []byte("\r\n")
@@ -160,8 +173,9 @@ func (s *streamConn) hijack() bool {
 	// The 4 KiB read buffer and 4 KiB write buffer net/http gave this
 	// connection are the taker's after Hijack, and net/http does not touch
 	// them again; but they stay reachable from its connection for as long
-	// as this handler runs, the whole stream. Emptied, they go with the
-	// next GC. (A client that sent another request behind this one, on the
+	// as this handler runs, which may be the whole stream (a reply whose
+	// header waits for its first bytes). Emptied, they go with the next
+	// GC. (A client that sent another request behind this one, on the
 	// same connection, and whose bytes net/http had read, loses it with the
 	// connection's close, which the reply announces: browsers and SDKs do
 	// not pipeline.)

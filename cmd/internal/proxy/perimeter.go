@@ -262,9 +262,7 @@ func (pm *perimeter) guardHost(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if !pm.hostAllowed(r.Host) {
 			_, info := withRequest(r, w.Header())
-			if info.cancel != nil {
-				info.cancel()
-			}
+			info.finish()
 			stamp(w.Header(), info) // traceable too
 			writeErrorAs(w, http.StatusForbidden, "permission_error", msgHost)
 			return

@@ -317,7 +317,7 @@ func newProxy(cfg Config, sh *shared, route string) (*Proxy, error) {
 			// only report of one.
 			if info != nil && resp.StatusCode != http.StatusSwitchingProtocols && resp.Body != nil && resp.Body != http.NoBody {
 				sb := &streamBody{ReadCloser: resp.Body, ctx: resp.Request.Context(), logger: cfg.Logger, info: info,
-					stream: sse, metrics: p.metrics}
+					stream: sse, metrics: p.metrics, resp: resp}
 				if cfg.Continuation != nil && sse && resp.StatusCode/100 == 2 {
 					// A continuation may change them after the headers are
 					// sent: their final values go as trailers.
@@ -344,9 +344,7 @@ func (p *Proxy) Metrics() *Metrics { return p.metrics }
 // redirect of its own.
 func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	r, info := withRequest(r, w.Header())
-	if info.cancel != nil {
-		defer info.cancel()
-	}
+	defer info.end()
 	p.forward(w, r, info)
 }
 
@@ -380,7 +378,7 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, info *requestInf
 		var code int
 		var msg string
 		body, reserved, code, msg = p.hold(w, r)
-		defer p.held.Add(-reserved)
+		info.held, info.reserved = p.held, reserved // given back as the request ends (info.end)
 		if code != 0 {
 			if code == http.StatusServiceUnavailable {
 				w.Header().Set("Retry-After", "1")
@@ -409,12 +407,22 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, info *requestInf
 	rp.BufferPool = &info.buffers
 	out := takeStreams(w, r, info, p.keptStreams())
 	if sc, ok := out.(*streamConn); ok {
+		info.sc = sc
 		whole := false
-		defer func() { sc.finish(whole) }() // a panic (a stream cut upstream) leaves it cut
+		defer func() {
+			if whole && info.rest != nil {
+				return // the reply goes on alone (alone.go), and finishes there
+			}
+			if info.rest != nil { // told of an end, then panicked: its close was skipped
+				_ = info.rest.ReadCloser.Close()
+				info.rest = nil
+			}
+			sc.finish(whole) // a panic (a stream cut upstream) leaves it cut
+		}()
 		if sc.mayTakeEarly() && asksForStream(r, body) {
 			sc.takeEarly()
 		}
-		rp.ServeHTTP(out, r) // the held body is not used after this returns
+		rp.ServeHTTP(out, r)
 		whole = true
 		return
 	}

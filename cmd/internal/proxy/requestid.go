@@ -37,7 +37,41 @@ type requestInfo struct {
 	// cancel ends the request's upstream side: for an HTTP/1.x client,
 	// whose stream's connection may be taken from net/http (h1stream.go),
 	// after which net/http no longer cancels it when the server closes.
-	cancel context.CancelFunc
+	// unfollow stops the client's request context from cancelling it
+	// (withRequest); false once it has.
+	cancel   context.CancelFunc
+	unfollow func() bool
+	// sc: the writer of an HTTP/1.x client's reply; rest: set when that
+	// reply, on a connection taken from net/http, goes on without its
+	// handler (alone.go); held and reserved: the request body's share of
+	// MaxHeld, given back when the request ends.
+	sc       *streamConn
+	rest     *streamBody
+	held     *atomic.Int64
+	reserved int64
+}
+
+// end ends the request as its handler returns, unless its reply goes on
+// alone: then that goroutine starts here, the handler's last act, and
+// ends the request when the reply ends.
+func (info *requestInfo) end() {
+	if info.rest != nil {
+		go info.rest.goOn(info.sc)
+		return
+	}
+	info.finish()
+}
+
+// finish cancels the request's upstream side and gives back its body's
+// share of MaxHeld.
+func (info *requestInfo) finish() {
+	if info.cancel != nil {
+		info.unfollow()
+		info.cancel()
+	}
+	if info.held != nil {
+		info.held.Add(-info.reserved)
+	}
 }
 
 type requestKey struct{}
@@ -54,7 +88,13 @@ func withRequest(r *http.Request, out http.Header) (*http.Request, *requestInfo)
 	info := &requestInfo{id: string(b[:]), start: time.Now(), out: out}
 	ctx := context.WithValue(r.Context(), requestKey{}, info)
 	if r.ProtoMajor == 1 {
-		ctx, info.cancel = context.WithCancel(ctx)
+		// net/http cancels r's context when the handler returns, and a
+		// reply on a taken connection may go on after that (alone.go):
+		// so the upstream side gets a context cancelled by info.cancel,
+		// and by r's only until unfollow. Its values are r's.
+		follows := ctx
+		ctx, info.cancel = context.WithCancel(context.WithoutCancel(ctx))
+		info.unfollow = context.AfterFunc(follows, info.cancel)
 	}
 	return r.WithContext(ctx), info
 }
@@ -125,9 +165,21 @@ type streamBody struct {
 	// the one the headers named.
 	trailer http.Header
 	target  string
+	resp    *http.Response // whose Trailer the reply ends with
+	// announced: how many trailers the response announced, as its
+	// header was written (a reply that goes on alone copies them as
+	// ReverseProxy would have).
+	announced int
 }
 
 func (b *streamBody) Read(p []byte) (int, error) {
+	if b.info.rest == nil && b.info.sc.mayGoOn() && b.info.unfollow() {
+		// ReverseProxy is told the body has ended, and the handler
+		// returns; the rest is copied on a goroutine of its own
+		// (alone.go), started as the handler's last act (info.end).
+		b.info.rest, b.announced = b, len(b.resp.Trailer)
+		return 0, io.EOF
+	}
 	n, err := b.ReadCloser.Read(p)
 	if b.stream && n > 0 {
 		b.stream = false
@@ -156,6 +208,15 @@ func (b *streamBody) Read(p []byte) (int, error) {
 		})
 	}
 	return n, err
+}
+
+// Close closes the body, unless its reply goes on alone: ReverseProxy's
+// close, which follows the end it was told of, is not the end then.
+func (b *streamBody) Close() error {
+	if b.info.rest == b {
+		return nil
+	}
+	return b.ReadCloser.Close()
 }
 
 // announceTrailers names, before the headers are sent, the trailers a

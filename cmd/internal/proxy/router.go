@@ -97,9 +97,7 @@ const (
 // do.
 func (rt *Router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	r, info := withRequest(r, w.Header())
-	if info.cancel != nil {
-		defer info.cancel()
-	}
+	defer info.end()
 	if rt.pm.checkHost && !rt.pm.hostAllowed(r.Host) {
 		rt.refuse(w, r, http.StatusForbidden, "permission_error", msgHost)
 		return

@@ -1,0 +1,95 @@
+package proxy
+
+import (
+	"io"
+	"net/http"
+)
+
+// A reply written on a connection taken from net/http (h1stream.go) goes
+// on without its handler. The handler's goroutine is the deepest thing a
+// stream keeps: net/http's connection loop, ReverseProxy and the proxy's
+// own frames put about 5 KiB on it while it waits for the next event, so
+// its stack stays at 8 KiB, and with it the request net/http read, its
+// response writer and connection state stay reachable. Once the reply's
+// header is on the wire, ReverseProxy is told the body has ended
+// (streamBody.Read), the handler returns, and a goroutine that starts
+// with nothing on its stack copies the rest (goOn): a stack of 4 KiB.
+//
+// What a client sees does not change: the same bytes, the same framing,
+// the trailers ReverseProxy would have copied, the same end (whole, or
+// the connection closed when the upstream breaks or the client leaves).
+// What the proxy sees: the request's context is no longer net/http's
+// (withRequest), so the handler's return does not cancel it; the drain
+// still waits for the stream and cuts it (takenStreams), and the
+// request's share of MaxHeld is given back when the reply ends.
+
+// mayGoOn reports whether the reply can go on without its handler: its
+// connection is taken, its header written, and a body follows.
+func (s *streamConn) mayGoOn() bool {
+	return s != nil && s.conn != nil && s.head && !s.passed && s.err == nil && s.framing != noBody
+}
+
+// goOn copies the rest of b's reply to s, then ends the stream and the
+// request as the handler would have. It runs on a goroutine of its own
+// (requestInfo.end), after the handler has returned.
+func (b *streamBody) goOn(s *streamConn) {
+	info := b.info
+	// What only the handler used goes with it: net/http's response
+	// writer and the request it read, and what they hold.
+	s.hdr = s.Header()
+	s.ResponseWriter, s.r = nil, nil
+	whole := false
+	defer func() {
+		if v := recover(); v != nil {
+			b.logger.ErrorContext(b.ctx, "llmretry proxy: panic copying a stream; the client's connection is closed", "panic", v)
+			whole = false
+		}
+		_ = b.ReadCloser.Close() // fills in the response's trailers
+		if whole {
+			b.copyTrailers(s.hdr)
+		}
+		// The upstream side is over: it ends before the client reads the
+		// reply's end, so nothing of it outlives what the client sees.
+		info.rest = nil
+		info.finish()
+		s.finish(whole)
+	}()
+	buf := info.buffers.Get()
+	defer info.buffers.Put(buf)
+	for {
+		n, err := b.Read(buf)
+		if n > 0 {
+			if _, werr := s.Write(buf[:n]); werr != nil {
+				return
+			}
+		}
+		if err == io.EOF {
+			whole = true
+			return
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// copyTrailers puts the response's trailers in the client's header map,
+// from which finish writes them, as ReverseProxy does after a body: under
+// their own names when they are the ones announced, else each prefixed
+// with http.TrailerPrefix.
+func (b *streamBody) copyTrailers(h http.Header) {
+	t := b.resp.Trailer
+	if len(t) == b.announced {
+		for k, vs := range t {
+			for _, v := range vs {
+				h.Add(k, v)
+			}
+		}
+		return
+	}
+	for k, vs := range t {
+		for _, v := range vs {
+			h.Add(http.TrailerPrefix+k, v)
+		}
+	}
+}
