@@ -37,9 +37,13 @@
 #                      stream lasts 18 GAPs); lengthen it when N streams
 #                      take longer than that to open, or the run fails
 #                      its premise (HTTP/1.1 clients at 9,000 took 16 s here)
-#   RAMP=30s           start the streams over 30 s instead of at once: the
-#                      streams are then never all open together, and the run
-#                      must fail (a check of the check)
+#   RAMP=8s            start the streams over 8 s (stream i at 8 s * i/N)
+#                      instead of at once: streams arriving over time, as
+#                      a service sees them, rather than in one burst. Shorter
+#                      than a stream (18 s at GAP=1s) they are all open from
+#                      then on and the figure stands; RAMP=30s leaves them
+#                      never all open together, and the run must fail (a
+#                      check of the check)
 #   LLMRETRY_BIN=PATH  measure this llmretry binary instead of building the
 #                      tree's (to compare two builds in alternating runs)
 #   PROFILE=DIR        profile llmretry's proxy instead of measuring it: a

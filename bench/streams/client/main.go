@@ -66,7 +66,7 @@ func main() {
 	proto := flag.String("proto", "h2c", "how clients speak: h2c, or h1 (one HTTP/1.1 connection per stream)")
 	pid := flag.Int("pid", 0, "the process whose memory is measured")
 	every := flag.Duration("every", 200*time.Millisecond, "how often its memory is sampled")
-	ramp := flag.Duration("ramp", 0, "spread the streams' starts over this long (0: all at once); to see the premise check fail")
+	ramp := flag.Duration("ramp", 0, "spread the streams' starts over this long (0: all at once); longer than a stream, to see the premise check fail")
 	allow := flag.Bool("allow-failures", false, "count failed streams beside the figure instead of failing (for a baseline)")
 	whenOpen := flag.String("when-open", "", "a shell command run once every stream has its first event (e.g. to take profiles)")
 	upstreamPort := flag.Int("upstream-port", 0, "count the established TCP connections to this port at each sample (the target's upstream connections)")
