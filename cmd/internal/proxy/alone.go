@@ -15,16 +15,24 @@ import (
 // (streamBody.Read), the handler returns, and a goroutine that starts
 // with nothing on its stack copies the rest (goOn): a stack of 4 KiB.
 //
+// Only a request that arrived while more HTTP/1.x requests were open than
+// streams are kept (Config.KeptStreams) can go on alone: only then is its
+// upstream side given a context of its own (requestInfo.detach), which
+// costs a context and a registration more; a stream taken later keeps its
+// handler, as before. Below that count nothing is taken, and nothing costs
+// more.
+//
 // What a client sees does not change: the same bytes, the same framing,
 // the trailers ReverseProxy would have copied, the same end (whole, or
 // the connection closed when the upstream breaks or the client leaves).
 // What the proxy sees: the request's context is no longer net/http's
-// (withRequest), so the handler's return does not cancel it; the drain
+// (detach), so the handler's return does not cancel it; the drain
 // still waits for the stream and cuts it (takenStreams), and the
 // request's share of MaxHeld is given back when the reply ends.
 
 // mayGoOn reports whether the reply can go on without its handler: its
-// connection is taken, its header written, and a body follows.
+// connection is taken, its header written, and a body follows (and, the
+// caller checks, its request was detached).
 func (s *streamConn) mayGoOn() bool {
 	return s != nil && s.conn != nil && s.head && !s.passed && s.err == nil && s.framing != noBody
 }

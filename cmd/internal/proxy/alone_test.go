@@ -126,3 +126,60 @@ func TestAStreamThatGoesOnAloneHoldsItsBodyUntilItEnds(t *testing.T) {
 		t.Fatalf("%d bytes still held after the stream ended", n)
 	}
 }
+
+// A stream taken only when its header came (it arrived while no more
+// requests were open than streams are kept, so its context still follows
+// net/http's) keeps its handler to the end: going on alone, the handler's
+// return would cancel it mid-stream.
+func TestAStreamTakenWithoutDetachingKeepsItsHandler(t *testing.T) {
+	arrivedA := make(chan struct{})
+	releaseA := make(chan struct{})
+	nextA := make(chan struct{})
+	doneB := make(chan struct{})
+	up := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		w.Header().Set("Content-Type", "text/event-stream")
+		if !strings.Contains(string(b), `"a"`) {
+			_, _ = io.WriteString(w, "data: b\n\n")
+			w.(http.Flusher).Flush()
+			select {
+			case <-doneB:
+			case <-r.Context().Done():
+			}
+			return
+		}
+		close(arrivedA)
+		<-releaseA
+		_, _ = io.WriteString(w, "data: one\n\n")
+		w.(http.Flusher).Flush()
+		select {
+		case <-nextA:
+		case <-r.Context().Done():
+			return
+		}
+		_, _ = io.WriteString(w, "data: two\n\n")
+	})
+	base, _, _ := start(t, up, func(c *Config) { c.KeptStreams = 1 })
+	t.Cleanup(func() { close(nextA); close(doneB) })
+	ca, bra := rawSend(t, base, "/v1/chat/completions", "HTTP/1.1", `{"stream":true,"n":"a"}`)
+	_ = ca.SetDeadline(time.Now().Add(10 * time.Second))
+	<-arrivedA
+	// B comes while A is open: beyond the one kept request, it is
+	// detached and taken early, and counted as the one kept stream.
+	cb, brb := rawSend(t, base, "/v1/chat/completions", "HTTP/1.1", `{"stream":true,"n":"b"}`)
+	_ = cb.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := http.ReadResponse(brb, nil); err != nil {
+		t.Fatal(err)
+	}
+	readExactly(t, brb, "9\r\ndata: b\n\n\r\n")
+	// A's header comes now, B still open: two streams, one kept, so A is
+	// taken, though it was not detached.
+	close(releaseA)
+	respA, err := http.ReadResponse(bra, nil)
+	if err != nil || len(respA.TransferEncoding) != 1 {
+		t.Fatalf("A: %v %v", respA, err)
+	}
+	readExactly(t, bra, "b\r\ndata: one\n\n\r\n")
+	nextA <- struct{}{}
+	readExactly(t, bra, "b\r\ndata: two\n\n\r\n0\r\n\r\n")
+}

@@ -419,8 +419,14 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, info *requestInf
 			}
 			sc.finish(whole) // a panic (a stream cut upstream) leaves it cut
 		}()
-		if sc.mayTakeEarly() && asksForStream(r, body) {
-			sc.takeEarly()
+		if sc.mayTakeEarly() {
+			// Beyond the kept requests, this one may be taken: its reply
+			// may then go on after the handler returns.
+			r = info.detach(r)
+			sc.cancel = info.cancel
+			if asksForStream(r, body) {
+				sc.takeEarly()
+			}
 		}
 		rp.ServeHTTP(out, r)
 		whole = true

@@ -37,8 +37,8 @@ type requestInfo struct {
 	// cancel ends the request's upstream side: for an HTTP/1.x client,
 	// whose stream's connection may be taken from net/http (h1stream.go),
 	// after which net/http no longer cancels it when the server closes.
-	// unfollow stops the client's request context from cancelling it
-	// (withRequest); false once it has.
+	// unfollow, on a request that may be taken, stops the client's
+	// request context from cancelling it (detach); false once it has.
 	cancel   context.CancelFunc
 	unfollow func() bool
 	// sc: the writer of an HTTP/1.x client's reply; rest: set when that
@@ -49,6 +49,20 @@ type requestInfo struct {
 	rest     *streamBody
 	held     *atomic.Int64
 	reserved int64
+}
+
+// detach gives r a context of its own for the upstream side, cancelled by
+// info.cancel, and by r's only until unfollow: net/http cancels r's
+// context when the handler returns, and a reply on a taken connection may
+// go on after that (alone.go). Its values are r's. Only a request that may
+// be taken is detached (a context and a registration more).
+func (info *requestInfo) detach(r *http.Request) *http.Request {
+	follows := r.Context()
+	ctx, cancel := context.WithCancel(context.WithoutCancel(follows))
+	info.unfollow = context.AfterFunc(follows, cancel)
+	prev := info.cancel
+	info.cancel = func() { cancel(); prev() }
+	return r.WithContext(ctx)
 }
 
 // end ends the request as its handler returns, unless its reply goes on
@@ -65,8 +79,10 @@ func (info *requestInfo) end() {
 // finish cancels the request's upstream side and gives back its body's
 // share of MaxHeld.
 func (info *requestInfo) finish() {
-	if info.cancel != nil {
+	if info.unfollow != nil {
 		info.unfollow()
+	}
+	if info.cancel != nil {
 		info.cancel()
 	}
 	if info.held != nil {
@@ -88,13 +104,7 @@ func withRequest(r *http.Request, out http.Header) (*http.Request, *requestInfo)
 	info := &requestInfo{id: string(b[:]), start: time.Now(), out: out}
 	ctx := context.WithValue(r.Context(), requestKey{}, info)
 	if r.ProtoMajor == 1 {
-		// net/http cancels r's context when the handler returns, and a
-		// reply on a taken connection may go on after that (alone.go):
-		// so the upstream side gets a context cancelled by info.cancel,
-		// and by r's only until unfollow. Its values are r's.
-		follows := ctx
-		ctx, info.cancel = context.WithCancel(context.WithoutCancel(ctx))
-		info.unfollow = context.AfterFunc(follows, info.cancel)
+		ctx, info.cancel = context.WithCancel(ctx)
 	}
 	return r.WithContext(ctx), info
 }
@@ -173,7 +183,7 @@ type streamBody struct {
 }
 
 func (b *streamBody) Read(p []byte) (int, error) {
-	if b.info.rest == nil && b.info.sc.mayGoOn() && b.info.unfollow() {
+	if b.info.rest == nil && b.info.unfollow != nil && b.info.sc.mayGoOn() && b.info.unfollow() {
 		// ReverseProxy is told the body has ended, and the handler
 		// returns; the rest is copied on a goroutine of its own
 		// (alone.go), started as the handler's last act (info.end).
