@@ -59,44 +59,38 @@ func TestATakenStreamGoesOnWithoutItsHandler(t *testing.T) {
 // them: an announced one under its name, one the upstream did not announce
 // under http.TrailerPrefix (which the client reads as a trailer too).
 func TestTrailersOfAStreamThatGoesOnAloneArrive(t *testing.T) {
-	up := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		_, _ = io.Copy(io.Discard, r.Body)
-		w.Header().Set("Content-Type", "text/event-stream")
-		w.Header().Set("Trailer", "X-Done")
-		_, _ = io.WriteString(w, "data: one\n\n")
-		w.(http.Flusher).Flush()
-		w.Header().Set("X-Done", "yes")
-	})
-	base, _, _ := start(t, up, takeEvery)
-	c, br := rawRequest(t, base, "HTTP/1.1")
-	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
-	resp, err := http.ReadResponse(br, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, err := io.ReadAll(resp.Body)
-	if err != nil || string(body) != "data: one\n\n" || resp.Trailer.Get("X-Done") != "yes" {
-		t.Fatalf("body %q %v, trailer %v", body, err, resp.Trailer)
-	}
-	// Unannounced: the upstream's net/http sends it under its own name,
-	// and the proxy's client hands it over as a trailer it did not expect.
-	up2 := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		_, _ = io.Copy(io.Discard, r.Body)
-		w.Header().Set("Content-Type", "text/event-stream")
-		_, _ = io.WriteString(w, "data: one\n\n")
-		w.(http.Flusher).Flush()
-		w.Header().Set(http.TrailerPrefix+"X-Late", "late")
-	})
-	base2, _, _ := start(t, up2, takeEvery)
-	c2, br2 := rawRequest(t, base2, "HTTP/1.1")
-	_ = c2.SetDeadline(time.Now().Add(10 * time.Second))
-	resp2, err := http.ReadResponse(br2, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	body2, err := io.ReadAll(resp2.Body)
-	if err != nil || string(body2) != "data: one\n\n" || resp2.Trailer.Get("X-Late") != "late" {
-		t.Fatalf("body %q %v, trailer %v", body2, err, resp2.Trailer)
+	for _, c := range []struct {
+		name, announce, key string // key: the header the upstream sets after the body
+	}{
+		{"announced", "X-Done", "X-Done"},
+		// Unannounced: the upstream's net/http sends it under its own
+		// name, and the proxy's client hands it over as a trailer it did
+		// not expect.
+		{"unannounced", "", http.TrailerPrefix + "X-Done"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			up := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				_, _ = io.Copy(io.Discard, r.Body)
+				w.Header().Set("Content-Type", "text/event-stream")
+				if c.announce != "" {
+					w.Header().Set("Trailer", c.announce)
+				}
+				_, _ = io.WriteString(w, "data: one\n\n")
+				w.(http.Flusher).Flush()
+				w.Header().Set(c.key, "yes")
+			})
+			base, _, _ := start(t, up, takeEvery)
+			conn, br := rawRequest(t, base, "HTTP/1.1")
+			_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+			resp, err := http.ReadResponse(br, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, err := io.ReadAll(resp.Body)
+			if err != nil || string(body) != "data: one\n\n" || resp.Trailer.Get("X-Done") != "yes" {
+				t.Fatalf("body %q %v, trailer %v", body, err, resp.Trailer)
+			}
+		})
 	}
 }
 
