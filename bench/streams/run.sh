@@ -45,7 +45,9 @@
 #                      never all open together, and the run must fail (a
 #                      check of the check)
 #   LLMRETRY_BIN=PATH  measure this llmretry binary instead of building the
-#                      tree's (to compare two builds in alternating runs)
+#                      tree's (to compare two builds in alternating runs);
+#                      it is hard-linked where it can be, so that a uprobe
+#                      placed on PATH (perf probe -x PATH) fires in the run
 #   PROFILE=DIR        profile llmretry's proxy instead of measuring it: a
 #                      build with net/http/pprof (bench/streams/pprof, via
 #                      -overlay; cmd/ unchanged), every allocation recorded
@@ -67,7 +69,7 @@ gap=${GAP:-1s}
 case $proto in h2c | h1) ;; *) echo "run.sh: PROTO is h2c or h1" >&2; exit 2 ;; esac
 tmp=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; [ -f "$tmp/nginx.pid" ] && kill "$(cat "$tmp/nginx.pid")" 2>/dev/null; wait 2>/dev/null; rm -rf "$tmp"' EXIT
-if [ -n "${LLMRETRY_BIN:-}" ]; then cp "$LLMRETRY_BIN" "$tmp/llmretry"; else go build -o "$tmp/llmretry" ./cmd/llmretry; fi
+if [ -n "${LLMRETRY_BIN:-}" ]; then ln -f "$LLMRETRY_BIN" "$tmp/llmretry" 2>/dev/null || cp "$LLMRETRY_BIN" "$tmp/llmretry"; else go build -o "$tmp/llmretry" ./cmd/llmretry; fi
 (cd bench && go build -o "$tmp/client" ./streams/client && go build -o "$tmp/plainproxy" ./proxy/plainproxy && go build -o "$tmp/tlsmock" ./streams/tlsmock)
 if [ -n "${PROFILE:-}" ]; then
 	mkdir -p "$PROFILE"
