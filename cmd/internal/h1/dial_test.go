@@ -57,7 +57,7 @@ func TestTheDialRegistersNothingOnTheRequestsContext(t *testing.T) {
 			if !ok {
 				t.Fatal("the dial's context has no deadline")
 			}
-			if left := d.Sub(time.Now()); d.Before(start) || left > tc.want {
+			if left := time.Until(d); d.Before(start) || left > tc.want {
 				t.Errorf("the dial's deadline is %v away, want at most %v", left, tc.want)
 			}
 			if tc.deadline > 0 && tc.deadline < dialTimeout {
