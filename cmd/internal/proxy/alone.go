@@ -34,7 +34,7 @@ import (
 // connection is taken, its header written, and a body follows (and, the
 // caller checks, its request was detached).
 func (s *streamConn) mayGoOn() bool {
-	return s != nil && s.conn != nil && s.head && !s.passed && s.err == nil && s.framing != noBody
+	return s != nil && s.pending == 0 && s.conn != nil && s.head && !s.passed && s.err == nil && s.framing != noBody
 }
 
 // goOn copies the rest of b's reply to s, then ends the stream and the

@@ -183,7 +183,7 @@ type streamBody struct {
 }
 
 func (b *streamBody) Read(p []byte) (int, error) {
-	if b.info.rest == nil && b.info.unfollow != nil && b.info.sc.mayGoOn() && b.info.unfollow() {
+	if b.info.rest == nil && b.info.unfollow != nil && b.info.sc.mayGoOn() && !trailerValues(b.resp.Trailer) && b.info.unfollow() {
 		// ReverseProxy is told the body has ended, and the handler
 		// returns; the rest is copied on a goroutine of its own
 		// (alone.go), started as the handler's last act (info.end).
@@ -256,4 +256,17 @@ func (f copyErrorFilter) Write(p []byte) (int, error) {
 		return len(p), nil
 	}
 	return f.w.Write(p)
+}
+
+// trailerValues reports whether any trailer has its value already: the
+// body was read to its end under ReverseProxy (the first-event hold reads
+// a short reply whole), which then copies them itself, so a reply that
+// went on alone would send them twice.
+func trailerValues(t http.Header) bool {
+	for _, vs := range t {
+		if len(vs) > 0 {
+			return true
+		}
+	}
+	return false
 }
