@@ -37,9 +37,13 @@ type Transport struct {
 	// Proxy, when set, picks an HTTP proxy for a request; a request that
 	// gets one goes to Fallback.
 	Proxy func(*http.Request) (*url.URL, error)
-	// DialContext opens connections; nil is a net.Dialer with a 30 s
-	// timeout.
+	// DialContext opens connections; nil is a net.Dialer with 30 s
+	// keep-alives, as net/http's default, bounded by DialTimeout, and
+	// dialled so that a dial's goroutine keeps a small stack (dial.go).
 	DialContext func(ctx context.Context, network, addr string) (net.Conn, error)
+	// DialTimeout bounds each dial when DialContext is nil; 0 is 30 s, as
+	// net/http's default dialer.
+	DialTimeout time.Duration
 	// ResponseHeaderTimeout bounds the wait for response headers once the
 	// request is written; 0 is no bound.
 	ResponseHeaderTimeout time.Duration
@@ -147,9 +151,12 @@ func (t *Transport) conn(ctx context.Context, addr string, fresh bool) (c *conn,
 			return c, true, nil
 		}
 	}
-	dial := t.DialContext
-	if dial == nil {
-		dial = (&net.Dialer{Timeout: 30 * time.Second}).DialContext
+	dialer := t.DialContext
+	if dialer == nil {
+		dialer = func(ctx context.Context, _, addr string) (net.Conn, error) {
+			d := &net.Dialer{KeepAlive: 30 * time.Second}
+			return dial(ctx, d, net.DefaultResolver.LookupNetIP, t.dialTimeout(), addr)
+		}
 	}
 	// The dial runs on a goroutine of its own: it goes deep (the resolver,
 	// the poller), and on the request's goroutine it would grow that stack
@@ -161,7 +168,7 @@ func (t *Transport) conn(ctx context.Context, addr string, fresh bool) (c *conn,
 	}
 	done := make(chan dialed, 1)
 	go func() {
-		nc, err := dial(ctx, "tcp", addr)
+		nc, err := dialer(ctx, "tcp", addr)
 		done <- dialed{nc, err}
 	}()
 	d := <-done
@@ -169,6 +176,13 @@ func (t *Transport) conn(ctx context.Context, addr string, fresh bool) (c *conn,
 		return nil, false, d.err
 	}
 	return newConn(t, addr, d.nc), false, nil
+}
+
+func (t *Transport) dialTimeout() time.Duration {
+	if t.DialTimeout > 0 {
+		return t.DialTimeout
+	}
+	return 30 * time.Second
 }
 
 func (t *Transport) idleTimeout() time.Duration {

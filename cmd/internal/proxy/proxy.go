@@ -209,7 +209,13 @@ func newProxy(cfg Config, sh *shared, route string) (*Proxy, error) {
 		// most of what an open stream costs otherwise. https, upgrades
 		// and proxied requests go to t, a burst of them to a new host
 		// opening one connection first.
-		base = &firstConn{next: h1.NewTransport(t), idle: t.IdleConnTimeout}
+		plain := h1.NewTransport(t)
+		// t's dialer has a Timeout, which makes a timer context in
+		// every dial; h1's own bounds its dials as long (DialTimeout, 30
+		// s) and keeps each dial's goroutine at the stack it starts
+		// with, which in a burst is many stacks at once (h1/dial.go).
+		plain.DialContext = nil
+		base = &firstConn{next: plain, idle: t.IdleConnTimeout}
 	}
 	p := &Proxy{cfg: cfg, admin: adminMux(sh.metrics), metrics: sh.metrics, held: sh.held, label: cfg.Upstream.Host, route: route}
 	budgetFor := func() llmretry.Budget {

@@ -1,0 +1,89 @@
+package h1
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// unanswering returns the address of a listener whose queue of accepted
+// connections is full, so that the kernel drops every further SYN: a dial
+// to it waits for an answer that does not come, as to a host that is down,
+// until the kernel gives up (over two minutes).
+func unanswering(t *testing.T) string {
+	t.Helper()
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Close(fd) })
+	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Listen(fd, 0); err != nil {
+		t.Fatal(err)
+	}
+	sa, err := syscall.Getsockname(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := fmt.Sprintf("127.0.0.1:%d", sa.(*syscall.SockaddrInet4).Port)
+	filler, err := net.Dial("tcp", addr) // fills the queue: it is never accepted
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { filler.Close() })
+	return addr
+}
+
+// A dial to a host that does not answer ends at DialTimeout, with a
+// timeout, not when the kernel gives up. (A dial context with a deadline but
+// no Done channel, tried once to keep the dial's stack small, left net's
+// connect with no deadline on its socket: such a dial ran for 2 min 15 s.)
+func TestADialToAHostThatDoesNotAnswerEndsAtDialTimeout(t *testing.T) {
+	tr := &Transport{Fallback: noFallback{t}, DialTimeout: 100 * time.Millisecond}
+	req, _ := http.NewRequest(http.MethodGet, "http://"+unanswering(t)+"/", nil)
+	errc := make(chan error, 1)
+	go func() {
+		_, err := tr.RoundTrip(req)
+		errc <- err
+	}()
+	select {
+	case err := <-errc:
+		var ne net.Error
+		if !errors.As(err, &ne) || !ne.Timeout() {
+			t.Fatalf("RoundTrip returned %v, want a dial timeout", err)
+		}
+	case <-time.After(30 * time.Second): // a bound on a failure, far below the kernel's
+		t.Fatal("the dial outlived its DialTimeout")
+	}
+}
+
+// A request whose context ends while its connection is being dialled ends
+// the dial and returns with its context's error: no dial is left behind
+// (TestMain's leak check would find its goroutine).
+func TestARequestWhoseContextEndsEndsItsDial(t *testing.T) {
+	tr := &Transport{Fallback: noFallback{t}, DialTimeout: time.Hour}
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+unanswering(t)+"/", nil)
+	errc := make(chan error, 1)
+	go func() {
+		_, err := tr.RoundTrip(req)
+		errc <- err
+	}()
+	select {
+	case err := <-errc:
+		var ne net.Error
+		if !errors.As(err, &ne) || !ne.Timeout() {
+			t.Fatalf("RoundTrip returned %v, want the request's deadline", err)
+		}
+	case <-time.After(30 * time.Second): // a bound on a failure
+		t.Fatal("the dial outlived its request")
+	}
+}
