@@ -3,6 +3,7 @@ package proxy
 import (
 	"io"
 	"net/http"
+	"runtime/debug"
 )
 
 // A reply written on a connection taken from net/http (h1stream.go) goes
@@ -39,9 +40,11 @@ func (s *streamConn) mayGoOn() bool {
 
 // goOn copies the rest of b's reply to s, then ends the stream and the
 // request as the handler would have. It runs on a goroutine of its own
-// (requestInfo.end), after the handler has returned.
+// (requestInfo.end), after the handler has returned: a panic here is not
+// net/http's to recover, and would end the process, so goOn recovers one
+// from the upstream's body (a Base transport's code) as net/http recovers a
+// handler's: logged with its stack, the client's connection closed.
 func (b *streamBody) goOn(s *streamConn) {
-	info := b.info
 	// What only the handler used goes with it: net/http's response
 	// writer and the request it read, and what they hold.
 	s.hdr = s.Header()
@@ -49,21 +52,13 @@ func (b *streamBody) goOn(s *streamConn) {
 	whole := false
 	defer func() {
 		if v := recover(); v != nil {
-			b.logger.ErrorContext(b.ctx, "llmretry proxy: panic copying a stream; the client's connection is closed", "panic", v)
+			b.logPanic("copying a stream", v)
 			whole = false
 		}
-		_ = b.ReadCloser.Close() // fills in the response's trailers
-		if whole {
-			b.copyTrailers(s.hdr)
-		}
-		// The upstream side is over: it ends before the client reads the
-		// reply's end, so nothing of it outlives what the client sees.
-		info.rest = nil
-		info.finish()
-		s.finish(whole)
+		b.end(s, whole)
 	}()
-	buf := info.buffers.Get()
-	defer info.buffers.Put(buf)
+	buf := b.info.buffers.Get()
+	defer b.info.buffers.Put(buf)
 	for {
 		n, err := b.Read(buf)
 		if n > 0 {
@@ -72,13 +67,41 @@ func (b *streamBody) goOn(s *streamConn) {
 			}
 		}
 		if err == io.EOF {
-			whole = true
+			whole = true // and reading to the end filled in the trailers
 			return
 		}
 		if err != nil {
 			return
 		}
 	}
+}
+
+// end closes the upstream's body, and ends the request and the stream:
+// whole, with the reply's trailers, or cut.
+func (b *streamBody) end(s *streamConn, whole bool) {
+	func() {
+		defer func() {
+			if v := recover(); v != nil {
+				b.logPanic("closing a stream's upstream body", v)
+				whole = false
+			}
+		}()
+		_ = b.ReadCloser.Close()
+	}()
+	if whole {
+		b.copyTrailers(s.hdr)
+	}
+	// The upstream side is over: it ends before the client reads the
+	// reply's end, so nothing of it outlives what the client sees.
+	b.info.rest = nil
+	b.info.finish()
+	s.finish(whole)
+}
+
+// logPanic logs a panic recovered while doing what, with its stack.
+func (b *streamBody) logPanic(what string, v any) {
+	b.logger.ErrorContext(b.ctx, "llmretry proxy: panic "+what+"; the client's connection is closed",
+		"panic", v, "stack", string(debug.Stack()))
 }
 
 // copyTrailers puts the response's trailers in the client's header map,

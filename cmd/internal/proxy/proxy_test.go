@@ -31,6 +31,14 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 // start runs a proxy in front of upstream and returns its URL.
 func start(t *testing.T, upstream http.Handler, mutate ...func(*Config)) (string, *Proxy, *logBuffer) {
 	t.Helper()
+	base, p, logs, _ := startTaking(t, upstream, mutate...)
+	return base, p, logs
+}
+
+// startTaking is start, and returns too the server's record of the
+// streams written on connections taken from net/http (h1stream.go).
+func startTaking(t *testing.T, upstream http.Handler, mutate ...func(*Config)) (string, *Proxy, *logBuffer, *takenStreams) {
+	t.Helper()
 	up := httptest.NewServer(upstream)
 	t.Cleanup(up.Close)
 	u, _ := url.Parse(up.URL)
@@ -57,7 +65,14 @@ func start(t *testing.T, upstream http.Handler, mutate ...func(*Config)) (string
 	srv.Listener = Listener(srv.Config, srv.Listener) // as the command serves it
 	srv.Start()
 	t.Cleanup(srv.Close)
-	return srv.URL, p, logs
+	return srv.URL, p, logs, srv.Config.BaseContext(nil).Value(takenKey{}).(*takenStreams)
+}
+
+// takenOpen counts the streams being written on taken connections.
+func takenOpen(ts *takenStreams) int {
+	ts.mu.Lock()
+	defer ts.mu.Unlock()
+	return len(ts.open)
 }
 
 // logBuffer is a log's text, written by the proxy's goroutines and read by
