@@ -46,7 +46,7 @@ func TestTheDefaultDialReachesAnUpstreamByIPOrName(t *testing.T) {
 				}
 				return tc.addrs, nil
 			}
-			c, err := dial(context.Background(), &net.Dialer{}, lookup, time.Minute, net.JoinHostPort(tc.host, port))
+			c, err := dial(context.Background(), plainDialer(), lookup, time.Minute, net.JoinHostPort(tc.host, port))
 			if err != nil {
 				t.Fatalf("dial: %v", err)
 			}
@@ -63,12 +63,23 @@ func TestTheDefaultDialReachesAnUpstreamByIPOrName(t *testing.T) {
 func TestADialWhoseNameIsNotFoundSaysSo(t *testing.T) {
 	notFound := &net.DNSError{Err: "no such host", Name: "model.test", IsNotFound: true}
 	lookup := func(context.Context, string, string) ([]netip.Addr, error) { return nil, notFound }
-	c, err := dial(context.Background(), &net.Dialer{}, lookup, time.Minute, "model.test:80")
+	c, err := dial(context.Background(), plainDialer(), lookup, time.Minute, "model.test:80")
 	if c != nil {
 		t.Fatalf("dial returned a connection (%v) with error %v", c, err)
 	}
 	var op *net.OpError
 	if !errors.As(err, &op) || op.Op != "dial" || !errors.Is(err, notFound) {
 		t.Fatalf("dial returned %v, want a dial OpError wrapping the lookup's", err)
+	}
+}
+
+// A dial is bounded by DialTimeout, and by 30 s when it is not set, as
+// net/http's default dialer bounds its own.
+func TestTheDialTimeoutIsThirtySecondsUnlessSet(t *testing.T) {
+	if got := (&Transport{}).dialTimeout(); got != 30*time.Second {
+		t.Errorf("the default dial timeout is %v, want 30 s", got)
+	}
+	if got := (&Transport{DialTimeout: time.Second}).dialTimeout(); got != time.Second {
+		t.Errorf("DialTimeout 1 s gives %v", got)
 	}
 }

@@ -154,8 +154,7 @@ func (t *Transport) conn(ctx context.Context, addr string, fresh bool) (c *conn,
 	dialer := t.DialContext
 	if dialer == nil {
 		dialer = func(ctx context.Context, _, addr string) (net.Conn, error) {
-			d := &net.Dialer{KeepAlive: 30 * time.Second}
-			return dial(ctx, d, net.DefaultResolver.LookupNetIP, t.dialTimeout(), addr)
+			return dial(ctx, plainDialer(), net.DefaultResolver.LookupNetIP, t.dialTimeout(), addr)
 		}
 	}
 	// The dial runs on a goroutine of its own: it goes deep (the resolver,

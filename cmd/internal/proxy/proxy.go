@@ -194,28 +194,7 @@ func newProxy(cfg Config, sh *shared, route string) (*Proxy, error) {
 	cfg.Logger = slog.New(requestIDHandler{cfg.Logger.Handler()})
 	base := cfg.Base
 	if base == nil {
-		t := http.DefaultTransport.(*http.Transport).Clone()
-		// Every client connection may need an upstream one; net/http keeps
-		// only 2 idle per host by default, and under load the rest would be
-		// redialled for every request.
-		t.MaxIdleConns, t.MaxIdleConnsPerHost = 0, 1024
-		// Left on, net/http would ask for gzip when the client did not and
-		// unzip the reply: a header the client never sent, and CPU spent.
-		t.DisableCompression = true
-		t.ResponseHeaderTimeout = cfg.UpstreamTimeout
-		t.MaxResponseHeaderBytes = cfg.MaxUpstreamHeader
-		// Plain-HTTP upstreams (a self-hosted model server) get a client
-		// with no goroutines or buffers of its own per connection: the
-		// most of what an open stream costs otherwise. https, upgrades
-		// and proxied requests go to t, a burst of them to a new host
-		// opening one connection first.
-		plain := h1.NewTransport(t)
-		// t's dialer has a Timeout, which makes a timer context in
-		// every dial; h1's own bounds its dials as long (DialTimeout, 30
-		// s) and keeps each dial's goroutine at the stack it starts
-		// with, which in a burst is many stacks at once (h1/dial.go).
-		plain.DialContext = nil
-		base = &firstConn{next: plain, idle: t.IdleConnTimeout}
+		base = defaultBase(cfg)
 	}
 	p := &Proxy{cfg: cfg, admin: adminMux(sh.metrics), metrics: sh.metrics, held: sh.held, label: cfg.Upstream.Host, route: route}
 	budgetFor := func() llmretry.Budget {
@@ -663,6 +642,34 @@ func Serve(ctx context.Context, srv *http.Server, serve func() error, grace time
 		return serr
 	}
 	return err
+}
+
+// defaultBase is the transport the proxy sends with when Config.Base is
+// nil: net/http's, tuned for a proxy, behind h1's client for plain-HTTP
+// upstreams.
+func defaultBase(cfg Config) http.RoundTripper {
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	// Every client connection may need an upstream one; net/http keeps
+	// only 2 idle per host by default, and under load the rest would be
+	// redialled for every request.
+	t.MaxIdleConns, t.MaxIdleConnsPerHost = 0, 1024
+	// Left on, net/http would ask for gzip when the client did not and
+	// unzip the reply: a header the client never sent, and CPU spent.
+	t.DisableCompression = true
+	t.ResponseHeaderTimeout = cfg.UpstreamTimeout
+	t.MaxResponseHeaderBytes = cfg.MaxUpstreamHeader
+	// Plain-HTTP upstreams (a self-hosted model server) get a client
+	// with no goroutines or buffers of its own per connection: the
+	// most of what an open stream costs otherwise. https, upgrades
+	// and proxied requests go to t, a burst of them to a new host
+	// opening one connection first.
+	plain := h1.NewTransport(t)
+	// Not t's dialer (net.Dialer.DialContext, with a Timeout): h1's
+	// own bounds a dial as long, and keeps the goroutine it dials on at
+	// the stack it starts with, where t's grows it to 8 KiB; a burst of
+	// streams has a dial in flight for each (h1/dial.go).
+	plain.DialContext = nil
+	return &firstConn{next: plain, idle: t.IdleConnTimeout}
 }
 
 // NewServer returns an http.Server for h that speaks HTTP/1.1 and h2c

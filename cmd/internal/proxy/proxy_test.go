@@ -617,3 +617,23 @@ func TestMetricsOperatorsExpect(t *testing.T) {
 		}
 	}
 }
+
+// The proxy's own transport sends plain-HTTP requests through h1's client
+// with h1's own dialer: net/http's (a Timeout, through DialContext) grew
+// every dial's goroutine to 8 KiB in a burst (h1/dial.go).
+func TestTheDefaultTransportDialsPlainHTTPWithH1sOwnDialer(t *testing.T) {
+	gate, ok := defaultBase(Config{}).(*firstConn)
+	if !ok {
+		t.Fatalf("the default transport is %T, want the connection gate", defaultBase(Config{}))
+	}
+	plain, ok := gate.next.(*h1.Transport)
+	if !ok {
+		t.Fatalf("behind the gate is %T, want h1's client", gate.next)
+	}
+	if plain.DialContext != nil || plain.DialTimeout != 0 {
+		t.Fatal("h1's client dials with a dialer given to it, not its own with its 30 s bound")
+	}
+	if fb, ok := plain.Fallback.(*http.Transport); !ok || fb.DialContext == nil || fb.MaxIdleConnsPerHost != 1024 {
+		t.Fatalf("the fallback for HTTPS is %T, want net/http's, tuned", plain.Fallback)
+	}
+}
