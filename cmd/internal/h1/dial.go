@@ -55,16 +55,25 @@ func dial(ctx context.Context, d *net.Dialer, lookup lookupFunc, timeout time.Du
 	}
 	c, err := d.DialTCP(ctx, "tcp", netip.AddrPort{}, ap)
 	if err != nil {
+		// The error names the unspecified source DialTCP bound
+		// ("dial tcp :0->..."); DialContext's names none.
+		if op, ok := err.(*net.OpError); ok {
+			if src, ok := op.Source.(*net.TCPAddr); ok && src.IP == nil && src.Port == 0 {
+				op.Source = nil
+			}
+		}
 		return nil, err // not a nil *TCPConn in a non-nil net.Conn
 	}
 	return c, nil
 }
 
-// lookupFunc is net.Resolver.LookupNetIP's form.
-type lookupFunc func(ctx context.Context, network, host string) ([]netip.Addr, error)
+// lookupFunc is net.Resolver.LookupIPAddr's form: it keeps an address's
+// zone (a link-local IPv6 address in /etc/hosts), which LookupNetIP drops.
+type lookupFunc func(ctx context.Context, host string) ([]net.IPAddr, error)
 
 // oneAddress returns addr's address when it has exactly one: addr is an IP
-// and port, or a name that lookup resolves to one IP.
+// and port, or a name that lookup resolves to one IP. An empty host (the
+// local system, to DialContext) is left to DialContext.
 func oneAddress(ctx context.Context, lookup lookupFunc, addr string) (ap netip.AddrPort, one bool, err error) {
 	if ap, err := netip.ParseAddrPort(addr); err == nil {
 		return ap, true, nil
@@ -74,12 +83,19 @@ func oneAddress(ctx context.Context, lookup lookupFunc, addr string) (ap netip.A
 		return ap, false, nil // DialContext says what is wrong with it
 	}
 	n, err := strconv.ParseUint(port, 10, 16)
-	if err != nil {
+	if err != nil || host == "" {
 		return ap, false, nil
 	}
-	ips, err := lookup(ctx, "ip", host)
+	ips, err := lookup(ctx, host)
 	if err != nil || len(ips) != 1 {
 		return ap, false, err
 	}
-	return netip.AddrPortFrom(ips[0].Unmap(), uint16(n)), true, nil
+	ip, ok := netip.AddrFromSlice(ips[0].IP)
+	if !ok {
+		return ap, false, nil
+	}
+	if ip = ip.Unmap(); ip.Is6() {
+		ip = ip.WithZone(ips[0].Zone)
+	}
+	return netip.AddrPortFrom(ip, uint16(n)), true, nil
 }

@@ -48,19 +48,8 @@ func unanswering(t *testing.T) string {
 func TestADialToAHostThatDoesNotAnswerEndsAtDialTimeout(t *testing.T) {
 	tr := &Transport{Fallback: noFallback{t}, DialTimeout: 100 * time.Millisecond}
 	req, _ := http.NewRequest(http.MethodGet, "http://"+unanswering(t)+"/", nil)
-	errc := make(chan error, 1)
-	go func() {
-		_, err := tr.RoundTrip(req)
-		errc <- err
-	}()
-	select {
-	case err := <-errc:
-		var ne net.Error
-		if !errors.As(err, &ne) || !ne.Timeout() {
-			t.Fatalf("RoundTrip returned %v, want a dial timeout", err)
-		}
-	case <-time.After(30 * time.Second): // a bound on a failure, far below the kernel's
-		t.Fatal("the dial outlived its DialTimeout")
+	if err := roundTripBounded(t, tr, req); !isTimeout(err) {
+		t.Fatalf("RoundTrip returned %v, want a dial timeout", err)
 	}
 }
 
@@ -72,6 +61,16 @@ func TestARequestWhoseContextEndsEndsItsDial(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 	defer cancel()
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+unanswering(t)+"/", nil)
+	if err := roundTripBounded(t, tr, req); !isTimeout(err) {
+		t.Fatalf("RoundTrip returned %v, want the request's deadline", err)
+	}
+}
+
+// roundTripBounded returns RoundTrip's error, and fails the test if it
+// has not returned in 30 s: far below the kernel's bound on a dial that
+// is not answered, so a dial that nothing else ends fails the test.
+func roundTripBounded(t *testing.T, tr *Transport, req *http.Request) error {
+	t.Helper()
 	errc := make(chan error, 1)
 	go func() {
 		_, err := tr.RoundTrip(req)
@@ -79,13 +78,16 @@ func TestARequestWhoseContextEndsEndsItsDial(t *testing.T) {
 	}()
 	select {
 	case err := <-errc:
-		var ne net.Error
-		if !errors.As(err, &ne) || !ne.Timeout() {
-			t.Fatalf("RoundTrip returned %v, want the request's deadline", err)
-		}
-	case <-time.After(30 * time.Second): // a bound on a failure
-		t.Fatal("the dial outlived its request")
+		return err
+	case <-time.After(30 * time.Second): // a bound on a failure, not a wait
+		t.Fatal("the dial outlived its bound")
+		return nil
 	}
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
 }
 
 // A dial through DialTCP, which binds the socket before it connects, has
@@ -117,5 +119,33 @@ func TestADialChoosesItsLocalPortAtConnect(t *testing.T) {
 	}
 	if on != 1 {
 		t.Fatal("the dial's socket took its local port at its bind")
+	}
+}
+
+// A dial whose request is cancelled while it connects ends at once, with
+// the request's cancellation. (The cancel comes from the dialer's Control,
+// the last step before connect, so connect finds it cancelled and must be
+// interrupted; a dial that kept only the request's deadline would wait.)
+func TestADialEndsWhenItsRequestIsCancelledDuringConnect(t *testing.T) {
+	addr := unanswering(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	d := plainDialer()
+	d.Control = func(network, address string, c syscall.RawConn) error {
+		cancel()
+		return choosePortAtConnect(network, address, c)
+	}
+	errc := make(chan error, 1)
+	go func() {
+		_, err := dial(ctx, d, nil, time.Hour, addr)
+		errc <- err
+	}()
+	select {
+	case err := <-errc:
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("dial returned %v, want the request's cancellation", err)
+		}
+	case <-time.After(30 * time.Second): // a bound on a failure, not a wait
+		t.Fatal("the dial outlived its request's cancellation")
 	}
 }

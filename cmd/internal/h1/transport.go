@@ -154,7 +154,7 @@ func (t *Transport) conn(ctx context.Context, addr string, fresh bool) (c *conn,
 	dialer := t.DialContext
 	if dialer == nil {
 		dialer = func(ctx context.Context, _, addr string) (net.Conn, error) {
-			return dial(ctx, plainDialer(), net.DefaultResolver.LookupNetIP, t.dialTimeout(), addr)
+			return dial(ctx, plainDialer(), net.DefaultResolver.LookupIPAddr, t.dialTimeout(), addr)
 		}
 	}
 	// The dial runs on a goroutine of its own: it goes deep (the resolver,

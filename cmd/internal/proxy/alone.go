@@ -50,12 +50,14 @@ func (b *streamBody) goOn(s *streamConn) {
 	s.hdr = s.Header()
 	s.ResponseWriter, s.r = nil, nil
 	whole := false
+	// end runs even if what recovers a panic panics itself (a Logger's
+	// handler): the connection is closed and the counts given back.
+	defer func() { b.end(s, whole) }()
 	defer func() {
 		if v := recover(); v != nil {
-			b.logPanic("copying a stream", v)
 			whole = false
+			b.logPanic("copying a stream", v)
 		}
-		b.end(s, whole)
 	}()
 	buf := b.info.buffers.Get()
 	defer b.info.buffers.Put(buf)
@@ -82,8 +84,8 @@ func (b *streamBody) end(s *streamConn, whole bool) {
 	func() {
 		defer func() {
 			if v := recover(); v != nil {
-				b.logPanic("closing a stream's upstream body", v)
 				whole = false
+				b.logPanic("closing a stream's upstream body", v)
 			}
 		}()
 		_ = b.ReadCloser.Close()
@@ -98,8 +100,10 @@ func (b *streamBody) end(s *streamConn, whole bool) {
 	s.finish(whole)
 }
 
-// logPanic logs a panic recovered while doing what, with its stack.
+// logPanic logs a panic recovered while doing what, with its stack. A
+// panic in the Logger's handler is dropped: nothing would recover it.
 func (b *streamBody) logPanic(what string, v any) {
+	defer func() { _ = recover() }()
 	b.logger.ErrorContext(b.ctx, "llmretry proxy: panic "+what+"; the client's connection is closed",
 		"panic", v, "stack", string(debug.Stack()))
 }

@@ -664,10 +664,11 @@ func defaultBase(cfg Config) http.RoundTripper {
 	// and proxied requests go to t, a burst of them to a new host
 	// opening one connection first.
 	plain := h1.NewTransport(t)
-	// Not t's dialer (net.Dialer.DialContext, with a Timeout): h1's
-	// own bounds a dial as long, and keeps the goroutine it dials on at
-	// the stack it starts with, where t's grows it to 8 KiB; a burst of
-	// streams has a dial in flight for each (h1/dial.go).
+	// Not t's dialer (net.Dialer.DialContext): h1's own bounds a dial
+	// as long, and dials one address through DialTCP, which keeps the
+	// goroutine it dials on at the stack it starts with, where
+	// DialContext's deeper frames grow it to 8 KiB; a burst of streams
+	// has a dial in flight for each (h1/dial.go).
 	plain.DialContext = nil
 	return &firstConn{next: plain, idle: t.IdleConnTimeout}
 }
