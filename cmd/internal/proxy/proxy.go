@@ -327,6 +327,13 @@ func (p *Proxy) Metrics() *Metrics { return p.metrics }
 // ServeHTTP forwards every request upstream, its path byte for byte: no
 // ServeMux here, which would answer "//v1/models" or "/v1/./models" with a
 // redirect of its own.
+//
+// On a server made by NewServer, an HTTP/1.x stream may be taken from
+// net/http and go on after ServeHTTP returns (h1stream.go, alone.go): its
+// ResponseWriter's header map is written then still (the reply's
+// trailers go there), and its connection is no longer net/http's. A
+// handler that wraps this one must not read or write w, or its header,
+// once ServeHTTP has returned.
 func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	r, info := withRequest(r, w.Header())
 	defer info.end()
