@@ -99,7 +99,7 @@ func TestStreamToAnHTTP11ClientIsWrittenOnTheConnection(t *testing.T) {
 	// what is tested. Each event is sent once the last one has arrived.
 	for i, want := range []string{"b\r\ndata: one\n\n\r\n", "b\r\ndata: two\n\n\r\n", "e\r\ndata: [DONE]\n\n\r\n0\r\n\r\n"} {
 		if i > 0 {
-			next <- struct{}{}
+			send(t, next, "the upstream left before its next event")
 		}
 		got := make([]byte, len(want))
 		if _, err := io.ReadFull(br, got); err != nil || string(got) != want {
@@ -199,6 +199,7 @@ func TestClientLeavingATakenStreamEndsTheUpstreamRequest(t *testing.T) {
 		sseUpstream(next, events...)(w, r)
 	})
 	_, p, _ := start(t, up, takeEvery)
+	t.Cleanup(func() { close(next) }) // before the servers close: a failure leaves no handler waiting
 	writes := make(chan error, 100)
 	base, _, _ := serveProxy(t, p, time.Minute, io.Discard, func(ln net.Listener) net.Listener { return watchedListener{ln, writes} })
 	c, br := rawRequest(t, base, "HTTP/1.1")
@@ -315,6 +316,7 @@ func serveProxy(t *testing.T, p http.Handler, grace time.Duration, logs io.Write
 func TestServeDrainWaitsForATakenStream(t *testing.T) {
 	next := make(chan struct{})
 	_, p, _ := start(t, sseUpstream(next, "data: one\n\n", "data: two\n\n"), takeEvery)
+	t.Cleanup(func() { close(next) }) // before the servers close: a failure leaves no handler waiting
 	logs := &logBuffer{}
 	base, stop, wait := serveProxy(t, p, time.Minute, logs)
 	done := make(chan error, 1)
@@ -361,6 +363,7 @@ func TestServeDrainWaitsForATakenStream(t *testing.T) {
 func TestServeDrainCutsATakenStreamWhenGracePasses(t *testing.T) {
 	next := make(chan struct{}) // never sent on: the stream stays open
 	_, p, _ := start(t, sseUpstream(next, "data: one\n\n", "data: two\n\n"), takeEvery)
+	t.Cleanup(func() { close(next) }) // before the servers close: a failure leaves no handler waiting
 	logs := &logBuffer{}
 	base, stop, wait := serveProxy(t, p, 50*time.Millisecond, logs)
 	c, br := rawRequest(t, base, "HTTP/1.1")
@@ -440,7 +443,7 @@ func TestFewStreamsAtOnceKeepTheirConnections(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		next <- struct{}{}
+		send(t, next, "the upstream left before its next event")
 		b, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()
 		if resp.Close || string(b) != "data: one\n\ndata: two\n\n" {
@@ -464,8 +467,8 @@ func TestFewStreamsAtOnceKeepTheirConnections(t *testing.T) {
 	if first.Close || second.Close || len(hijacked) != 1 {
 		t.Fatalf("first close %v, second close %v, %d taken: want both open and one taken", first.Close, second.Close, len(hijacked))
 	}
-	next <- struct{}{}
-	next <- struct{}{}
+	send(t, next, "the upstream left before its next event")
+	send(t, next, "the upstream left before its last event")
 	_ = c1.Close()
 }
 
