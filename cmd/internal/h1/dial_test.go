@@ -2,61 +2,10 @@ package h1
 
 import (
 	"context"
-	"errors"
 	"net"
 	"testing"
 	"time"
 )
-
-// The default dial reaches an upstream named by its IP, by a name with one
-// address, and by a name with several (which goes to net's own racing of
-// addresses); it looks a name up once, and an IP never.
-func TestTheDefaultDialReachesAnUpstreamByIPOrName(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}()
-	_, port, _ := net.SplitHostPort(ln.Addr().String())
-	loopback := net.IPAddr{IP: net.IPv4(127, 0, 0, 1)}
-	for _, tc := range []struct {
-		name, host string
-		addrs      []net.IPAddr // what the lookup answers; nil: it must not be asked
-	}{
-		{"an IP", "127.0.0.1", nil},
-		{"a name with one address", "model.test", []net.IPAddr{loopback}},
-		{"a name with several addresses", "localhost", []net.IPAddr{{IP: net.IPv6loopback}, loopback}},
-		{"no host: the local system", "", nil},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			lookups := 0
-			lookup := func(_ context.Context, host string) ([]net.IPAddr, error) {
-				lookups++
-				if tc.addrs == nil || host != tc.host {
-					t.Errorf("looked up %q", host)
-				}
-				return tc.addrs, nil
-			}
-			c, err := dial(context.Background(), plainDialer(), lookup, time.Minute, net.JoinHostPort(tc.host, port))
-			if err != nil {
-				t.Fatalf("dial: %v", err)
-			}
-			c.Close()
-			if want := min(len(tc.addrs), 1); lookups != want {
-				t.Errorf("%d lookups, want %d", lookups, want)
-			}
-		})
-	}
-}
 
 // A name whose one address has a zone (a link-local IPv6 address in
 // /etc/hosts) is dialled with it: without, connect fails.
@@ -83,21 +32,6 @@ func TestARefusedDialIsReportedAsNetDialerReportsIt(t *testing.T) {
 	_, got := dial(context.Background(), plainDialer(), nil, time.Minute, addr)
 	if want == nil || got == nil || got.Error() != want.Error() {
 		t.Fatalf("dial reported %v, want %v", got, want)
-	}
-}
-
-// A name that cannot be looked up fails the dial with the lookup's error,
-// in the form net.Dialer gives it.
-func TestADialWhoseNameIsNotFoundSaysSo(t *testing.T) {
-	notFound := &net.DNSError{Err: "no such host", Name: "model.test", IsNotFound: true}
-	lookup := func(context.Context, string) ([]net.IPAddr, error) { return nil, notFound }
-	c, err := dial(context.Background(), plainDialer(), lookup, time.Minute, "model.test:80")
-	if c != nil {
-		t.Fatalf("dial returned a connection (%v) with error %v", c, err)
-	}
-	var op *net.OpError
-	if !errors.As(err, &op) || op.Op != "dial" || !errors.Is(err, notFound) {
-		t.Fatalf("dial returned %v, want a dial OpError wrapping the lookup's", err)
 	}
 }
 
