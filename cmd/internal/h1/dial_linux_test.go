@@ -96,29 +96,36 @@ func isTimeout(err error) bool {
 // TIME_WAIT, and the proxy ran out of them (3,425 of 18,000 streams failed
 // in the bench, BENCHMARKS.md, eighteenth session).
 func TestADialChoosesItsLocalPortAtConnect(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	c, err := dial(context.Background(), plainDialer(), nil, time.Minute, ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	raw, err := c.(syscall.Conn).SyscallConn()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var on int
-	var gerr error
-	if err := raw.Control(func(fd uintptr) {
-		on, gerr = syscall.GetsockoptInt(int(fd), syscall.IPPROTO_IP, ipBindAddressNoPort)
-	}); err != nil || gerr != nil {
-		t.Fatal(err, gerr)
-	}
-	if on != 1 {
-		t.Fatal("the dial's socket took its local port at its bind")
+	for _, loopback := range []string{"127.0.0.1:0", "[::1]:0"} {
+		t.Run(loopback, func(t *testing.T) {
+			ln, err := net.Listen("tcp", loopback)
+			if err != nil && loopback == "[::1]:0" {
+				t.Skipf("this machine has no IPv6 loopback: %v", err)
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer ln.Close()
+			c, err := dial(context.Background(), plainDialer(), nil, time.Minute, ln.Addr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			raw, err := c.(syscall.Conn).SyscallConn()
+			if err != nil {
+				t.Fatal(err)
+			}
+			var on int
+			var gerr error
+			if err := raw.Control(func(fd uintptr) {
+				on, gerr = syscall.GetsockoptInt(int(fd), syscall.IPPROTO_IP, ipBindAddressNoPort)
+			}); err != nil || gerr != nil {
+				t.Fatal(err, gerr)
+			}
+			if on != 1 {
+				t.Fatal("the dial's socket took its local port at its bind")
+			}
+		})
 	}
 }
 
