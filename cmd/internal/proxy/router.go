@@ -95,13 +95,8 @@ const (
 // ServeHTTP checks the request at the perimeter, then forwards it on its
 // route. Every answer of its own carries the request's id, as the route's
 // do.
-//
-// On a server made by NewServer, an HTTP/1.x stream may be taken from
-// net/http and go on after ServeHTTP returns (h1stream.go, alone.go): its
-// ResponseWriter's header map is written then still (the reply's
-// trailers go there), and its connection is no longer net/http's. A
-// handler that wraps this one must not read or write w, or its header,
-// once ServeHTTP has returned.
+// A stream it forwards may outlive the call, as Proxy.ServeHTTP says: a
+// handler that wraps this one must not touch w once ServeHTTP returns.
 func (rt *Router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	r, info := withRequest(r, w.Header())
 	defer info.end()
