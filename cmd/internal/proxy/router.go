@@ -95,6 +95,7 @@ const (
 // ServeHTTP checks the request at the perimeter, then forwards it on its
 // route. Every answer of its own carries the request's id, as the route's
 // do.
+//
 // A stream it forwards may outlive the call, as Proxy.ServeHTTP says: a
 // handler that wraps this one must not touch w once ServeHTTP returns.
 func (rt *Router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
